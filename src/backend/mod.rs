@@ -1,0 +1,3 @@
+//! Kernel backends.
+
+pub mod nft;

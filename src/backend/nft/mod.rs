@@ -1,0 +1,3 @@
+//! nf_tables over netlink.
+
+pub mod codec;

@@ -1,0 +1,17 @@
+//! jumpset owns the *jump set* of shared netfilter base chains.
+//!
+//! The data flows one way:
+//!
+//! - [`spec`] — the declared jumps and their placement (TOML config), validated.
+//! - [`snapshot`] — what the kernel has: one chain's rules, decoded, and its generation.
+//! - [`plan`] — the pure diff from what is to what should be (the heart, no I/O).
+//! - [`backend`] — the kernel interfaces: `nft` (nf_tables over netlink). All `unsafe`
+//!   and kernel layouts live there.
+//! - [`reconcile`] — read → plan → apply → verify, with bounded retries on stale writes.
+//! - [`report`] — the JSON and text outputs of the CLI.
+//! - [`demo`] — the Harvester incident and its repair in a throwaway network namespace.
+
+pub mod backend;
+pub mod plan;
+pub mod snapshot;
+pub mod spec;

@@ -1,0 +1,667 @@
+//! The planner: a pure function from what the kernel has ([`Snapshot`]) and what is
+//! declared ([`ChainSpec`]) to the smallest set of deletes and inserts that makes the
+//! chain right ([`Plan`]). No I/O; everything clever lives here.
+//!
+//! Model. A rule is *ours* when it is a bare jump (comment, at most a counter, a jump or
+//! goto) carrying an owned comment. Ours with the declared target are *candidates*; ours
+//! with another target or a goto are *stale*. Everything else is *foreign* and fixed: its
+//! order never changes and it is never touched. Each declared `after = [X]` / `before =
+//! [Y]` is an edge between target names: every rule jumping to X precedes every rule
+//! jumping to the jump's target, which precedes every rule jumping to Y. Names no rule
+//! jumps to constrain nothing.
+//!
+//! Minimality. Deletes = owned rules not kept; inserts = jumps not kept. So the plan keeps
+//! as many candidates as possible (at most one per jump) such that the kept ones plus the
+//! foreign rules admit a place for every remaining jump. Keeping is searched exactly
+//! (branch and bound over the candidates, which are few in practice); the places of the
+//! inserted jumps come from interval bounds between the fixed rules.
+//!
+//! Conflicts. When the foreign rules alone leave no valid place for a jump, the
+//! constraints that push it down (what it must follow) are dropped — its `before`
+//! constraints win — and each dropped one is reported with the rules that block it. The
+//! relaxation depends on the foreign rules only, so re-planning after an apply is stable.
+
+use crate::snapshot::{Rule, Snapshot, Verdict};
+use crate::spec::{ChainSpec, JumpSpec};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Upper bound on complete assignments examined by the keep search; beyond it the best
+/// plan found so far is used (still valid, possibly not minimal). Only reachable with
+/// dozens of duplicates of many jumps at once.
+const SEARCH_BUDGET: usize = 100_000;
+
+/// What a rule of the chain is to jumpset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "jump")]
+pub enum Role {
+    /// One of ours, kept where it is.
+    Owned(usize),
+    /// One of ours, but another copy is kept: deleted.
+    Duplicate(usize),
+    /// One of ours in a place the constraints forbid: deleted and re-inserted.
+    Misplaced(usize),
+    /// Carries one of our comments but jumps elsewhere (or is a goto): replaced.
+    Stale(usize),
+    /// Not ours: never deleted, moved or rewritten.
+    Foreign,
+}
+
+impl Role {
+    /// The declared jump this rule is a copy of, if any.
+    pub fn jump(self) -> Option<usize> {
+        match self {
+            Role::Owned(j) | Role::Duplicate(j) | Role::Misplaced(j) | Role::Stale(j) => Some(j),
+            Role::Foreign => None,
+        }
+    }
+}
+
+/// Why a rule is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteReason {
+    /// Another copy of the same jump is kept.
+    Duplicate,
+    /// It stands where the constraints forbid; it is re-inserted elsewhere.
+    Misplaced,
+    /// It jumps to the wrong target (or is a goto).
+    Stale,
+    /// `cleanup`: the owned jumps are being removed.
+    Cleanup,
+}
+
+/// One change to the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Delete the rule with this kernel handle.
+    Delete {
+        /// Kernel handle.
+        handle: u64,
+        /// Index of the rule in the snapshot.
+        index: usize,
+        /// The declared jump it is a copy of.
+        jump: usize,
+        /// Why.
+        reason: DeleteReason,
+    },
+    /// Insert a declared jump.
+    Insert {
+        /// Index of the jump in the chain spec.
+        jump: usize,
+        /// 1-based position once every delete and the inserts listed before it are done.
+        position: usize,
+        /// Handle of the nearest existing rule above it (`None`: nothing above).
+        after_handle: Option<u64>,
+        /// Handle of the nearest existing rule below it (`None`: append).
+        before_handle: Option<u64>,
+    },
+}
+
+/// A constraint the foreign rules make impossible to meet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    /// Index of the jump in the chain spec.
+    pub jump: usize,
+    /// Its comment.
+    pub comment: String,
+    /// Its target.
+    pub target: String,
+    /// The unmet constraint, e.g. `after cali-PREROUTING`.
+    pub unmet: String,
+    /// The rules in the way: (kernel handle, 1-based position, target chain).
+    pub blocking: Vec<Blocking>,
+}
+
+/// A rule that blocks a constraint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocking {
+    /// Kernel handle.
+    pub handle: u64,
+    /// 1-based position in the chain as read.
+    pub position: usize,
+    /// The chain it jumps to, if any.
+    pub target: Option<String>,
+}
+
+/// A rule of the chain after the plan is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// An existing rule (index into the snapshot).
+    Existing(usize),
+    /// A newly inserted jump (index into the spec).
+    New(usize),
+}
+
+/// The outcome of planning one chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Deletes (in chain order) then inserts (in final order).
+    pub ops: Vec<Op>,
+    /// Constraints that cannot be met without moving foreign rules.
+    pub conflicts: Vec<Conflict>,
+    /// What each rule of the snapshot is, by index.
+    pub roles: Vec<Role>,
+    /// The chain as it will be.
+    pub result: Vec<Slot>,
+}
+
+impl Plan {
+    /// True when the chain needs no change.
+    pub fn is_noop(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Which edge of a jump's declaration an ordering constraint comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    After,
+    Before,
+}
+
+/// `from` rules precede `to` rules; declared by jump `owner`.
+#[derive(Debug, Clone)]
+struct Edge<'a> {
+    from: &'a str,
+    to: &'a str,
+    owner: usize,
+    kind: Kind,
+}
+
+struct Model<'a> {
+    rules: &'a [Rule],
+    jumps: &'a [JumpSpec],
+    /// Snapshot indices of foreign rules.
+    foreign: Vec<usize>,
+    /// Jump indices in a topological order of the jump-to-jump edges, stable by spec order.
+    topo: Vec<usize>,
+    /// Jump index by target name.
+    by_target: HashMap<&'a str, usize>,
+}
+
+/// Where each name's rules stand in a sequence: (first, last) position.
+type Spans<'a> = HashMap<&'a str, (usize, usize)>;
+
+/// The result of laying out the inserted jumps around a fixed sequence.
+struct Layout {
+    /// The fixed sequence (snapshot indices, in order).
+    fixed: Vec<usize>,
+    /// For each jump: `None` if kept, else the gap it goes into (0 = before fixed[0]).
+    gap: Vec<Option<usize>>,
+}
+
+impl<'a> Model<'a> {
+    fn new(rules: &'a [Rule], jumps: &'a [JumpSpec], roles: &[Role]) -> Self {
+        let foreign = (0..rules.len())
+            .filter(|&i| roles[i] == Role::Foreign)
+            .collect();
+        let by_target: HashMap<&str, usize> = jumps
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.target.as_str(), i))
+            .collect();
+        // Kahn's algorithm, always taking the lowest-numbered ready jump.
+        let mut indeg = vec![0usize; jumps.len()];
+        let mut succ: Vec<Vec<usize>> = vec![Vec::new(); jumps.len()];
+        for e in all_edges(jumps) {
+            if let (Some(&a), Some(&b)) = (by_target.get(e.from), by_target.get(e.to)) {
+                if !succ[a].contains(&b) {
+                    succ[a].push(b);
+                    indeg[b] += 1;
+                }
+            }
+        }
+        let mut topo = Vec::with_capacity(jumps.len());
+        let mut ready: Vec<usize> = (0..jumps.len()).filter(|&j| indeg[j] == 0).collect();
+        while let Some(pos) = (0..ready.len()).min_by_key(|&p| ready[p]) {
+            let j = ready.swap_remove(pos);
+            topo.push(j);
+            for &s in &succ[j] {
+                indeg[s] -= 1;
+                if indeg[s] == 0 {
+                    ready.push(s);
+                }
+            }
+        }
+        // The spec is validated acyclic; should it not be, keep every jump anyway.
+        for j in 0..jumps.len() {
+            if !topo.contains(&j) {
+                topo.push(j);
+            }
+        }
+        Model {
+            rules,
+            jumps,
+            foreign,
+            topo,
+            by_target,
+        }
+    }
+
+    fn spans(&self, fixed: &[usize]) -> Spans<'a> {
+        let mut spans: Spans<'a> = HashMap::new();
+        for (pos, &i) in fixed.iter().enumerate() {
+            if let Some(t) = self.rules[i].target() {
+                spans
+                    .entry(t)
+                    .and_modify(|s| s.1 = pos)
+                    .or_insert((pos, pos));
+            }
+        }
+        spans
+    }
+
+    /// Lay out the jumps not in `kept` around the foreign rules plus the kept ones.
+    /// `Err(jumps)` lists the inserted jumps that have no valid place (empty when a
+    /// constraint is already broken among the fixed rules).
+    fn layout(&self, kept: &[Option<usize>], edges: &[Edge<'a>]) -> Result<Layout, Vec<usize>> {
+        let mut fixed: Vec<usize> = self.foreign.clone();
+        fixed.extend(kept.iter().flatten());
+        fixed.sort_unstable();
+        let spans = self.spans(&fixed);
+        for e in edges {
+            if let (Some(a), Some(b)) = (spans.get(e.from), spans.get(e.to)) {
+                if a.1 >= b.0 {
+                    return Err(Vec::new());
+                }
+            }
+        }
+        let n = fixed.len();
+        let inserted = |j: usize| kept[j].is_none();
+        let jump_of = |name: &str| self.by_target.get(name).copied().filter(|&j| inserted(j));
+        let mut lo = vec![0usize; self.jumps.len()];
+        let mut hi = vec![n; self.jumps.len()];
+        for e in edges {
+            if let Some(&j) = self.by_target.get(e.to) {
+                if let (true, Some(a)) = (inserted(j), spans.get(e.from)) {
+                    lo[j] = lo[j].max(a.1 + 1);
+                }
+            }
+            if let Some(&j) = self.by_target.get(e.from) {
+                if let (true, Some(b)) = (inserted(j), spans.get(e.to)) {
+                    hi[j] = hi[j].min(b.0);
+                }
+            }
+        }
+        // Propagate along edges between inserted jumps.
+        for &j in &self.topo {
+            for e in edges.iter().filter(|e| e.to == self.jumps[j].target) {
+                if let (true, Some(a)) = (inserted(j), jump_of(e.from)) {
+                    lo[j] = lo[j].max(lo[a]);
+                }
+            }
+        }
+        for &j in self.topo.iter().rev() {
+            for e in edges.iter().filter(|e| e.from == self.jumps[j].target) {
+                if let (true, Some(b)) = (inserted(j), jump_of(e.to)) {
+                    hi[j] = hi[j].min(hi[b]);
+                }
+            }
+        }
+        let bad: Vec<usize> = (0..self.jumps.len())
+            .filter(|&j| inserted(j) && lo[j] > hi[j])
+            .collect();
+        if !bad.is_empty() {
+            return Err(bad);
+        }
+        // Place: as close after what it must follow as allowed, else just before what it
+        // must precede, else at the end (hi is n when nothing bounds it).
+        let mut gap: Vec<Option<usize>> = vec![None; self.jumps.len()];
+        for &j in &self.topo {
+            if !inserted(j) {
+                continue;
+            }
+            let mut follows = false;
+            let mut p = lo[j];
+            for e in edges.iter().filter(|e| e.to == self.jumps[j].target) {
+                if let Some(a) = jump_of(e.from) {
+                    follows = true;
+                    p = p.max(gap[a].unwrap_or(0));
+                } else if spans.contains_key(e.from) {
+                    follows = true;
+                }
+            }
+            gap[j] = Some(if follows { p } else { hi[j] });
+        }
+        Ok(Layout { fixed, gap })
+    }
+
+    /// Can candidate rule `i` of jump `j` be kept next to the foreign rules and the
+    /// candidates kept so far? (A necessary condition, to prune the search.)
+    fn compatible(&self, i: usize, j: usize, kept: &[Option<usize>], edges: &[Edge<'_>]) -> bool {
+        let target = self.jumps[j].target.as_str();
+        let others = self.foreign.iter().chain(kept.iter().flatten());
+        for &o in others {
+            let Some(t) = self.rules[o].target() else {
+                continue;
+            };
+            for e in edges {
+                if e.to == target && e.from == t && o > i {
+                    return false;
+                }
+                if e.from == target && e.to == t && o < i {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+fn all_edges(jumps: &[JumpSpec]) -> Vec<Edge<'_>> {
+    let mut out = Vec::new();
+    for (j, spec) in jumps.iter().enumerate() {
+        for a in &spec.after {
+            out.push(Edge {
+                from: a,
+                to: &spec.target,
+                owner: j,
+                kind: Kind::After,
+            });
+        }
+        for b in &spec.before {
+            out.push(Edge {
+                from: &spec.target,
+                to: b,
+                owner: j,
+                kind: Kind::Before,
+            });
+        }
+    }
+    out
+}
+
+/// Classify the rules of a chain against the declared jumps: roles before placement
+/// (candidates are provisionally `Owned`), and the candidates of each jump.
+fn classify(rules: &[Rule], jumps: &[JumpSpec]) -> (Vec<Role>, Vec<Vec<usize>>) {
+    let mut roles = vec![Role::Foreign; rules.len()];
+    let mut candidates = vec![Vec::new(); jumps.len()];
+    for (i, r) in rules.iter().enumerate() {
+        if let Some(j) = owned_jump(r, jumps) {
+            if matches!(&r.verdict, Verdict::Jump(t) if *t == jumps[j].target) {
+                roles[i] = Role::Owned(j);
+                candidates[j].push(i);
+            } else {
+                roles[i] = Role::Stale(j);
+            }
+        }
+    }
+    (roles, candidates)
+}
+
+/// The declared jump whose identity this rule carries, if it is a bare jump with an
+/// owned comment (DESIGN.md, "Identity"); the comment's encoding does not matter.
+pub fn owned_jump(rule: &Rule, jumps: &[JumpSpec]) -> Option<usize> {
+    if !rule.is_bare_jump() {
+        return None;
+    }
+    let bytes = &rule.comment.as_ref()?.bytes;
+    jumps
+        .iter()
+        .position(|j| j.comment.as_bytes() == bytes.as_slice())
+}
+
+/// Plan the reconcile of one chain.
+pub fn plan(snap: &Snapshot, spec: &ChainSpec) -> Plan {
+    let rules = &snap.rules;
+    let jumps = &spec.jumps;
+    let (mut roles, candidates) = classify(rules, jumps);
+    let model = Model::new(rules, jumps, &roles);
+    let (edges, conflicts) = relax(&model, all_edges(jumps));
+
+    // Keep as many candidates as possible (branch and bound; every branch is checked by
+    // the full layout at its leaf).
+    let none = vec![None; jumps.len()];
+    let mut search = Search {
+        model: &model,
+        edges: &edges,
+        candidates: &candidates,
+        best: none.clone(),
+        best_count: 0,
+        leaves: 0,
+    };
+    let mut kept = none;
+    search.dfs(0, &mut kept, 0);
+    let kept = search.best;
+    let layout = model
+        .layout(&kept, &edges)
+        .or_else(|_| model.layout(&vec![None; jumps.len()], &edges))
+        .expect("after relaxation, inserting every jump is always possible");
+
+    // Roles of the copies not kept.
+    for (i, role) in roles.iter_mut().enumerate() {
+        if let Role::Owned(j) = *role {
+            if kept[j] != Some(i) {
+                *role = if kept[j].is_some() {
+                    Role::Duplicate(j)
+                } else {
+                    Role::Misplaced(j)
+                };
+            }
+        }
+    }
+
+    // The resulting chain: fixed rules with inserted jumps in their gaps, in topo order.
+    let mut result = Vec::with_capacity(layout.fixed.len() + jumps.len());
+    for g in 0..=layout.fixed.len() {
+        for &j in &model.topo {
+            if layout.gap[j] == Some(g) {
+                result.push(Slot::New(j));
+            }
+        }
+        if let Some(&i) = layout.fixed.get(g) {
+            result.push(Slot::Existing(i));
+        }
+    }
+
+    let mut ops = Vec::new();
+    for (i, role) in roles.iter().enumerate() {
+        let reason = match role {
+            Role::Duplicate(_) => DeleteReason::Duplicate,
+            Role::Misplaced(_) => DeleteReason::Misplaced,
+            Role::Stale(_) => DeleteReason::Stale,
+            Role::Owned(_) | Role::Foreign => continue,
+        };
+        ops.push(Op::Delete {
+            handle: rules[i].handle,
+            index: i,
+            jump: role.jump().unwrap_or_default(),
+            reason,
+        });
+    }
+    ops.extend(inserts(rules, &result));
+    Plan {
+        ops,
+        conflicts,
+        roles,
+        result,
+    }
+}
+
+/// The insert ops that turn the kept rules into `result`.
+fn inserts(rules: &[Rule], result: &[Slot]) -> Vec<Op> {
+    let handle = |s: &Slot| match s {
+        Slot::Existing(i) => Some(rules[*i].handle),
+        Slot::New(_) => None,
+    };
+    let mut ops = Vec::new();
+    for (pos, slot) in result.iter().enumerate() {
+        if let Slot::New(j) = *slot {
+            ops.push(Op::Insert {
+                jump: j,
+                position: pos + 1,
+                after_handle: result[..pos].iter().rev().find_map(handle),
+                before_handle: result[pos + 1..].iter().find_map(handle),
+            });
+        }
+    }
+    ops
+}
+
+/// Plan removing every owned jump (and every stale copy) from the chain.
+pub fn cleanup(snap: &Snapshot, spec: &ChainSpec) -> Plan {
+    let (roles, _) = classify(&snap.rules, &spec.jumps);
+    let ops = roles
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.jump().map(|j| Op::Delete {
+                handle: snap.rules[i].handle,
+                index: i,
+                jump: j,
+                reason: DeleteReason::Cleanup,
+            })
+        })
+        .collect();
+    let result = (0..snap.rules.len())
+        .filter(|&i| roles[i] == Role::Foreign)
+        .map(Slot::Existing)
+        .collect();
+    Plan {
+        ops,
+        conflicts: Vec::new(),
+        roles,
+        result,
+    }
+}
+
+/// Drop the constraints the foreign rules make impossible, reporting each.
+fn relax<'a>(model: &Model<'a>, mut edges: Vec<Edge<'a>>) -> (Vec<Edge<'a>>, Vec<Conflict>) {
+    let rules = model.rules;
+    let all_inserted = vec![None; model.jumps.len()];
+    let spans = model.spans(&model.foreign);
+    // The foreign rules jumping to `name`.
+    let rules_to = |name: &str| -> Vec<Blocking> {
+        model
+            .foreign
+            .iter()
+            .filter(|&&i| rules[i].target() == Some(name))
+            .map(|&i| blocking(rules, i))
+            .collect()
+    };
+    let mut conflicts = Vec::new();
+    // 1. Constraints broken among foreign rules alone (e.g. a foreign rule jumping to our
+    //    target without our comment stands above what we must follow).
+    edges.retain(|e| {
+        let broken =
+            matches!((spans.get(e.from), spans.get(e.to)), (Some(a), Some(b)) if a.1 >= b.0);
+        if broken {
+            let mut blocking = rules_to(e.to);
+            blocking.extend(rules_to(e.from));
+            conflicts.push(conflict(model, e, blocking));
+        }
+        !broken
+    });
+    // 2. Jumps that have no valid place between the foreign rules: drop what pushes them
+    //    down, keep what bounds them from above.
+    while let Err(bad) = model.layout(&all_inserted, &edges) {
+        if bad.is_empty() {
+            break; // cannot happen after step 1; keep whatever is left
+        }
+        for j in bad {
+            let target = model.jumps[j].target.as_str();
+            let uppers = upper_names(model, &edges, j);
+            let (dropped, kept): (Vec<_>, Vec<_>) = edges.into_iter().partition(|e| e.to == target);
+            edges = kept;
+            for e in dropped {
+                let below = spans.get(e.from).map(|s| s.1).unwrap_or(0);
+                let mut blocking: Vec<Blocking> = model
+                    .foreign
+                    .iter()
+                    .enumerate()
+                    .filter(|&(pos, &i)| {
+                        pos < below && rules[i].target().is_some_and(|t| uppers.contains(&t))
+                    })
+                    .map(|(_, &i)| blocking(rules, i))
+                    .collect();
+                if blocking.is_empty() {
+                    blocking = rules_to(e.from);
+                }
+                conflicts.push(conflict(model, &e, blocking));
+            }
+        }
+    }
+    (edges, conflicts)
+}
+
+/// Names a jump must precede, directly or through other jumps it must precede.
+fn upper_names<'a>(model: &Model<'a>, edges: &[Edge<'a>], j: usize) -> Vec<&'a str> {
+    let mut names: Vec<&'a str> = Vec::new();
+    let mut todo = vec![model.jumps[j].target.as_str()];
+    while let Some(from) = todo.pop() {
+        for e in edges.iter().filter(|e| e.from == from) {
+            if !names.contains(&e.to) {
+                names.push(e.to);
+                if model.by_target.contains_key(e.to) {
+                    todo.push(e.to);
+                }
+            }
+        }
+    }
+    names
+}
+
+fn blocking(rules: &[Rule], i: usize) -> Blocking {
+    Blocking {
+        handle: rules[i].handle,
+        position: i + 1,
+        target: rules[i].target().map(str::to_string),
+    }
+}
+
+fn conflict(model: &Model<'_>, e: &Edge<'_>, blocking: Vec<Blocking>) -> Conflict {
+    let j = model.jumps[e.owner].clone();
+    let unmet = match e.kind {
+        Kind::After => format!("after {}", e.from),
+        Kind::Before => format!("before {}", e.to),
+    };
+    Conflict {
+        jump: e.owner,
+        comment: j.comment,
+        target: j.target,
+        unmet,
+        blocking,
+    }
+}
+
+struct Search<'m, 'a> {
+    model: &'m Model<'a>,
+    edges: &'m [Edge<'a>],
+    candidates: &'m [Vec<usize>],
+    best: Vec<Option<usize>>,
+    best_count: usize,
+    leaves: usize,
+}
+
+impl Search<'_, '_> {
+    fn dfs(&mut self, j: usize, kept: &mut Vec<Option<usize>>, count: usize) {
+        let possible = self.candidates[j..]
+            .iter()
+            .filter(|c| !c.is_empty())
+            .count();
+        if count + possible <= self.best_count || self.leaves >= SEARCH_BUDGET {
+            return;
+        }
+        if j == kept.len() {
+            self.leaves += 1;
+            if self.model.layout(kept, self.edges).is_ok() {
+                self.best = kept.clone();
+                self.best_count = count;
+            }
+            return;
+        }
+        for &i in &self.candidates[j] {
+            if self.model.compatible(i, j, kept, self.edges) {
+                kept[j] = Some(i);
+                self.dfs(j + 1, kept, count + 1);
+                kept[j] = None;
+            }
+        }
+        self.dfs(j + 1, kept, count);
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

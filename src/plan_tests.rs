@@ -1,0 +1,570 @@
+//! Planner tests: the seed scenario, the identity rules, conflicts, and properties checked
+//! against random chains (every owned jump once, foreign order untouched, idempotent,
+//! minimal by brute force).
+
+use super::*;
+use crate::snapshot::{Comment, CommentEncoding, Counters, Family, Match};
+use crate::spec::Config;
+use proptest::prelude::*;
+
+fn bare(handle: u64, comment: &str, verdict: Verdict) -> Rule {
+    Rule {
+        handle,
+        comment: Some(Comment {
+            bytes: comment.as_bytes().to_vec(),
+            encoding: CommentEncoding::Xt,
+        }),
+        matches: vec![],
+        counters: Some(Counters::default()),
+        verdict,
+    }
+}
+
+fn jump(handle: u64, comment: &str, target: &str) -> Rule {
+    bare(handle, comment, Verdict::Jump(target.into()))
+}
+
+fn foreign(handle: u64, target: &str) -> Rule {
+    Rule {
+        handle,
+        comment: None,
+        matches: vec![Match::AddrType {
+            source: 0,
+            dest: crate::snapshot::ADDRTYPE_LOCAL,
+            flags: 0,
+        }],
+        counters: Some(Counters::default()),
+        verdict: Verdict::Jump(target.into()),
+    }
+}
+
+fn snap(rules: Vec<Rule>) -> Snapshot {
+    Snapshot {
+        family: Family::Ip,
+        table: "nat".into(),
+        chain: "PREROUTING".into(),
+        generation: 1,
+        table_exists: true,
+        chain_exists: true,
+        rules,
+    }
+}
+
+fn harvester() -> ChainSpec {
+    Config::from_toml(include_str!("../tests/fixtures/harvester.toml"))
+        .unwrap()
+        .chains
+        .remove(0)
+}
+
+const OVN: &str = "kube-ovn prerouting rules";
+const CALI: &str = "cali:6gwbT8clXdHdC1b1";
+const KUBE: &str = "kubernetes service portals";
+
+/// Apply a plan the way the kernel would: deletes by handle, then each insert before the
+/// rule with `before_handle` (or appended). New rules get handles from 1000 up.
+fn apply(s: &Snapshot, spec: &ChainSpec, p: &Plan) -> Snapshot {
+    let mut rules = s.rules.clone();
+    let mut next = 1000 + s.rules.iter().map(|r| r.handle).max().unwrap_or(0);
+    for op in &p.ops {
+        match *op {
+            Op::Delete { handle, .. } => {
+                let before = rules.len();
+                rules.retain(|r| r.handle != handle);
+                assert_eq!(rules.len(), before - 1, "delete of unknown handle {handle}");
+            }
+            Op::Insert {
+                jump: j,
+                position,
+                before_handle,
+                after_handle,
+            } => {
+                let at = match before_handle {
+                    Some(h) => rules.iter().position(|r| r.handle == h).unwrap(),
+                    None => rules.len(),
+                };
+                // The printed position and the after_handle agree with the kernel position.
+                assert_eq!(at + 1, position, "insert position");
+                let above = rules[..at].last().map(|r| r.handle);
+                if above.is_some_and(|h| h < 1000) || above.is_none() {
+                    assert_eq!(above, after_handle);
+                }
+                let js = &spec.jumps[j];
+                rules.insert(at, jump(next, &js.comment, &js.target));
+                next += 1;
+            }
+        }
+    }
+    snap(rules)
+}
+
+fn targets(s: &Snapshot) -> Vec<&str> {
+    s.rules.iter().map(|r| r.target().unwrap_or("-")).collect()
+}
+
+#[test]
+fn harvester_broken_becomes_healthy_with_two_deletes() {
+    let spec = harvester();
+    let broken = snap(vec![
+        jump(1, OVN, "OVN-PREROUTING"),
+        jump(2, CALI, "cali-PREROUTING"),
+        jump(3, OVN, "OVN-PREROUTING"),
+        jump(4, KUBE, "KUBE-SERVICES"),
+        jump(5, OVN, "OVN-PREROUTING"),
+        foreign(6, "CNI-HOSTPORT-DNAT"),
+    ]);
+    let p = plan(&broken, &spec);
+    assert!(p.conflicts.is_empty());
+    assert_eq!(
+        p.ops,
+        vec![
+            Op::Delete {
+                handle: 1,
+                index: 0,
+                jump: 0,
+                reason: DeleteReason::Duplicate
+            },
+            Op::Delete {
+                handle: 5,
+                index: 4,
+                jump: 0,
+                reason: DeleteReason::Duplicate
+            },
+        ]
+    );
+    assert_eq!(p.roles[2], Role::Owned(0));
+    let healthy = apply(&broken, &spec, &p);
+    assert_eq!(
+        targets(&healthy),
+        [
+            "cali-PREROUTING",
+            "OVN-PREROUTING",
+            "KUBE-SERVICES",
+            "CNI-HOSTPORT-DNAT"
+        ]
+    );
+    assert!(plan(&healthy, &spec).is_noop());
+}
+
+#[test]
+fn missing_jump_goes_right_after_its_after_anchor() {
+    let spec = harvester();
+    let s = snap(vec![
+        jump(2, CALI, "cali-PREROUTING"),
+        jump(4, KUBE, "KUBE-SERVICES"),
+        foreign(6, "CNI-HOSTPORT-DNAT"),
+    ]);
+    let p = plan(&s, &spec);
+    assert_eq!(
+        p.ops,
+        vec![Op::Insert {
+            jump: 0,
+            position: 2,
+            after_handle: Some(2),
+            before_handle: Some(4)
+        }]
+    );
+    // Nothing to follow: just before the first `before` anchor.
+    let s = snap(vec![foreign(9, "X"), jump(4, KUBE, "KUBE-SERVICES")]);
+    let p = plan(&s, &spec);
+    assert_eq!(
+        p.ops,
+        vec![Op::Insert {
+            jump: 0,
+            position: 2,
+            after_handle: Some(9),
+            before_handle: Some(4)
+        }]
+    );
+    // No anchors at all: at the end; an empty chain gets it at the head.
+    let s = snap(vec![foreign(9, "X")]);
+    let p = plan(&s, &spec);
+    assert_eq!(
+        p.ops,
+        vec![Op::Insert {
+            jump: 0,
+            position: 2,
+            after_handle: Some(9),
+            before_handle: None
+        }]
+    );
+    let p = plan(&snap(vec![]), &spec);
+    assert_eq!(
+        p.ops,
+        vec![Op::Insert {
+            jump: 0,
+            position: 1,
+            after_handle: None,
+            before_handle: None
+        }]
+    );
+}
+
+#[test]
+fn identity_rules() {
+    let spec = harvester();
+    // Userdata encoding of the same comment is ours and in place: no drift.
+    let mut ud = jump(3, OVN, "OVN-PREROUTING");
+    ud.comment.as_mut().unwrap().encoding = CommentEncoding::Userdata;
+    let s = snap(vec![
+        jump(2, CALI, "cali-PREROUTING"),
+        ud,
+        jump(4, KUBE, "KUBE-SERVICES"),
+    ]);
+    assert!(plan(&s, &spec).is_noop());
+    // A stale copy (wrong target, or goto) is replaced.
+    let s = snap(vec![
+        jump(2, CALI, "cali-PREROUTING"),
+        bare(3, OVN, Verdict::Goto("OVN-PREROUTING".into())),
+        jump(4, KUBE, "KUBE-SERVICES"),
+    ]);
+    let p = plan(&s, &spec);
+    assert_eq!(p.roles[1], Role::Stale(0));
+    assert_eq!(p.ops.len(), 2);
+    // Our comment with another match, or our target without the comment: foreign, kept,
+    // and the jump is still inserted.
+    let mut extra = jump(3, OVN, "OVN-PREROUTING");
+    extra.matches.push(Match::Opaque("-p tcp".into()));
+    let s = snap(vec![
+        jump(2, CALI, "cali-PREROUTING"),
+        extra,
+        foreign(5, "OVN-PREROUTING"),
+        jump(4, KUBE, "KUBE-SERVICES"),
+    ]);
+    let p = plan(&s, &spec);
+    assert_eq!(p.roles[1], Role::Foreign);
+    assert_eq!(p.roles[2], Role::Foreign);
+    assert!(
+        p.ops.iter().all(|o| matches!(o, Op::Insert { .. })),
+        "{:?}",
+        p.ops
+    );
+    assert_eq!(p.ops.len(), 1);
+}
+
+#[test]
+fn the_copy_that_needs_no_move_is_kept() {
+    let spec = harvester();
+    let s = snap(vec![
+        jump(1, OVN, "OVN-PREROUTING"),
+        jump(2, CALI, "cali-PREROUTING"),
+        jump(4, KUBE, "KUBE-SERVICES"),
+        jump(3, OVN, "OVN-PREROUTING"),
+        jump(7, OVN, "OVN-PREROUTING"),
+    ]);
+    let p = plan(&s, &spec);
+    // No copy is in a valid place: all three go, one is inserted.
+    assert_eq!(p.ops.len(), 4);
+    assert_eq!(p.roles[0], Role::Misplaced(0));
+    let after = apply(&s, &spec, &p);
+    assert_eq!(
+        targets(&after),
+        ["cali-PREROUTING", "OVN-PREROUTING", "KUBE-SERVICES"]
+    );
+}
+
+#[test]
+fn conflict_keeps_before_constraints_and_names_the_blockers() {
+    let spec = harvester();
+    let s = snap(vec![
+        jump(4, KUBE, "KUBE-SERVICES"),
+        jump(1, OVN, "OVN-PREROUTING"),
+        jump(2, CALI, "cali-PREROUTING"),
+        jump(8, OVN, "OVN-PREROUTING"),
+        foreign(6, "CNI-HOSTPORT-DNAT"),
+    ]);
+    let p = plan(&s, &spec);
+    assert_eq!(p.conflicts.len(), 1, "{:?}", p.conflicts);
+    let c = &p.conflicts[0];
+    assert_eq!(c.unmet, "after cali-PREROUTING");
+    assert_eq!(c.comment, OVN);
+    assert_eq!(c.blocking.len(), 1);
+    assert_eq!(c.blocking[0].handle, 4);
+    assert_eq!(c.blocking[0].target.as_deref(), Some("KUBE-SERVICES"));
+    let after = apply(&s, &spec, &p);
+    assert_eq!(
+        targets(&after),
+        [
+            "OVN-PREROUTING",
+            "KUBE-SERVICES",
+            "cali-PREROUTING",
+            "CNI-HOSTPORT-DNAT"
+        ]
+    );
+    // Duplicates are gone, and planning again is stable: no churn, same conflict.
+    let again = plan(&after, &spec);
+    assert!(again.is_noop());
+    assert_eq!(again.conflicts.len(), 1);
+}
+
+#[test]
+fn cleanup_deletes_only_ours() {
+    let spec = harvester();
+    let s = snap(vec![
+        jump(1, OVN, "OVN-PREROUTING"),
+        jump(2, CALI, "cali-PREROUTING"),
+        bare(3, OVN, Verdict::Jump("OLD".into())),
+        foreign(5, "OVN-PREROUTING"),
+    ]);
+    let p = cleanup(&s, &spec);
+    let deleted: Vec<u64> = p
+        .ops
+        .iter()
+        .map(|o| match o {
+            Op::Delete { handle, .. } => *handle,
+            Op::Insert { .. } => panic!("cleanup inserts nothing"),
+        })
+        .collect();
+    assert_eq!(deleted, vec![1, 3]);
+}
+
+#[test]
+fn several_jumps_chain_through_each_other() {
+    // A after cali; B after A; both before KUBE-SERVICES.
+    let spec = Config::from_toml(
+        r#"
+[[chain]]
+table = "nat"
+chain = "PREROUTING"
+  [[chain.jump]]
+  target = "B"
+  comment = "b"
+  after = ["A"]
+  before = ["KUBE-SERVICES"]
+  [[chain.jump]]
+  target = "A"
+  comment = "a"
+  after = ["cali-PREROUTING"]
+  before = ["KUBE-SERVICES"]
+"#,
+    )
+    .unwrap()
+    .chains
+    .remove(0);
+    let s = snap(vec![
+        jump(2, CALI, "cali-PREROUTING"),
+        jump(4, KUBE, "KUBE-SERVICES"),
+    ]);
+    let p = plan(&s, &spec);
+    let after = apply(&s, &spec, &p);
+    assert_eq!(
+        targets(&after),
+        ["cali-PREROUTING", "A", "B", "KUBE-SERVICES"]
+    );
+    assert!(plan(&after, &spec).is_noop());
+}
+
+// ---- properties ----
+
+thread_local! {
+    /// (cases run, with conflicts, with ops) — printed to show the generator's reach.
+    static STATS: std::cell::RefCell<(usize, usize, usize)> = const { std::cell::RefCell::new((0, 0, 0)) };
+}
+
+const POOL: [&str; 6] = ["F1", "F2", "F3", "J0", "J1", "J2"];
+
+/// A random spec of 1..=3 jumps J0.. with constraints over POOL; `None` if cyclic.
+fn spec_from(cons: &[(Vec<usize>, Vec<usize>)]) -> Option<ChainSpec> {
+    let mut t = String::from("[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n");
+    for (j, (after, before)) in cons.iter().enumerate() {
+        let me = format!("J{j}");
+        let names = |v: &[usize]| {
+            v.iter()
+                .map(|&i| POOL[i])
+                .filter(|n| {
+                    *n != me
+                        && (!n.starts_with('J') || n[1..].parse::<usize>().unwrap() < cons.len())
+                })
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (a, b) = (names(after), names(before));
+        t.push_str(&format!(
+            "[[chain.jump]]\ntarget = \"{me}\"\ncomment = \"c{j}\"\nafter = [{a}]\nbefore = [{b}]\n"
+        ));
+    }
+    Config::from_toml(&t).ok().map(|mut c| c.chains.remove(0))
+}
+
+/// Rule kinds for random chains.
+fn rule_from(kind: u8, x: usize, handle: u64) -> Rule {
+    let jname = format!("J{}", x % 3);
+    let comment = format!("c{}", x % 3);
+    match kind % 6 {
+        0 | 1 => jump(handle, &comment, &jname), // candidate (maybe)
+        2 => foreign(handle, POOL[x % 6]),       // foreign, any target
+        3 => jump(handle, &format!("other{x}"), POOL[x % 3]), // foreign bare jump
+        4 => jump(handle, &comment, POOL[x % 3]), // stale copy
+        _ => bare(handle, &comment, Verdict::Goto(jname)), // stale goto
+    }
+}
+
+fn chain_strategy() -> impl Strategy<Value = Vec<(u8, usize)>> {
+    prop::collection::vec((any::<u8>(), 0usize..6), 0..7)
+}
+
+fn spec_strategy() -> impl Strategy<Value = Vec<(Vec<usize>, Vec<usize>)>> {
+    prop::collection::vec(
+        (
+            prop::collection::vec(0usize..6, 0..3),
+            prop::collection::vec(0usize..6, 0..3),
+        ),
+        1..4,
+    )
+}
+
+/// Is `rules` a valid end state: each jump exactly once as a correct bare jump, no stale
+/// copy, every constraint not reported as a conflict met.
+fn valid(rules: &[Rule], spec: &ChainSpec, conflicts: &[Conflict]) -> bool {
+    for (j, js) in spec.jumps.iter().enumerate() {
+        let copies = rules
+            .iter()
+            .filter(|r| owned_jump(r, &spec.jumps) == Some(j))
+            .collect::<Vec<_>>();
+        if copies.len() != 1 || copies[0].verdict != Verdict::Jump(js.target.clone()) {
+            return false;
+        }
+    }
+    for e in all_edges(&spec.jumps) {
+        let unmet = match e.kind {
+            Kind::After => format!("after {}", e.from),
+            Kind::Before => format!("before {}", e.to),
+        };
+        if conflicts
+            .iter()
+            .any(|c| c.jump == e.owner && c.unmet == unmet)
+        {
+            continue;
+        }
+        let last_from = rules.iter().rposition(|r| r.target() == Some(e.from));
+        let first_to = rules.iter().position(|r| r.target() == Some(e.to));
+        if let (Some(a), Some(b)) = (last_from, first_to) {
+            if a >= b {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The fewest deletes + inserts of any valid end state, by brute force.
+fn brute_force_min(s: &Snapshot, spec: &ChainSpec, conflicts: &[Conflict]) -> usize {
+    let owned: Vec<usize> = (0..s.rules.len())
+        .filter(|&i| owned_jump(&s.rules[i], &spec.jumps).is_some())
+        .collect();
+    let mut best = usize::MAX;
+    // Every subset of owned rules to keep.
+    for mask in 0u32..(1 << owned.len()) {
+        let keep: Vec<usize> = owned
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| mask & (1 << b) != 0)
+            .map(|(_, &i)| i)
+            .collect();
+        let base: Vec<Rule> = s
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !owned.contains(i) || keep.contains(i))
+            .map(|(_, r)| r.clone())
+            .collect();
+        let present: Vec<usize> = keep
+            .iter()
+            .filter_map(|&i| owned_jump(&s.rules[i], &spec.jumps))
+            .collect();
+        let missing: Vec<usize> = (0..spec.jumps.len())
+            .filter(|j| !present.contains(j))
+            .collect();
+        let cost = (owned.len() - keep.len()) + missing.len();
+        if cost >= best {
+            continue;
+        }
+        if any_insertion_valid(&base, &missing, spec, conflicts) {
+            best = cost;
+        }
+    }
+    best
+}
+
+fn any_insertion_valid(
+    base: &[Rule],
+    missing: &[usize],
+    spec: &ChainSpec,
+    conflicts: &[Conflict],
+) -> bool {
+    let Some((&j, rest)) = missing.split_first() else {
+        return valid(base, spec, conflicts);
+    };
+    let js = &spec.jumps[j];
+    (0..=base.len()).any(|at| {
+        let mut next = base.to_vec();
+        next.insert(at, jump(9999, &js.comment, &js.target));
+        any_insertion_valid(&next, rest, spec, conflicts)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn planner_guarantees(chain in chain_strategy(), cons in spec_strategy()) {
+        let Some(spec) = spec_from(&cons) else { return Ok(()); };
+        let rules: Vec<Rule> = chain.iter().enumerate()
+            .map(|(i, &(k, x))| rule_from(k, x, i as u64 + 1)).collect();
+        let s = snap(rules);
+        let p = plan(&s, &spec);
+        // Foreign rules are never deleted.
+        for op in &p.ops {
+            if let Op::Delete { index, .. } = op {
+                prop_assert_ne!(p.roles[*index], Role::Foreign);
+            }
+        }
+        let after = apply(&s, &spec, &p);
+        // Each owned jump exactly once, constraints met (but reported conflicts).
+        prop_assert!(valid(&after.rules, &spec, &p.conflicts), "invalid result {:?}", targets(&after));
+        // Foreign order untouched.
+        let fo = |x: &Snapshot| x.rules.iter().filter(|r| owned_jump(r, &spec.jumps).is_none())
+            .map(|r| r.handle).collect::<Vec<_>>();
+        prop_assert_eq!(fo(&s), fo(&after));
+        // The result the plan announces is what applying it gives.
+        let announced: Vec<&str> = p.result.iter().map(|slot| match *slot {
+            Slot::Existing(i) => s.rules[i].target().unwrap_or("-"),
+            Slot::New(j) => spec.jumps[j].target.as_str(),
+        }).collect();
+        prop_assert_eq!(announced, targets(&after));
+        // Converged chains yield empty plans, with the same conflicts.
+        let again = plan(&after, &spec);
+        prop_assert!(again.is_noop(), "not idempotent: {:?} -> {:?}", targets(&after), again.ops);
+        prop_assert_eq!(&again.conflicts.iter().map(|c| &c.unmet).collect::<Vec<_>>(),
+                        &p.conflicts.iter().map(|c| &c.unmet).collect::<Vec<_>>());
+        // Minimal.
+        prop_assert_eq!(p.ops.len(), brute_force_min(&s, &spec, &p.conflicts));
+        // Conflicts are real: with every constraint in force, no arrangement of the
+        // foreign rules plus all the jumps is valid.
+        if !p.conflicts.is_empty() {
+            let foreign_only: Vec<Rule> = s.rules.iter()
+                .filter(|r| owned_jump(r, &spec.jumps).is_none()).cloned().collect();
+            let all: Vec<usize> = (0..spec.jumps.len()).collect();
+            prop_assert!(!any_insertion_valid(&foreign_only, &all, &spec, &[]),
+                "spurious conflict {:?} for {:?}", p.conflicts, targets(&s));
+        }
+        STATS.with(|st| {
+            let mut st = st.borrow_mut();
+            st.0 += 1;
+            st.1 += usize::from(!p.conflicts.is_empty());
+            st.2 += usize::from(!p.ops.is_empty());
+        });
+    }
+}
+
+#[test]
+fn random_chains_reach_conflicts_and_changes() {
+    planner_guarantees();
+    let (cases, conflicts, changes) = STATS.with(|s| *s.borrow());
+    eprintln!("{cases} cases planned, {conflicts} with conflicts, {changes} with changes");
+    assert!(
+        cases > 1000 && conflicts > 50 && changes > 500,
+        "{cases} {conflicts} {changes}"
+    );
+}
