@@ -9,9 +9,18 @@
 //!   and kernel layouts live there.
 //! - [`reconcile`] — read → plan → apply → verify, with bounded retries on stale writes.
 //! - [`report`] — the JSON and text outputs of the CLI.
+//! - [`commands`] — the CLI's commands as library functions (used by the binary and the C ABI).
 //! - [`demo`] — the Harvester incident and its repair in a throwaway network namespace.
+//! - [`scenario`] — reads the iptables-restore fixtures the demo and tests use.
+//! - [`netns`] — throwaway network namespaces (demo, bench, tests).
 
 pub mod backend;
+pub mod commands;
+pub mod demo;
+pub mod netns;
 pub mod plan;
+pub mod reconcile;
+pub mod report;
+pub mod scenario;
 pub mod snapshot;
 pub mod spec;

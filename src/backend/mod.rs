@@ -1,3 +1,113 @@
-//! Kernel backends.
+//! Kernel backends: one trait, one implementation per kernel interface.
+//!
+//! A backend reads one chain into a [`Snapshot`] and applies a [`Plan`] made from that
+//! snapshot as ONE kernel transaction, guarded by the generation it was read at: when
+//! anyone else committed in between, the kernel refuses it and [`BackendError::Stale`]
+//! tells the caller to re-read and re-plan. All `unsafe` and all kernel layouts live in
+//! the backend modules.
 
 pub mod nft;
+
+use crate::plan::Plan;
+use crate::snapshot::{Family, Snapshot};
+use crate::spec::ChainSpec;
+
+/// What a committed transaction left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Whether anything was committed (false when the plan was empty).
+    pub committed: bool,
+    /// Kernel messages (rules, chains, table) in the transaction.
+    pub changes: usize,
+}
+
+/// One kernel interface.
+pub trait Backend {
+    /// The backend's name: `nft` or `legacy`.
+    fn name(&self) -> &'static str;
+
+    /// Read `table`/`chain` of `family` (`iptables -t TABLE -S CHAIN`).
+    fn read(&mut self, family: Family, table: &str, chain: &str) -> Result<Snapshot, BackendError>;
+
+    /// Apply `plan`, made from `snap` for `spec`, as one transaction guarded by
+    /// `snap.generation`; creates the table, base chain and target chains when missing.
+    fn apply(
+        &mut self,
+        snap: &Snapshot,
+        spec: &ChainSpec,
+        plan: &Plan,
+    ) -> Result<Applied, BackendError>;
+
+    /// The current generation (nf_tables genid), after a commit.
+    fn generation(&mut self) -> Result<u32, BackendError>;
+}
+
+/// A failure talking to the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The kernel refused for lack of privilege.
+    #[error("{step}: permission denied: jumpset needs {capability} (run as root, or grant it: setcap cap_net_admin,cap_net_raw+ep, or AmbientCapabilities= in the unit)")]
+    Permission {
+        /// What was being done.
+        step: String,
+        /// The capability that is missing.
+        capability: &'static str,
+    },
+    /// The transaction was planned from an old generation and refused (ERESTART / EAGAIN).
+    #[error("the ruleset changed after generation {planned} was read; re-read and re-plan")]
+    Stale {
+        /// The generation the plan was made from.
+        planned: u32,
+    },
+    /// A socket call failed.
+    #[error("{step}: {source}")]
+    Io {
+        /// What was being done.
+        step: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel refused a request.
+    #[error("{step}: the kernel refused it: {message} (errno {errno})")]
+    Kernel {
+        /// Which request, in iptables terms.
+        step: String,
+        /// The positive errno.
+        errno: i32,
+        /// strerror, plus the kernel's extended-ack message if it sent one.
+        message: String,
+    },
+    /// The kernel's reply could not be decoded.
+    #[error("{step}: cannot decode the kernel's reply: {source}")]
+    Decode {
+        /// What was being read.
+        step: String,
+        /// The codec's error.
+        #[source]
+        source: nft::codec::CodecError,
+    },
+    /// A jump's target chain does not exist and `create_chain` is false.
+    #[error("{family} {table}: chain {chain} does not exist and create_chain = false for the jump to it; create it (iptables -t {table} -N {chain}) or set create_chain = true")]
+    MissingTarget {
+        /// Family.
+        family: Family,
+        /// Table.
+        table: String,
+        /// The missing target chain.
+        chain: String,
+    },
+    /// The table holds something we must not write into.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl BackendError {
+    /// The CLI exit code for this error (3: privilege, 4: kernel).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BackendError::Permission { .. } => 3,
+            _ => 4,
+        }
+    }
+}

@@ -1,1 +1,116 @@
-fn main() {}
+//! The `jumpset` command: parses arguments, calls the library, prints, exits with the
+//! codes of DESIGN.md (0 ok, 1 drift, 2 usage/config, 3 privilege, 4 kernel, 5 conflict).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use jumpset::commands::{self, CmdError, Output, Selection, EXIT_USAGE};
+use jumpset::reconcile::Goal;
+use jumpset::snapshot::Family;
+use jumpset::spec::{BackendChoice, Config, DEFAULT_CONFIG_PATH};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Owns the jump set of shared netfilter base chains: declared jumps, placed by
+/// constraints, written in one kernel transaction.
+#[derive(Parser)]
+#[command(name = "jumpset", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Config file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kernel interface (overrides the config's `backend`).
+    #[arg(long, global = true, value_enum)]
+    backend: Option<BackendArg>,
+    /// Address families to manage (overrides the config's `families`).
+    #[arg(long, global = true, value_enum)]
+    family: Option<FamilyArg>,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The chain as the kernel has it: each rule, its owner, in place or not.
+    Status,
+    /// Exit 0 when converged, 1 on drift, 5 on a conflict, >= 2 on error.
+    Check,
+    /// What `apply` would do, as iptables-style lines; exit 0 either way.
+    Plan,
+    /// One reconcile: one kernel transaction per chain and family.
+    Apply,
+    /// Remove the owned jumps (uninstall).
+    Cleanup,
+    /// The Harvester incident and its repair, in a throwaway network namespace.
+    Demo,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Nft,
+    Legacy,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FamilyArg {
+    Ip,
+    Ip6,
+    Both,
+}
+
+fn run(cli: Cli) -> Result<Output, CmdError> {
+    let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let cfg = Config::load(&path).map_err(|e| CmdError::new(EXIT_USAGE, format!("config: {e}")))?;
+    let backend = cli.backend.map(|b| match b {
+        BackendArg::Auto => BackendChoice::Auto,
+        BackendArg::Nft => BackendChoice::Nft,
+        BackendArg::Legacy => BackendChoice::Legacy,
+    });
+    let families = cli.family.map(|f| match f {
+        FamilyArg::Ip => vec![Family::Ip],
+        FamilyArg::Ip6 => vec![Family::Ip6],
+        FamilyArg::Both => vec![Family::Ip, Family::Ip6],
+    });
+    let sel = Selection::new(&cfg, backend, families);
+    match cli.command {
+        Command::Status => commands::status(&cfg, &sel),
+        Command::Check => commands::check(&cfg, &sel),
+        Command::Plan => commands::plan(&cfg, &sel, Goal::Converge),
+        Command::Apply => commands::apply(&cfg, &sel, Goal::Converge),
+        Command::Cleanup => commands::apply(&cfg, &sel, Goal::Remove),
+        Command::Demo => unreachable!("handled before the config is read"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    if matches!(cli.command, Command::Demo) {
+        return match jumpset::demo::run(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("jumpset demo: {e}");
+                ExitCode::from(e.code as u8)
+            }
+        };
+    }
+    match run(cli) {
+        Ok(out) => {
+            if json {
+                println!("{}", out.json);
+            } else {
+                print!("{}", out.text);
+            }
+            ExitCode::from(out.code as u8)
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": e.message, "exit_code": e.code }));
+            }
+            eprintln!("jumpset: {e}");
+            ExitCode::from(e.code as u8)
+        }
+    }
+}

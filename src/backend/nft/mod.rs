@@ -1,3 +1,480 @@
-//! nf_tables over netlink.
+//! nf_tables over netlink: the backend for iptables-nft hosts.
+//!
+//! A read is one `sendmsg` holding GETGEN and a GETRULE dump of the chain; every dumped
+//! rule carries the low 16 bits of the generation it was dumped at, so a dump that raced
+//! a commit is detected and re-read. A write is one batch — BEGIN carrying the generation
+//! the plan was made from, then NEWTABLE/NEWCHAIN (only when missing, exactly as
+//! iptables-nft creates them), DELRULEs by handle and NEWRULEs before a kept handle or
+//! appended, then END with an ACK request. The kernel holds its commit mutex from the
+//! generation check to the commit, so a concurrent writer makes the batch fail with
+//! ERESTART and nothing is applied. Success is the END ack and nothing else.
 
 pub mod codec;
+mod sys;
+
+use super::{Applied, Backend, BackendError};
+use crate::plan::{Op, Plan};
+use crate::snapshot::{Family, Rule, Snapshot, Verdict};
+use crate::spec::{self, ChainSpec};
+use codec::{Batch, Body, Message, Position};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+use std::time::Duration;
+
+const ENOENT: i32 = 2;
+const EPERM: i32 = 1;
+const EACCES: i32 = 13;
+const ERESTART: i32 = 85;
+/// `NLM_F_DUMP_INTR`: the dump raced a change.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+/// Receive buffer for one datagram: the kernel fills dump parts up to ~32 KiB.
+const RECV_BUF: usize = 64 * 1024;
+/// How many times a read that raced a commit is retried.
+const READ_RETRIES: usize = 16;
+
+/// The `nfgen_family` of an address family.
+pub fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::Ip => codec::NFPROTO_IPV4,
+        Family::Ip6 => codec::NFPROTO_IPV6,
+    }
+}
+
+/// A netlink socket to nf_tables in the network namespace of the thread that opened it.
+pub struct NftBackend {
+    sock: Socket,
+    portid: u32,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+fn io_err(step: &str) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
+    move |source| {
+        if matches!(source.raw_os_error(), Some(EPERM) | Some(EACCES)) {
+            BackendError::Permission {
+                step: step.to_string(),
+                capability: "CAP_NET_ADMIN",
+            }
+        } else {
+            BackendError::Io {
+                step: step.to_string(),
+                source,
+            }
+        }
+    }
+}
+
+fn kernel_err(step: String, errno: i32, ext: Option<String>) -> BackendError {
+    if errno == EPERM || errno == EACCES {
+        return BackendError::Permission {
+            step,
+            capability: "CAP_NET_ADMIN",
+        };
+    }
+    let mut message = std::io::Error::from_raw_os_error(errno).to_string();
+    if let Some(m) = ext {
+        message = format!("{m} ({message})");
+    }
+    BackendError::Kernel {
+        step,
+        errno,
+        message,
+    }
+}
+
+impl NftBackend {
+    /// Open and bind a NETLINK_NETFILTER socket (the kernel assigns the port id).
+    pub fn open() -> Result<Self, BackendError> {
+        let step = "opening the nf_tables netlink socket";
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(io_err(step))?;
+        let addr = sock.bind_auto().map_err(io_err(step))?;
+        // Extended acks name what the kernel disliked; capped acks keep errors small.
+        let _ = sock.set_ext_ack(true);
+        let _ = sock.set_cap_ack(true);
+        sys::set_recv_timeout(&sock, Duration::from_secs(10)).map_err(io_err(step))?;
+        Ok(NftBackend {
+            sock,
+            portid: addr.port_number(),
+            seq: 1,
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// The socket's netlink port id: the `nlmsg_pid` of notifications about our commits.
+    pub fn portid(&self) -> u32 {
+        self.portid
+    }
+
+    fn take_seq(&mut self, n: u32) -> u32 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(n).max(1);
+        s
+    }
+
+    fn send(&self, bytes: &[u8], step: &str) -> Result<(), BackendError> {
+        self.sock.send(bytes, 0).map_err(io_err(step))?;
+        Ok(())
+    }
+
+    /// Receive one datagram; `Ok(None)` when `nonblocking` and nothing is queued.
+    fn recv(&mut self, step: &str, nonblocking: bool) -> Result<Option<Vec<Message>>, BackendError> {
+        self.buf.clear();
+        let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+        match self.sock.recv(&mut self.buf, flags) {
+            Ok(n) if n > self.buf.len() => Err(BackendError::Io {
+                step: step.to_string(),
+                source: std::io::Error::other(format!(
+                    "a {n}-byte datagram did not fit the {RECV_BUF}-byte buffer"
+                )),
+            }),
+            Ok(_) => codec::parse(&self.buf)
+                .map(Some)
+                .map_err(|source| BackendError::Decode {
+                    step: step.to_string(),
+                    source,
+                }),
+            Err(e) if nonblocking && e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(BackendError::Io {
+                step: step.to_string(),
+                source: std::io::Error::other("the kernel did not answer within 10 s"),
+            }),
+            Err(e) => Err(io_err(step)(e)),
+        }
+    }
+
+    /// Send one request and hand every reply with seq `first..=last` to `each`, until
+    /// it says the exchange is complete.
+    fn exchange(
+        &mut self,
+        req: &[u8],
+        seqs: std::ops::RangeInclusive<u32>,
+        step: &str,
+        mut each: impl FnMut(Message) -> Result<bool, BackendError>,
+    ) -> Result<(), BackendError> {
+        self.send(req, step)?;
+        loop {
+            let msgs = self.recv(step, false)?.unwrap_or_default();
+            for m in msgs {
+                if (m.portid != self.portid && m.portid != 0) || !seqs.contains(&m.seq) {
+                    continue; // not a reply to this request
+                }
+                if each(m)? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Whether `table` and `table`/`chain` exist (GETCHAIN, then GETTABLE on ENOENT).
+    fn exists(&mut self, fam: u8, table: &str, chain: &str) -> Result<(bool, bool), BackendError> {
+        if self.chain_exists(fam, table, chain)? {
+            return Ok((true, true));
+        }
+        let seq = self.take_seq(1);
+        let step = format!("looking up table {table}");
+        let mut found = false;
+        self.exchange(&codec::get_table(fam, table, seq), seq..=seq, &step, |m| match m.body {
+            Body::NewTable(_) => {
+                found = true;
+                Ok(false)
+            }
+            Body::Error { code: 0, .. } => Ok(true),
+            Body::Error { code, .. } if -code == ENOENT => Ok(true),
+            Body::Error { code, msg, .. } => Err(kernel_err(step.clone(), -code, msg)),
+            _ => Ok(false),
+        })?;
+        Ok((found, false))
+    }
+
+    /// Whether chain `chain` exists in `table` (GETCHAIN).
+    pub fn chain_exists(&mut self, fam: u8, table: &str, chain: &str) -> Result<bool, BackendError> {
+        let seq = self.take_seq(1);
+        let step = format!("looking up chain {table} {chain}");
+        let mut found = false;
+        let req = codec::get_chain(fam, table, chain, seq);
+        self.exchange(&req, seq..=seq, &step, |m| match m.body {
+            Body::NewChain(_) => {
+                found = true;
+                Ok(false)
+            }
+            Body::Error { code: 0, .. } => Ok(true),
+            Body::Error { code, .. } if -code == ENOENT => Ok(true),
+            Body::Error { code, msg, .. } => Err(kernel_err(step.clone(), -code, msg)),
+            _ => Ok(false),
+        })?;
+        Ok(found)
+    }
+
+    /// Commit a batch and wait for its verdict: `Ok` only on the END ack.
+    fn commit(
+        &mut self,
+        bytes: &[u8],
+        begin: u32,
+        end: u32,
+        planned: u32,
+        steps: &[(u32, String)],
+    ) -> Result<(), BackendError> {
+        if bytes.len() > 128 * 1024 {
+            let _ = sys::set_send_buffer(&self.sock, bytes.len() * 2);
+            let _ = sys::set_recv_buffer(&self.sock, steps.len() * 512 + RECV_BUF);
+        }
+        self.send(bytes, "sending the batch")?;
+        // The kernel handles a batch inside sendmsg: every ack and error is queued now.
+        let mut acked = false;
+        let mut errors: Vec<(u32, i32, Option<String>)> = Vec::new();
+        while let Some(msgs) = self.recv("reading the batch's acks", true)? {
+            for m in msgs {
+                if let Body::Error { code, seq, msg } = m.body {
+                    if code == 0 && seq == end {
+                        acked = true;
+                    } else if code != 0 {
+                        errors.push((seq, -code, msg));
+                    }
+                }
+            }
+        }
+        if errors.iter().any(|e| e.1 == ERESTART && e.0 == begin) {
+            return Err(BackendError::Stale { planned });
+        }
+        if let Some((seq, errno, msg)) = errors.into_iter().next() {
+            let step = steps
+                .iter()
+                .find(|s| s.0 == seq)
+                .map(|s| s.1.clone())
+                .unwrap_or_else(|| "committing the batch".to_string());
+            return Err(kernel_err(step, errno, msg));
+        }
+        if !acked {
+            return Err(BackendError::Kernel {
+                step: "committing the batch".into(),
+                errno: 0,
+                message: "the kernel did not acknowledge the end of the batch".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Write `rules` at the end of `table`/`chain` in one batch, creating the table, the
+    /// base chain and the user chains `chains` first when missing. Used by `demo` to set
+    /// up a scenario; the rules' counters become their initial values.
+    pub fn load(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        chains: &[&str],
+        rules: &[Rule],
+    ) -> Result<(), BackendError> {
+        let fam = nfproto(family);
+        let gen = self.generation()?;
+        let (table_exists, chain_exists) = self.exists(fam, table, chain)?;
+        let begin = self.take_seq(0);
+        let mut b = Batch::begin(gen, begin);
+        let mut steps = Vec::new();
+        if !table_exists {
+            steps.push((b.new_table(fam, table), format!("create table {table}")));
+        }
+        if !chain_exists {
+            let def = base_chain(table, chain)?;
+            let s = b.new_base_chain(fam, table, chain, def.hook, def.priority, def.chain_type);
+            steps.push((s, format!("create base chain {chain}")));
+        }
+        for c in chains {
+            if !table_exists || !self.chain_exists(fam, table, c)? {
+                steps.push((b.new_user_chain(fam, table, c), format!("-N {c}")));
+            }
+        }
+        for r in rules {
+            let comment = r.comment.as_ref().map(|c| (c.bytes.as_slice(), c.encoding));
+            let mut nr = codec::encode_rule(comment, &r.matches, &r.verdict);
+            if let Some(c) = r.counters {
+                for e in &mut nr.exprs {
+                    if let codec::Expr::Counter { bytes, packets } = e {
+                        (*bytes, *packets) = (c.bytes, c.packets);
+                    }
+                }
+            }
+            let s = b.new_rule(fam, table, chain, &nr, Position::Append);
+            steps.push((s, format!("-A {chain} {}", r.iptables())));
+        }
+        let (bytes, end) = b.end();
+        self.seq = end.wrapping_add(1);
+        self.commit(&bytes, begin, end, gen, &steps)
+    }
+}
+
+fn base_chain(table: &str, chain: &str) -> Result<spec::BaseChain, BackendError> {
+    spec::base_chain(table, chain).ok_or_else(|| {
+        BackendError::Unsupported(format!(
+            "{table} {chain} is not an iptables built-in chain; jumpset does not create it"
+        ))
+    })
+}
+
+impl Backend for NftBackend {
+    fn name(&self) -> &'static str {
+        "nft"
+    }
+
+    fn generation(&mut self) -> Result<u32, BackendError> {
+        let seq = self.take_seq(1);
+        let step = "reading the ruleset generation (GETGEN)";
+        let mut gen = None;
+        self.exchange(&codec::get_gen(seq), seq..=seq, step, |m| match m.body {
+            Body::Gen(g) => {
+                gen = Some(g.id);
+                Ok(true)
+            }
+            Body::Error { code, msg, .. } if code != 0 => {
+                Err(kernel_err(step.to_string(), -code, msg))
+            }
+            _ => Ok(false),
+        })?;
+        gen.ok_or_else(|| BackendError::Kernel {
+            step: step.into(),
+            errno: 0,
+            message: "no generation in the reply".into(),
+        })
+    }
+
+    fn read(&mut self, family: Family, table: &str, chain: &str) -> Result<Snapshot, BackendError> {
+        let fam = nfproto(family);
+        let step = format!("reading {family} {table} {chain}");
+        for _ in 0..READ_RETRIES {
+            let s = self.take_seq(2);
+            let mut req = codec::get_gen(s);
+            req.extend_from_slice(&codec::get_rules(fam, table, chain, s + 1));
+            let mut gen: Option<u32> = None;
+            let mut rules = Vec::new();
+            let mut raced = false;
+            self.exchange(&req, s..=s + 1, &step, |m| match m.body {
+                Body::Gen(g) => {
+                    gen = Some(g.id);
+                    Ok(false)
+                }
+                Body::NewRule(r) => {
+                    // Each dumped rule carries the low 16 bits of the generation it was
+                    // dumped at; a mismatch or DUMP_INTR means a commit got in between.
+                    raced |= m.flags & NLM_F_DUMP_INTR != 0
+                        || gen.map(|g| g as u16) != Some(m.res_id);
+                    rules.push(codec::to_rule(&r));
+                    Ok(false)
+                }
+                Body::Done => Ok(true),
+                Body::Error { code, msg, .. } if code != 0 => {
+                    Err(kernel_err(step.clone(), -code, msg))
+                }
+                _ => Ok(false),
+            })?;
+            let Some(generation) = gen else {
+                return Err(BackendError::Kernel {
+                    step,
+                    errno: 0,
+                    message: "no generation in the reply".into(),
+                });
+            };
+            if raced {
+                continue;
+            }
+            let (table_exists, chain_exists) = if rules.is_empty() {
+                self.exists(fam, table, chain)?
+            } else {
+                (true, true)
+            };
+            return Ok(Snapshot {
+                family,
+                table: table.to_string(),
+                chain: chain.to_string(),
+                generation,
+                table_exists,
+                chain_exists,
+                rules,
+            });
+        }
+        Err(BackendError::Kernel {
+            step,
+            errno: 0,
+            message: format!("the ruleset changed during each of {READ_RETRIES} reads"),
+        })
+    }
+
+    fn apply(&mut self, snap: &Snapshot, spec: &ChainSpec, plan: &Plan) -> Result<Applied, BackendError> {
+        if plan.ops.is_empty() {
+            return Ok(Applied {
+                committed: false,
+                changes: 0,
+            });
+        }
+        let fam = nfproto(snap.family);
+        let (table, chain) = (snap.table.as_str(), snap.chain.as_str());
+
+        // Target chains to create: only for jumps being inserted whose target no rule of
+        // the chain already jumps to (the kernel guarantees those exist).
+        let mut create: Vec<&str> = Vec::new();
+        for op in &plan.ops {
+            let Op::Insert { jump, .. } = op else { continue };
+            let js = &spec.jumps[*jump];
+            let t = js.target.as_str();
+            if create.contains(&t) || snap.rules.iter().any(|r| r.target() == Some(t)) {
+                continue;
+            }
+            if !snap.table_exists || !self.chain_exists(fam, table, t)? {
+                if !js.create_chain {
+                    return Err(BackendError::MissingTarget {
+                        family: snap.family,
+                        table: table.into(),
+                        chain: t.into(),
+                    });
+                }
+                create.push(t);
+            }
+        }
+
+        let begin = self.take_seq(0);
+        let mut b = Batch::begin(snap.generation, begin);
+        let mut steps: Vec<(u32, String)> = Vec::new();
+        if !snap.table_exists {
+            steps.push((b.new_table(fam, table), format!("create table {family} {table}", family = snap.family)));
+        }
+        if !snap.chain_exists {
+            let def = base_chain(table, chain)?;
+            let s = b.new_base_chain(fam, table, chain, def.hook, def.priority, def.chain_type);
+            steps.push((s, format!("create base chain {table} {chain}")));
+        }
+        for c in &create {
+            steps.push((b.new_user_chain(fam, table, c), format!("-t {table} -N {c}")));
+        }
+        for op in &plan.ops {
+            match *op {
+                Op::Delete { handle, index, .. } => {
+                    let s = b.del_rule(fam, table, chain, handle);
+                    let text = snap.rules[index].iptables();
+                    steps.push((s, format!("-D {chain} {text}  # handle {handle}")));
+                }
+                Op::Insert {
+                    jump,
+                    position,
+                    before_handle,
+                    ..
+                } => {
+                    let js = &spec.jumps[jump];
+                    let verdict = Verdict::Jump(js.target.clone());
+                    let nr = codec::encode_rule(
+                        Some((js.comment.as_bytes(), js.encoding)),
+                        &[],
+                        &verdict,
+                    );
+                    let at = before_handle.map_or(Position::Append, Position::Before);
+                    let s = b.new_rule(fam, table, chain, &nr, at);
+                    steps.push((s, format!("-I {chain} {position} -m comment --comment {} -j {}", crate::snapshot::quote(&js.comment), js.target)));
+                }
+            }
+        }
+        let (bytes, end) = b.end();
+        self.seq = end.wrapping_add(1);
+        self.commit(&bytes, begin, end, snap.generation, &steps)?;
+        Ok(Applied {
+            committed: true,
+            changes: steps.len(),
+        })
+    }
+}

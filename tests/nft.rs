@@ -1,0 +1,414 @@
+//! The nf_tables backend against the real kernel, each test in a fresh network namespace,
+//! with the real iptables-nft and nft as the other agents and as the oracles.
+
+mod support;
+
+use jumpset::backend::nft::NftBackend;
+use jumpset::backend::{Backend, BackendError};
+use jumpset::plan::Plan;
+use jumpset::reconcile::{self, Goal};
+use jumpset::snapshot::{Family, Snapshot};
+use jumpset::spec::{ChainSpec, Config};
+use support::*;
+
+const OVN_JUMP: &str =
+    r#"-A PREROUTING -m comment --comment "kube-ovn prerouting rules" -j OVN-PREROUTING"#;
+
+fn load_broken(restore: &str) {
+    ok(&format!(
+        "{restore} < {}",
+        fixture("harvester-broken.rules").display()
+    ));
+}
+
+#[test]
+fn broken_seed_chain_becomes_healthy_in_one_transaction() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let cfg = config(&harvester_config());
+        assert_eq!(
+            jumpset(&["check", "--config", cfg.as_str()]).code,
+            1,
+            "drift before the repair"
+        );
+        let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str(), "--json"]));
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(commits, 1, "exactly one kernel transaction");
+        let j = run.json();
+        assert_eq!(j["committed"], true);
+        assert_eq!(j["ops"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            j["generation_after"].as_u64().unwrap(),
+            j["generation_before"].as_u64().unwrap() + 1
+        );
+        assert_eq!(
+            saved_chain("iptables-nft-save", "PREROUTING"),
+            fixture_chain("harvester-healthy.rules", "PREROUTING")
+        );
+        assert_eq!(jumpset(&["check", "--config", cfg.as_str()]).code, 0);
+
+        // A second apply commits nothing and leaves every handle as it was.
+        let handles = nft_handles("ip", "nat", "PREROUTING");
+        let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str(), "--json"]));
+        assert_eq!(run.code, 0);
+        assert_eq!(commits, 0, "a converged chain must not be written");
+        assert_eq!(run.json()["committed"], false);
+        assert_eq!(nft_handles("ip", "nat", "PREROUTING"), handles);
+    });
+}
+
+#[test]
+fn ipv6_is_reconciled_the_same_way() {
+    netns(|| {
+        load_broken("ip6tables-nft-restore");
+        let cfg = config(&harvester_config());
+        let args = ["--config", cfg.as_str(), "--family", "ip6"];
+        assert_eq!(jumpset(&[&["check"], &args[..]].concat()).code, 1);
+        let (run, commits) = count_commits(|| jumpset(&[&["apply"], &args[..]].concat()));
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(commits, 1);
+        assert_eq!(
+            saved_chain("ip6tables-nft-save", "PREROUTING"),
+            fixture_chain("harvester-healthy.rules", "PREROUTING")
+        );
+        assert_eq!(jumpset(&[&["check"], &args[..]].concat()).code, 0);
+        // The ip family was not touched.
+        assert!(ok("iptables-nft-save -t nat").lines().all(|l| !l.starts_with("-A")));
+    });
+}
+
+#[test]
+fn both_families_are_separate_transactions() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        load_broken("ip6tables-nft-restore");
+        let cfg = config(&harvester_config().replace("families = [\"ip\"]", "families = [\"ip\", \"ip6\"]"));
+        let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str(), "--json"]));
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(commits, 2, "one transaction per family");
+        let j = run.json();
+        assert_eq!(j["families"]["ip"]["committed"], true);
+        assert_eq!(j["families"]["ip6"]["committed"], true);
+        for save in ["iptables-nft-save", "ip6tables-nft-save"] {
+            assert_eq!(
+                saved_chain(save, "PREROUTING"),
+                fixture_chain("harvester-healthy.rules", "PREROUTING")
+            );
+        }
+    });
+}
+
+#[test]
+fn a_table_created_from_nothing_is_one_iptables_nft_keeps_working_with() {
+    netns(|| {
+        let cfg = config(&harvester_config());
+        let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str()]));
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(commits, 1, "table, chains and rule in one transaction");
+        assert_eq!(saved_chain("iptables-nft-save", "PREROUTING"), vec![OVN_JUMP]);
+        let save = ok("iptables-nft-save -t nat");
+        assert!(save.contains(":OVN-PREROUTING - [0:0]"), "{save}");
+        assert!(save.contains(":PREROUTING ACCEPT"), "{save}");
+        // The base chain is exactly iptables-nft's: nat hook prerouting priority -100.
+        let nft = ok("nft list chain ip nat PREROUTING 2>/dev/null");
+        assert!(
+            nft.contains("type nat hook prerouting priority dstnat; policy accept;"),
+            "{nft}"
+        );
+        // iptables-nft keeps working with the table: the other agents arrive.
+        ok("iptables-nft -t nat -N cali-PREROUTING && iptables-nft -t nat -I PREROUTING 1 -m comment --comment cali:6gwbT8clXdHdC1b1 -j cali-PREROUTING");
+        ok("iptables-nft -t nat -N KUBE-SERVICES && iptables-nft -t nat -A PREROUTING -m comment --comment 'kubernetes service portals' -j KUBE-SERVICES");
+        ok("iptables-nft -t nat -A INPUT -j ACCEPT");
+        assert_eq!(jumpset(&["check", "--config", cfg.as_str()]).code, 0);
+        assert_eq!(saved_chain("iptables-nft-save", "PREROUTING").len(), 3);
+    });
+}
+
+#[test]
+fn foreign_rules_keep_handles_and_counters_even_when_iptables_cannot_express_them() {
+    netns(|| {
+        // Counters on the foreign rules, and a rule written with nft that iptables cannot show.
+        let rules = std::fs::read_to_string(fixture("harvester-broken.rules"))
+            .unwrap()
+            .replace(
+                "-A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
+                "[7:700] -A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
+            )
+            .replace("-A PREROUTING -m addrtype", "[9:900] -A PREROUTING -m addrtype");
+        ok_stdin("iptables-nft-restore --counters", &rules);
+        ok("nft add rule ip nat PREROUTING meta l4proto tcp counter packets 3 bytes 300 jump KUBE-SERVICES");
+        let before = ok("nft -a list chain ip nat PREROUTING 2>/dev/null");
+        let cfg = config(&harvester_config());
+        let run = jumpset(&["apply", "--config", cfg.as_str()]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let after = ok("nft -a list chain ip nat PREROUTING 2>/dev/null");
+        let foreign = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| l.contains("# handle") && !l.contains("kube-ovn"))
+                .map(|l| l.trim().to_string())
+                .collect()
+        };
+        // Same lines, same handles, same counters, same order.
+        assert_eq!(foreign(&before), foreign(&after));
+        assert!(after.contains("counter packets 7 bytes 700"), "{after}");
+        assert!(after.contains("meta l4proto tcp counter packets 3 bytes 300"), "{after}");
+        assert_eq!(after.matches("kube-ovn prerouting rules").count(), 1, "{after}");
+    });
+}
+
+#[test]
+fn a_chain_with_no_valid_place_is_a_conflict_with_duplicates_still_removed() {
+    netns(|| {
+        ok_stdin(
+            "iptables-nft-restore",
+            "*nat\n:cali-PREROUTING - [0:0]\n:OVN-PREROUTING - [0:0]\n:KUBE-SERVICES - [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n\
+             -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+             -A PREROUTING -m comment --comment \"kube-ovn prerouting rules\" -j OVN-PREROUTING\n\
+             -A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\" -j cali-PREROUTING\n\
+             -A PREROUTING -m comment --comment \"kube-ovn prerouting rules\" -j OVN-PREROUTING\n\
+             -A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\nCOMMIT\n",
+        );
+        let kube_handle = nft_handles("ip", "nat", "PREROUTING")[0];
+        let cfg = config(&harvester_config());
+        let run = jumpset(&["apply", "--config", cfg.as_str(), "--json"]);
+        assert_eq!(run.code, 5, "{}{}", run.stdout, run.stderr);
+        let j = run.json();
+        let c = &j["conflicts"][0];
+        assert_eq!(c["unmet"], "after cali-PREROUTING");
+        assert_eq!(c["blocking"][0]["handle"].as_u64(), Some(kube_handle));
+        assert_eq!(c["blocking"][0]["target"], "KUBE-SERVICES");
+        let chain = saved_chain("iptables-nft-save", "PREROUTING");
+        assert_eq!(chain.iter().filter(|l| l.contains("kube-ovn")).count(), 1, "{chain:?}");
+        assert_eq!(chain[0], OVN_JUMP, "before constraints are met first: {chain:?}");
+        // The text output names the blocking rule too.
+        let run = jumpset(&["apply", "--config", cfg.as_str()]);
+        assert_eq!(run.code, 5);
+        assert!(run.stdout.contains("blocked by rule 1"), "{}", run.stdout);
+        assert!(run.stdout.contains("nothing to do"), "{}", run.stdout);
+    });
+}
+
+/// For both comment encodings the real iptables-nft treats our rule as its own.
+fn iptables_treats_our_rule_as_its_own(encoding: &str) {
+    netns(|| {
+        let cfg = config(&harvester_config().replace(
+            "create_chain = true",
+            &format!("create_chain = true\n  comment_encoding = \"{encoding}\""),
+        ));
+        let run = jumpset(&["apply", "--config", cfg.as_str()]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let listed = ok("iptables-nft -t nat -S PREROUTING");
+        assert!(listed.lines().any(|l| l == OVN_JUMP), "{listed}");
+        let spec = "-m comment --comment 'kube-ovn prerouting rules' -j OVN-PREROUTING";
+        ok(&format!("iptables-nft -t nat -C PREROUTING {spec}"));
+        // save | restore --noflush keeps it (as one rule, with the same text).
+        let saved = ok("iptables-nft-save -t nat");
+        ok("iptables-nft -t nat -F PREROUTING");
+        ok_stdin("iptables-nft-restore --noflush", &saved);
+        assert_eq!(saved_chain("iptables-nft-save", "PREROUTING"), vec![OVN_JUMP]);
+        assert_eq!(jumpset(&["check", "--config", cfg.as_str()]).code, 0);
+        // -D by that spec finds it.
+        ok(&format!("iptables-nft -t nat -D PREROUTING {spec}"));
+        assert!(saved_chain("iptables-nft-save", "PREROUTING").is_empty());
+        assert_eq!(jumpset(&["check", "--config", cfg.as_str()]).code, 1);
+    });
+}
+
+#[test]
+fn iptables_nft_treats_the_xt_encoded_rule_as_its_own() {
+    iptables_treats_our_rule_as_its_own("xt");
+}
+
+#[test]
+fn iptables_nft_treats_the_userdata_encoded_rule_as_its_own() {
+    iptables_treats_our_rule_as_its_own("userdata");
+}
+
+#[test]
+fn the_userdata_encoding_writes_no_xt_match() {
+    netns(|| {
+        let cfg = config(&harvester_config().replace("families", "comment_encoding = \"userdata\"\nfamilies"));
+        assert_eq!(jumpset(&["apply", "--config", cfg.as_str()]).code, 0);
+        let dbg = ok("nft --debug=netlink list chain ip nat PREROUTING 2>/dev/null");
+        assert!(!dbg.contains("match name comment"), "{dbg}");
+        assert!(dbg.contains("immediate reg 0 jump -> OVN-PREROUTING"), "{dbg}");
+        let nft = ok("nft list chain ip nat PREROUTING 2>/dev/null");
+        assert!(nft.contains("comment \"kube-ovn prerouting rules\""), "{nft}");
+    });
+}
+
+/// A backend that lets another agent commit between our read and our write, once.
+struct Interloper {
+    inner: NftBackend,
+    script: Option<&'static str>,
+}
+
+impl Backend for Interloper {
+    fn name(&self) -> &'static str {
+        "nft"
+    }
+    fn read(&mut self, f: Family, t: &str, c: &str) -> Result<Snapshot, BackendError> {
+        self.inner.read(f, t, c)
+    }
+    fn apply(&mut self, s: &Snapshot, spec: &ChainSpec, p: &Plan) -> Result<jumpset::backend::Applied, BackendError> {
+        if let Some(script) = self.script.take() {
+            ok(script);
+        }
+        self.inner.apply(s, spec, p)
+    }
+    fn generation(&mut self) -> Result<u32, BackendError> {
+        self.inner.generation()
+    }
+}
+
+#[test]
+fn a_concurrent_writer_makes_the_batch_stale_and_the_reconcile_replans() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let spec = Config::from_toml(&harvester_config()).unwrap().chains.remove(0);
+        // Directly: a write planned from an old generation is refused, nothing applied.
+        let mut nft = NftBackend::open().unwrap();
+        let snap = nft.read(Family::Ip, "nat", "PREROUTING").unwrap();
+        let plan = reconcile::plan_for(Goal::Converge, &snap, &spec);
+        ok("iptables-nft -t nat -N OTHER && iptables-nft -t nat -I PREROUTING 1 -j OTHER");
+        let before = ok("iptables-nft-save -t nat | grep '^-A'");
+        match nft.apply(&snap, &spec, &plan) {
+            Err(BackendError::Stale { planned }) => assert_eq!(planned, snap.generation),
+            other => panic!("expected a stale write, got {other:?}"),
+        }
+        assert_eq!(ok("iptables-nft-save -t nat | grep '^-A'"), before, "nothing applied");
+
+        // Through reconcile: the race is forced once, the reconcile re-plans and wins,
+        // and the interloper's rule survives.
+        let mut b = Interloper {
+            inner: nft,
+            script: Some("iptables-nft -t nat -N LATE && iptables-nft -t nat -A PREROUTING -j LATE"),
+        };
+        let o = reconcile::reconcile(&mut b, Family::Ip, &spec, Goal::Converge).unwrap();
+        assert_eq!(o.retries, 1);
+        assert!(o.committed);
+        let chain = saved_chain("iptables-nft-save", "PREROUTING");
+        assert_eq!(chain.first().map(String::as_str), Some("-A PREROUTING -j OTHER"));
+        assert_eq!(chain.last().map(String::as_str), Some("-A PREROUTING -j LATE"));
+        assert_eq!(chain.iter().filter(|l| l.contains("kube-ovn")).count(), 1);
+    });
+}
+
+#[test]
+fn status_and_plan_report_owners_and_iptables_lines() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let cfg = config(&harvester_config());
+        let st = jumpset(&["status", "--config", cfg.as_str(), "--json"]);
+        assert_eq!(st.code, 0, "{}", st.stderr);
+        let j = st.json();
+        assert_eq!(j["backend"], "nft");
+        assert_eq!(j["family"], "ip");
+        assert_eq!(j["in_order"], false);
+        let rules = j["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 6);
+        let owners: Vec<&str> = rules.iter().map(|r| r["owner"].as_str().unwrap()).collect();
+        assert_eq!(owners, ["jumpset", "calico", "jumpset", "kube-proxy", "jumpset", "portmap"]);
+        assert_eq!(rules[2]["in_place"], true);
+        assert_eq!(rules[0]["in_place"], false);
+        let handles = nft_handles("ip", "nat", "PREROUTING");
+        let jh: Vec<u64> = rules.iter().map(|r| r["handle"].as_u64().unwrap()).collect();
+        assert_eq!(jh, handles, "status reports the kernel's handles");
+
+        let plan = jumpset(&["plan", "--config", cfg.as_str()]);
+        assert_eq!(plan.code, 0);
+        let dels: Vec<&str> = plan.stdout.lines().filter(|l| l.starts_with("-D ")).collect();
+        assert_eq!(dels.len(), 2, "{}", plan.stdout);
+        assert!(dels[0].starts_with(&format!("-D PREROUTING -m comment --comment \"kube-ovn prerouting rules\" -j OVN-PREROUTING  # handle {}", handles[0])), "{}", dels[0]);
+        let pj = jumpset(&["plan", "--config", cfg.as_str(), "--json"]).json();
+        assert_eq!(pj["ops"][0]["op"], "delete");
+        assert_eq!(pj["ops"][0]["handle"].as_u64(), Some(handles[0]));
+        // plan does not write.
+        assert_eq!(nft_handles("ip", "nat", "PREROUTING"), handles);
+    });
+}
+
+#[test]
+fn cleanup_removes_only_the_owned_jumps() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let cfg = config(&harvester_config());
+        let run = jumpset(&["cleanup", "--config", cfg.as_str(), "--json"]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let chain = saved_chain("iptables-nft-save", "PREROUTING");
+        let want: Vec<String> = fixture_chain("harvester-broken.rules", "PREROUTING")
+            .into_iter()
+            .filter(|l| !l.contains("kube-ovn"))
+            .collect();
+        assert_eq!(chain, want);
+    });
+}
+
+#[test]
+fn the_demo_repairs_the_incident_and_leaves_its_caller_untouched() {
+    netns(|| {
+        let before = ok("nft list ruleset");
+        let run = jumpset(&["demo"]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains("matches harvester-healthy.rules"), "{}", run.stdout);
+        assert!(run.stdout.contains("nothing committed"), "{}", run.stdout);
+        assert_eq!(ok("nft list ruleset"), before, "the demo wrote into its caller's namespace");
+    });
+}
+
+#[test]
+fn no_program_is_executed() {
+    if sh("command -v strace").status.code() != Some(0) {
+        panic!("strace is needed for this test (apt-get install strace)");
+    }
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let cfg = config(&harvester_config());
+        let trace = format!("{}/strace-{}.txt", env!("CARGO_TARGET_TMPDIR"), std::process::id());
+        let out = sh(&format!(
+            "strace -f -e trace=execve -o {trace} {} apply --config {}",
+            bin(),
+            cfg.as_str()
+        ));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let t = std::fs::read_to_string(&trace).unwrap();
+        let execs: Vec<&str> = t.lines().filter(|l| l.contains("execve(")).collect();
+        assert_eq!(execs.len(), 1, "only jumpset itself: {execs:#?}");
+        assert!(execs[0].contains(bin()));
+        let _ = std::fs::remove_file(trace);
+    });
+}
+
+#[test]
+fn missing_privilege_exits_3_and_names_the_capability() {
+    netns(|| {
+        let cfg = config(&harvester_config());
+        let out = sh(&format!(
+            "setpriv --inh-caps=-net_admin --bounding-set=-net_admin {} apply --config {}",
+            bin(),
+            cfg.as_str()
+        ));
+        assert_eq!(out.status.code(), Some(3), "{:?}", out);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_NET_ADMIN"));
+        let out = sh(&format!("setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin {} demo", bin()));
+        assert_eq!(out.status.code(), Some(3), "{:?}", out);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_ADMIN"));
+    });
+}
+
+#[test]
+fn bad_usage_and_bad_config_exit_2() {
+    let bad = config("[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n[[chain.jump]]\ntarget = \"X\"\ncomment = \"x\"\nbefor = [\"Y\"]\n");
+    let run = jumpset(&["apply", "--config", bad.as_str()]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("befor") && run.stderr.contains("line 7"), "{}", run.stderr);
+    let run = jumpset(&["check", "--config", "/nonexistent/jumpset.toml"]);
+    assert_eq!(run.code, 2);
+    let good = config(&harvester_config());
+    for backend in ["legacy", "auto"] {
+        let run = jumpset(&["apply", "--config", good.as_str(), "--backend", backend]);
+        assert_eq!(run.code, 2, "{backend}: {}", run.stderr);
+        assert!(run.stderr.contains("--backend nft"), "{}", run.stderr);
+    }
+    assert_eq!(jumpset(&["apply", "--bogus"]).code, 2);
+}
