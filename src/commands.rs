@@ -57,7 +57,11 @@ pub struct Selection {
 impl Selection {
     /// The config's choices, overridden by flags that were given (an absent flag never
     /// overrides).
-    pub fn new(cfg: &Config, backend: Option<BackendChoice>, families: Option<Vec<Family>>) -> Self {
+    pub fn new(
+        cfg: &Config,
+        backend: Option<BackendChoice>,
+        families: Option<Vec<Family>>,
+    ) -> Self {
         Selection {
             backend: backend.unwrap_or(cfg.backend),
             families: families.unwrap_or_else(|| cfg.families.clone()),
@@ -83,17 +87,19 @@ pub fn require_capability(cap: caps::Capability, why: &str) -> Result<(), CmdErr
 /// Open the selected backend (`cfg` supplies backend settings such as the xtables lock
 /// timeout).
 pub fn open_backend(choice: BackendChoice, cfg: &Config) -> Result<Box<dyn Backend>, CmdError> {
-    let _ = cfg;
     match choice {
         BackendChoice::Nft => {
             require_capability(caps::Capability::CAP_NET_ADMIN, "to talk to nf_tables")?;
             let b = NftBackend::open().map_err(|e| CmdError::new(e.exit_code(), e.to_string()))?;
             Ok(Box::new(b))
         }
-        BackendChoice::Legacy => Err(CmdError::new(
-            EXIT_USAGE,
-            "the legacy backend (iptables-legacy, x_tables) is not available in this version of jumpset; on an iptables-nft host pass --backend nft",
-        )),
+        BackendChoice::Legacy => {
+            require_capability(caps::Capability::CAP_NET_ADMIN, "to read and replace x_tables tables")?;
+            require_capability(caps::Capability::CAP_NET_RAW, "to open the raw socket x_tables is reached through")?;
+            let b = crate::backend::legacy::LegacyBackend::open(cfg.xtables_lock_timeout)
+                .map_err(|e| CmdError::new(e.exit_code(), e.to_string()))?;
+            Ok(Box::new(b))
+        }
         BackendChoice::Auto => Err(CmdError::new(
             EXIT_USAGE,
             "backend \"auto\" needs host detection, which is not available in this version of jumpset; on an iptables-nft host pass --backend nft (or set backend = \"nft\" in the config)",
@@ -147,7 +153,10 @@ fn over_chains(cfg: &Config, sel: &Selection, each: &mut PerChain<'_>) -> Result
                 Ok(r) => r,
                 Err(e) => (
                     json!({ "family": family.name(), "table": spec.table, "chain": spec.chain, "error": e.message }),
-                    format!("{family} {} {}: error: {}\n", spec.table, spec.chain, e.message),
+                    format!(
+                        "{family} {} {}: error: {}\n",
+                        spec.table, spec.chain, e.message
+                    ),
                     e.code,
                 ),
             };
@@ -179,7 +188,9 @@ fn backend_err(e: crate::backend::BackendError) -> CmdError {
 /// `jumpset status`: each rule, its owner, in place or not.
 pub fn status(cfg: &Config, sel: &Selection) -> Result<Output, CmdError> {
     over_chains(cfg, sel, &mut |b, family, spec| {
-        let snap = b.read(family, &spec.table, &spec.chain).map_err(backend_err)?;
+        let snap = b
+            .read(family, &spec.table, &spec.chain)
+            .map_err(backend_err)?;
         let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
         Ok((
             report::status_json(b.name(), &snap, spec, &plan),
@@ -192,12 +203,20 @@ pub fn status(cfg: &Config, sel: &Selection) -> Result<Output, CmdError> {
 /// `jumpset check`: 0 converged, 1 drift, 5 converged as far as a conflict allows.
 pub fn check(cfg: &Config, sel: &Selection) -> Result<Output, CmdError> {
     over_chains(cfg, sel, &mut |b, family, spec| {
-        let snap = b.read(family, &spec.table, &spec.chain).map_err(backend_err)?;
+        let snap = b
+            .read(family, &spec.table, &spec.chain)
+            .map_err(backend_err)?;
         let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
         let (code, word) = if !plan.is_noop() {
-            (EXIT_DRIFT, format!("drift: {} change(s) needed", plan.ops.len()))
+            (
+                EXIT_DRIFT,
+                format!("drift: {} change(s) needed", plan.ops.len()),
+            )
         } else if !plan.conflicts.is_empty() {
-            (EXIT_CONFLICT, "as close as the foreign rules allow (conflict)".into())
+            (
+                EXIT_CONFLICT,
+                "as close as the foreign rules allow (conflict)".into(),
+            )
         } else {
             (EXIT_OK, "converged".into())
         };
@@ -209,7 +228,9 @@ pub fn check(cfg: &Config, sel: &Selection) -> Result<Output, CmdError> {
 /// `jumpset plan`: what `apply` would do; exit 0 either way (errors aside).
 pub fn plan(cfg: &Config, sel: &Selection, goal: Goal) -> Result<Output, CmdError> {
     over_chains(cfg, sel, &mut |b, family, spec| {
-        let snap = b.read(family, &spec.table, &spec.chain).map_err(backend_err)?;
+        let snap = b
+            .read(family, &spec.table, &spec.chain)
+            .map_err(backend_err)?;
         let plan = reconcile::plan_for(goal, &snap, spec);
         let mut text = format!(
             "# {family} {} {}: {}\n",
@@ -220,10 +241,11 @@ pub fn plan(cfg: &Config, sel: &Selection, goal: Goal) -> Result<Output, CmdErro
                 n => format!("{n} change(s), one transaction"),
             }
         );
-        for l in report::plan_lines(&snap, spec, &plan)
-            .into_iter()
-            .chain(report::conflict_lines(&plan).into_iter().map(|c| format!("# {c}")))
-        {
+        for l in report::plan_lines(&snap, spec, &plan).into_iter().chain(
+            report::conflict_lines(&plan)
+                .into_iter()
+                .map(|c| format!("# {c}")),
+        ) {
             text.push_str(&l);
             text.push('\n');
         }

@@ -33,8 +33,12 @@ pub fn run(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
         "to create the demo's throwaway network namespace",
     )?;
     require_capability(caps::Capability::CAP_NET_ADMIN, "to talk to nf_tables")?;
-    crate::netns::in_new_netns(|| story(out))
-        .map_err(|e| CmdError::new(EXIT_PRIVILEGE, format!("cannot create a network namespace: {e}")))?
+    crate::netns::in_new_netns(|| story(out)).map_err(|e| {
+        CmdError::new(
+            EXIT_PRIVILEGE,
+            format!("cannot create a network namespace: {e}"),
+        )
+    })?
 }
 
 fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
@@ -51,7 +55,8 @@ fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
     let mut nft = NftBackend::open().map_err(kernel)?;
     let chains: Vec<&str> = broken.chains.iter().map(String::as_str).collect();
     let rules: Vec<_> = broken.chain(chain).into_iter().cloned().collect();
-    nft.load(Family::Ip, table, chain, &chains, &rules).map_err(kernel)?;
+    nft.load(Family::Ip, table, chain, &chains, &rules)
+        .map_err(kernel)?;
 
     let snap = nft.read(Family::Ip, table, chain).map_err(kernel)?;
     let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
@@ -60,12 +65,15 @@ fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
 
     w(out, "\n2. The spec (harvester.toml): jumpset owns Kube-OVN's jump, identified by its comment.\n".into())?;
     for j in &spec.jumps {
-        w(out, format!(
-            "   {}  after [{}]  before [{}]\n",
-            report::jump_text(spec, 0),
-            j.after.join(", "),
-            j.before.join(", ")
-        ))?;
+        w(
+            out,
+            format!(
+                "   {}  after [{}]  before [{}]\n",
+                report::jump_text(spec, 0),
+                j.after.join(", "),
+                j.before.join(", ")
+            ),
+        )?;
     }
     w(out, "\n3. The plan: keep the copy that is already in place, delete the duplicates (by handle, never by index).\n".into())?;
     for l in report::plan_lines(&snap, spec, &plan) {
@@ -105,11 +113,18 @@ fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
     ))?;
 
     let again = reconcile::reconcile(&mut nft, Family::Ip, spec, Goal::Converge).map_err(kernel)?;
-    w(out, format!(
-        "\n5. A second run: {} — nothing committed, generation stays {}.\n",
-        if again.committed { "changed something (unexpected)" } else { "the chain is in order" },
-        again.generation_after
-    ))?;
+    w(
+        out,
+        format!(
+            "\n5. A second run: {} — nothing committed, generation stays {}.\n",
+            if again.committed {
+                "changed something (unexpected)"
+            } else {
+                "the chain is in order"
+            },
+            again.generation_after
+        ),
+    )?;
     if again.committed {
         return Err(kernel("the second run committed a change; it must not"));
     }

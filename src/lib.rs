@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod commands;
 pub mod demo;
+pub mod detect;
 pub mod netns;
 pub mod plan;
 pub mod reconcile;

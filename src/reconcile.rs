@@ -84,14 +84,6 @@ impl ReconcileError {
     }
 }
 
-/// The generation after `g` (the kernel skips 0 when it wraps).
-fn next_generation(g: u32) -> u32 {
-    match g.wrapping_add(1) {
-        0 => 1,
-        n => n,
-    }
-}
-
 /// Reconcile one chain in one family as one transaction.
 pub fn reconcile(
     backend: &mut dyn Backend,
@@ -115,11 +107,11 @@ pub fn reconcile(
                     retries,
                 });
             }
-            Ok(_) => {
+            Ok(applied) => {
                 // Read back and verify. Only a chain nobody else touched since our commit
-                // (exactly one generation later) can be held to the plan.
+                // (still at the generation our commit produced) can be held to the plan.
                 let after = backend.read(family, &spec.table, &spec.chain)?;
-                if after.generation == next_generation(snap.generation) {
+                if Some(after.generation) == applied.expected_generation {
                     let pending = plan_for(goal, &after, spec).ops.len();
                     if pending > 0 {
                         return Err(ReconcileError::Verify {

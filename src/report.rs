@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 /// The rule text of a declared jump: `-m comment --comment C -j T`.
 pub fn jump_text(spec: &ChainSpec, j: usize) -> String {
     let js = &spec.jumps[j];
-    format!("-m comment --comment {} -j {}", quote(&js.comment), js.target)
+    format!(
+        "-m comment --comment {} -j {}",
+        quote(&js.comment),
+        js.target
+    )
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -237,7 +241,11 @@ pub fn status_text(snap: &Snapshot, spec: &ChainSpec, plan: &Plan) -> String {
     }
     for op in &plan.ops {
         if let Op::Insert { jump, .. } = op {
-            let copies = plan.roles.iter().filter(|r| r.jump() == Some(*jump)).count();
+            let copies = plan
+                .roles
+                .iter()
+                .filter(|r| r.jump() == Some(*jump))
+                .count();
             let state = if copies == 0 {
                 "missing".to_string()
             } else {

@@ -67,8 +67,18 @@ fn words(line: &str) -> Result<Vec<String>, String> {
 
 fn addrtype_bits(name: &str) -> Result<u16, String> {
     const NAMES: [&str; 12] = [
-        "UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE",
-        "UNREACHABLE", "PROHIBIT", "THROW", "NAT", "XRESOLVE",
+        "UNSPEC",
+        "UNICAST",
+        "LOCAL",
+        "BROADCAST",
+        "ANYCAST",
+        "MULTICAST",
+        "BLACKHOLE",
+        "UNREACHABLE",
+        "PROHIBIT",
+        "THROW",
+        "NAT",
+        "XRESOLVE",
     ];
     name.split(',')
         .map(|n| {
@@ -90,7 +100,11 @@ fn parse_rule(w: &[String]) -> Result<Rule, String> {
         verdict: Verdict::None,
     };
     let mut i = 0;
-    let arg = |i: usize| w.get(i).cloned().ok_or_else(|| format!("{} needs a value", w[i - 1]));
+    let arg = |i: usize| {
+        w.get(i)
+            .cloned()
+            .ok_or_else(|| format!("{} needs a value", w[i - 1]))
+    };
     while i < w.len() {
         match (w[i].as_str(), w.get(i + 1).map(String::as_str)) {
             ("-m", Some("comment")) if w.get(i + 2).map(String::as_str) == Some("--comment") => {
@@ -172,7 +186,8 @@ pub fn parse(text: &str) -> Result<Scenario, String> {
             if w.len() < 2 || w[0] != "-A" {
                 return Err(at(format!("expected -A CHAIN ..., found {line:?}")));
             }
-            sc.rules.push((w[1].clone(), parse_rule(&w[2..]).map_err(at)?));
+            sc.rules
+                .push((w[1].clone(), parse_rule(&w[2..]).map_err(at)?));
         }
     }
     if sc.table.is_empty() {
@@ -191,7 +206,12 @@ mod tests {
         assert_eq!(s.table, "nat");
         assert_eq!(
             s.chains,
-            ["cali-PREROUTING", "OVN-PREROUTING", "KUBE-SERVICES", "CNI-HOSTPORT-DNAT"]
+            [
+                "cali-PREROUTING",
+                "OVN-PREROUTING",
+                "KUBE-SERVICES",
+                "CNI-HOSTPORT-DNAT"
+            ]
         );
         let pre = s.chain("PREROUTING");
         assert_eq!(pre.len(), 6);

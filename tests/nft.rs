@@ -31,7 +31,8 @@ fn broken_seed_chain_becomes_healthy_in_one_transaction() {
             1,
             "drift before the repair"
         );
-        let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str(), "--json"]));
+        let (run, commits) =
+            count_commits(|| jumpset(&["apply", "--config", cfg.as_str(), "--json"]));
         assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
         assert_eq!(commits, 1, "exactly one kernel transaction");
         let j = run.json();
@@ -49,7 +50,8 @@ fn broken_seed_chain_becomes_healthy_in_one_transaction() {
 
         // A second apply commits nothing and leaves every handle as it was.
         let handles = nft_handles("ip", "nat", "PREROUTING");
-        let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str(), "--json"]));
+        let (run, commits) =
+            count_commits(|| jumpset(&["apply", "--config", cfg.as_str(), "--json"]));
         assert_eq!(run.code, 0);
         assert_eq!(commits, 0, "a converged chain must not be written");
         assert_eq!(run.json()["committed"], false);
@@ -73,7 +75,9 @@ fn ipv6_is_reconciled_the_same_way() {
         );
         assert_eq!(jumpset(&[&["check"], &args[..]].concat()).code, 0);
         // The ip family was not touched.
-        assert!(ok("iptables-nft-save -t nat").lines().all(|l| !l.starts_with("-A")));
+        assert!(ok("iptables-nft-save -t nat")
+            .lines()
+            .all(|l| !l.starts_with("-A")));
     });
 }
 
@@ -82,8 +86,11 @@ fn both_families_are_separate_transactions() {
     netns(|| {
         load_broken("iptables-nft-restore");
         load_broken("ip6tables-nft-restore");
-        let cfg = config(&harvester_config().replace("families = [\"ip\"]", "families = [\"ip\", \"ip6\"]"));
-        let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str(), "--json"]));
+        let cfg = config(
+            &harvester_config().replace("families = [\"ip\"]", "families = [\"ip\", \"ip6\"]"),
+        );
+        let (run, commits) =
+            count_commits(|| jumpset(&["apply", "--config", cfg.as_str(), "--json"]));
         assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
         assert_eq!(commits, 2, "one transaction per family");
         let j = run.json();
@@ -105,7 +112,10 @@ fn a_table_created_from_nothing_is_one_iptables_nft_keeps_working_with() {
         let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str()]));
         assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
         assert_eq!(commits, 1, "table, chains and rule in one transaction");
-        assert_eq!(saved_chain("iptables-nft-save", "PREROUTING"), vec![OVN_JUMP]);
+        assert_eq!(
+            saved_chain("iptables-nft-save", "PREROUTING"),
+            vec![OVN_JUMP]
+        );
         let save = ok("iptables-nft-save -t nat");
         assert!(save.contains(":OVN-PREROUTING - [0:0]"), "{save}");
         assert!(save.contains(":PREROUTING ACCEPT"), "{save}");
@@ -134,7 +144,10 @@ fn foreign_rules_keep_handles_and_counters_even_when_iptables_cannot_express_the
                 "-A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
                 "[7:700] -A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
             )
-            .replace("-A PREROUTING -m addrtype", "[9:900] -A PREROUTING -m addrtype");
+            .replace(
+                "-A PREROUTING -m addrtype",
+                "[9:900] -A PREROUTING -m addrtype",
+            );
         ok_stdin("iptables-nft-restore --counters", &rules);
         ok("nft add rule ip nat PREROUTING meta l4proto tcp counter packets 3 bytes 300 jump KUBE-SERVICES");
         let before = ok("nft -a list chain ip nat PREROUTING 2>/dev/null");
@@ -151,8 +164,15 @@ fn foreign_rules_keep_handles_and_counters_even_when_iptables_cannot_express_the
         // Same lines, same handles, same counters, same order.
         assert_eq!(foreign(&before), foreign(&after));
         assert!(after.contains("counter packets 7 bytes 700"), "{after}");
-        assert!(after.contains("meta l4proto tcp counter packets 3 bytes 300"), "{after}");
-        assert_eq!(after.matches("kube-ovn prerouting rules").count(), 1, "{after}");
+        assert!(
+            after.contains("meta l4proto tcp counter packets 3 bytes 300"),
+            "{after}"
+        );
+        assert_eq!(
+            after.matches("kube-ovn prerouting rules").count(),
+            1,
+            "{after}"
+        );
     });
 }
 
@@ -178,8 +198,15 @@ fn a_chain_with_no_valid_place_is_a_conflict_with_duplicates_still_removed() {
         assert_eq!(c["blocking"][0]["handle"].as_u64(), Some(kube_handle));
         assert_eq!(c["blocking"][0]["target"], "KUBE-SERVICES");
         let chain = saved_chain("iptables-nft-save", "PREROUTING");
-        assert_eq!(chain.iter().filter(|l| l.contains("kube-ovn")).count(), 1, "{chain:?}");
-        assert_eq!(chain[0], OVN_JUMP, "before constraints are met first: {chain:?}");
+        assert_eq!(
+            chain.iter().filter(|l| l.contains("kube-ovn")).count(),
+            1,
+            "{chain:?}"
+        );
+        assert_eq!(
+            chain[0], OVN_JUMP,
+            "before constraints are met first: {chain:?}"
+        );
         // The text output names the blocking rule too.
         let run = jumpset(&["apply", "--config", cfg.as_str()]);
         assert_eq!(run.code, 5);
@@ -205,7 +232,10 @@ fn iptables_treats_our_rule_as_its_own(encoding: &str) {
         let saved = ok("iptables-nft-save -t nat");
         ok("iptables-nft -t nat -F PREROUTING");
         ok_stdin("iptables-nft-restore --noflush", &saved);
-        assert_eq!(saved_chain("iptables-nft-save", "PREROUTING"), vec![OVN_JUMP]);
+        assert_eq!(
+            saved_chain("iptables-nft-save", "PREROUTING"),
+            vec![OVN_JUMP]
+        );
         assert_eq!(jumpset(&["check", "--config", cfg.as_str()]).code, 0);
         // -D by that spec finds it.
         ok(&format!("iptables-nft -t nat -D PREROUTING {spec}"));
@@ -227,13 +257,21 @@ fn iptables_nft_treats_the_userdata_encoded_rule_as_its_own() {
 #[test]
 fn the_userdata_encoding_writes_no_xt_match() {
     netns(|| {
-        let cfg = config(&harvester_config().replace("families", "comment_encoding = \"userdata\"\nfamilies"));
+        let cfg = config(
+            &harvester_config().replace("families", "comment_encoding = \"userdata\"\nfamilies"),
+        );
         assert_eq!(jumpset(&["apply", "--config", cfg.as_str()]).code, 0);
         let dbg = ok("nft --debug=netlink list chain ip nat PREROUTING 2>/dev/null");
         assert!(!dbg.contains("match name comment"), "{dbg}");
-        assert!(dbg.contains("immediate reg 0 jump -> OVN-PREROUTING"), "{dbg}");
+        assert!(
+            dbg.contains("immediate reg 0 jump -> OVN-PREROUTING"),
+            "{dbg}"
+        );
         let nft = ok("nft list chain ip nat PREROUTING 2>/dev/null");
-        assert!(nft.contains("comment \"kube-ovn prerouting rules\""), "{nft}");
+        assert!(
+            nft.contains("comment \"kube-ovn prerouting rules\""),
+            "{nft}"
+        );
     });
 }
 
@@ -250,7 +288,12 @@ impl Backend for Interloper {
     fn read(&mut self, f: Family, t: &str, c: &str) -> Result<Snapshot, BackendError> {
         self.inner.read(f, t, c)
     }
-    fn apply(&mut self, s: &Snapshot, spec: &ChainSpec, p: &Plan) -> Result<jumpset::backend::Applied, BackendError> {
+    fn apply(
+        &mut self,
+        s: &Snapshot,
+        spec: &ChainSpec,
+        p: &Plan,
+    ) -> Result<jumpset::backend::Applied, BackendError> {
         if let Some(script) = self.script.take() {
             ok(script);
         }
@@ -265,7 +308,10 @@ impl Backend for Interloper {
 fn a_concurrent_writer_makes_the_batch_stale_and_the_reconcile_replans() {
     netns(|| {
         load_broken("iptables-nft-restore");
-        let spec = Config::from_toml(&harvester_config()).unwrap().chains.remove(0);
+        let spec = Config::from_toml(&harvester_config())
+            .unwrap()
+            .chains
+            .remove(0);
         // Directly: a write planned from an old generation is refused, nothing applied.
         let mut nft = NftBackend::open().unwrap();
         let snap = nft.read(Family::Ip, "nat", "PREROUTING").unwrap();
@@ -276,20 +322,32 @@ fn a_concurrent_writer_makes_the_batch_stale_and_the_reconcile_replans() {
             Err(BackendError::Stale { planned }) => assert_eq!(planned, snap.generation),
             other => panic!("expected a stale write, got {other:?}"),
         }
-        assert_eq!(ok("iptables-nft-save -t nat | grep '^-A'"), before, "nothing applied");
+        assert_eq!(
+            ok("iptables-nft-save -t nat | grep '^-A'"),
+            before,
+            "nothing applied"
+        );
 
         // Through reconcile: the race is forced once, the reconcile re-plans and wins,
         // and the interloper's rule survives.
         let mut b = Interloper {
             inner: nft,
-            script: Some("iptables-nft -t nat -N LATE && iptables-nft -t nat -A PREROUTING -j LATE"),
+            script: Some(
+                "iptables-nft -t nat -N LATE && iptables-nft -t nat -A PREROUTING -j LATE",
+            ),
         };
         let o = reconcile::reconcile(&mut b, Family::Ip, &spec, Goal::Converge).unwrap();
         assert_eq!(o.retries, 1);
         assert!(o.committed);
         let chain = saved_chain("iptables-nft-save", "PREROUTING");
-        assert_eq!(chain.first().map(String::as_str), Some("-A PREROUTING -j OTHER"));
-        assert_eq!(chain.last().map(String::as_str), Some("-A PREROUTING -j LATE"));
+        assert_eq!(
+            chain.first().map(String::as_str),
+            Some("-A PREROUTING -j OTHER")
+        );
+        assert_eq!(
+            chain.last().map(String::as_str),
+            Some("-A PREROUTING -j LATE")
+        );
         assert_eq!(chain.iter().filter(|l| l.contains("kube-ovn")).count(), 1);
     });
 }
@@ -308,16 +366,33 @@ fn status_and_plan_report_owners_and_iptables_lines() {
         let rules = j["rules"].as_array().unwrap();
         assert_eq!(rules.len(), 6);
         let owners: Vec<&str> = rules.iter().map(|r| r["owner"].as_str().unwrap()).collect();
-        assert_eq!(owners, ["jumpset", "calico", "jumpset", "kube-proxy", "jumpset", "portmap"]);
+        assert_eq!(
+            owners,
+            [
+                "jumpset",
+                "calico",
+                "jumpset",
+                "kube-proxy",
+                "jumpset",
+                "portmap"
+            ]
+        );
         assert_eq!(rules[2]["in_place"], true);
         assert_eq!(rules[0]["in_place"], false);
         let handles = nft_handles("ip", "nat", "PREROUTING");
-        let jh: Vec<u64> = rules.iter().map(|r| r["handle"].as_u64().unwrap()).collect();
+        let jh: Vec<u64> = rules
+            .iter()
+            .map(|r| r["handle"].as_u64().unwrap())
+            .collect();
         assert_eq!(jh, handles, "status reports the kernel's handles");
 
         let plan = jumpset(&["plan", "--config", cfg.as_str()]);
         assert_eq!(plan.code, 0);
-        let dels: Vec<&str> = plan.stdout.lines().filter(|l| l.starts_with("-D ")).collect();
+        let dels: Vec<&str> = plan
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("-D "))
+            .collect();
         assert_eq!(dels.len(), 2, "{}", plan.stdout);
         assert!(dels[0].starts_with(&format!("-D PREROUTING -m comment --comment \"kube-ovn prerouting rules\" -j OVN-PREROUTING  # handle {}", handles[0])), "{}", dels[0]);
         let pj = jumpset(&["plan", "--config", cfg.as_str(), "--json"]).json();
@@ -350,9 +425,17 @@ fn the_demo_repairs_the_incident_and_leaves_its_caller_untouched() {
         let before = ok("nft list ruleset");
         let run = jumpset(&["demo"]);
         assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-        assert!(run.stdout.contains("matches harvester-healthy.rules"), "{}", run.stdout);
+        assert!(
+            run.stdout.contains("matches harvester-healthy.rules"),
+            "{}",
+            run.stdout
+        );
         assert!(run.stdout.contains("nothing committed"), "{}", run.stdout);
-        assert_eq!(ok("nft list ruleset"), before, "the demo wrote into its caller's namespace");
+        assert_eq!(
+            ok("nft list ruleset"),
+            before,
+            "the demo wrote into its caller's namespace"
+        );
     });
 }
 
@@ -364,13 +447,21 @@ fn no_program_is_executed() {
     netns(|| {
         load_broken("iptables-nft-restore");
         let cfg = config(&harvester_config());
-        let trace = format!("{}/strace-{}.txt", env!("CARGO_TARGET_TMPDIR"), std::process::id());
+        let trace = format!(
+            "{}/strace-{}.txt",
+            env!("CARGO_TARGET_TMPDIR"),
+            std::process::id()
+        );
         let out = sh(&format!(
             "strace -f -e trace=execve -o {trace} {} apply --config {}",
             bin(),
             cfg.as_str()
         ));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let t = std::fs::read_to_string(&trace).unwrap();
         let execs: Vec<&str> = t.lines().filter(|l| l.contains("execve(")).collect();
         assert_eq!(execs.len(), 1, "only jumpset itself: {execs:#?}");
@@ -390,7 +481,10 @@ fn missing_privilege_exits_3_and_names_the_capability() {
         ));
         assert_eq!(out.status.code(), Some(3), "{:?}", out);
         assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_NET_ADMIN"));
-        let out = sh(&format!("setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin {} demo", bin()));
+        let out = sh(&format!(
+            "setpriv --inh-caps=-sys_admin --bounding-set=-sys_admin {} demo",
+            bin()
+        ));
         assert_eq!(out.status.code(), Some(3), "{:?}", out);
         assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_ADMIN"));
     });
@@ -398,17 +492,20 @@ fn missing_privilege_exits_3_and_names_the_capability() {
 
 #[test]
 fn bad_usage_and_bad_config_exit_2() {
-    let bad = config("[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n[[chain.jump]]\ntarget = \"X\"\ncomment = \"x\"\nbefor = [\"Y\"]\n");
-    let run = jumpset(&["apply", "--config", bad.as_str()]);
-    assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("befor") && run.stderr.contains("line 7"), "{}", run.stderr);
-    let run = jumpset(&["check", "--config", "/nonexistent/jumpset.toml"]);
-    assert_eq!(run.code, 2);
-    let good = config(&harvester_config());
-    for backend in ["legacy", "auto"] {
-        let run = jumpset(&["apply", "--config", good.as_str(), "--backend", backend]);
-        assert_eq!(run.code, 2, "{backend}: {}", run.stderr);
-        assert!(run.stderr.contains("--backend nft"), "{}", run.stderr);
-    }
-    assert_eq!(jumpset(&["apply", "--bogus"]).code, 2);
+    netns(|| {
+        let bad = config("[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n[[chain.jump]]\ntarget = \"X\"\ncomment = \"x\"\nbefor = [\"Y\"]\n");
+        let run = jumpset(&["apply", "--config", bad.as_str()]);
+        assert_eq!(run.code, 2);
+        assert!(
+            run.stderr.contains("befor") && run.stderr.contains("line 7"),
+            "{}",
+            run.stderr
+        );
+        let run = jumpset(&["check", "--config", "/nonexistent/jumpset.toml"]);
+        assert_eq!(run.code, 2);
+        assert_eq!(jumpset(&["apply", "--bogus"]).code, 2);
+        assert_eq!(jumpset(&["apply", "--backend", "iptables"]).code, 2);
+        // Nothing was written.
+        assert_eq!(ok("nft list ruleset"), "");
+    });
 }

@@ -6,6 +6,7 @@
 //! tells the caller to re-read and re-plan. All `unsafe` and all kernel layouts live in
 //! the backend modules.
 
+pub mod legacy;
 pub mod nft;
 
 use crate::plan::Plan;
@@ -19,6 +20,10 @@ pub struct Applied {
     pub committed: bool,
     /// Kernel messages (rules, chains, table) in the transaction.
     pub changes: usize,
+    /// The generation a read right after the commit shows when nobody else wrote in
+    /// between (nf_tables: the next genid; legacy: the new entry count). A read-back at
+    /// exactly this generation must match the plan.
+    pub expected_generation: Option<u32>,
 }
 
 /// One kernel interface.

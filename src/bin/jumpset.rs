@@ -61,7 +61,9 @@ enum FamilyArg {
 }
 
 fn run(cli: Cli) -> Result<Output, CmdError> {
-    let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let path = cli
+        .config
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let cfg = Config::load(&path).map_err(|e| CmdError::new(EXIT_USAGE, format!("config: {e}")))?;
     let backend = cli.backend.map(|b| match b {
         BackendArg::Auto => BackendChoice::Auto,
@@ -107,7 +109,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({ "error": e.message, "exit_code": e.code }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": e.message, "exit_code": e.code })
+                );
             }
             eprintln!("jumpset: {e}");
             ExitCode::from(e.code as u8)

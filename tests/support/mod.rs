@@ -18,7 +18,9 @@ pub fn netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 
 /// The fixtures directory.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Run a shell command (in the calling thread's namespace); returns its output.
@@ -89,7 +91,10 @@ impl Run {
 
 /// Run jumpset with arguments.
 pub fn jumpset(args: &[&str]) -> Run {
-    let out = Command::new(bin()).args(args).output().expect("jumpset runs");
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("jumpset runs");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -141,10 +146,15 @@ pub fn fixture_chain(name: &str, chain: &str) -> Vec<String> {
 
 /// Rule handles of a chain as `nft -a` lists them, in order.
 pub fn nft_handles(family: &str, table: &str, chain: &str) -> Vec<u64> {
-    ok(&format!("nft -a list chain {family} {table} {chain} 2>/dev/null"))
-        .lines()
-        .filter_map(|l| l.rsplit_once("# handle ").map(|(_, h)| h.trim().parse().unwrap()))
-        .collect()
+    ok(&format!(
+        "nft -a list chain {family} {table} {chain} 2>/dev/null"
+    ))
+    .lines()
+    .filter_map(|l| {
+        l.rsplit_once("# handle ")
+            .map(|(_, h)| h.trim().parse().unwrap())
+    })
+    .collect()
 }
 
 /// Watches commits with `nft monitor` (an independent oracle) while `f` runs; returns
@@ -162,7 +172,12 @@ pub fn count_commits<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let _ = mon.kill();
     let out = mon.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    (r, text.lines().filter(|l| l.starts_with("# new generation")).count())
+    (
+        r,
+        text.lines()
+            .filter(|l| l.starts_with("# new generation"))
+            .count(),
+    )
 }
 
 /// Minimal temp files without another dependency.

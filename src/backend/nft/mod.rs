@@ -116,7 +116,11 @@ impl NftBackend {
     }
 
     /// Receive one datagram; `Ok(None)` when `nonblocking` and nothing is queued.
-    fn recv(&mut self, step: &str, nonblocking: bool) -> Result<Option<Vec<Message>>, BackendError> {
+    fn recv(
+        &mut self,
+        step: &str,
+        nonblocking: bool,
+    ) -> Result<Option<Vec<Message>>, BackendError> {
         self.buf.clear();
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         match self.sock.recv(&mut self.buf, flags) {
@@ -172,21 +176,31 @@ impl NftBackend {
         let seq = self.take_seq(1);
         let step = format!("looking up table {table}");
         let mut found = false;
-        self.exchange(&codec::get_table(fam, table, seq), seq..=seq, &step, |m| match m.body {
-            Body::NewTable(_) => {
-                found = true;
-                Ok(false)
-            }
-            Body::Error { code: 0, .. } => Ok(true),
-            Body::Error { code, .. } if -code == ENOENT => Ok(true),
-            Body::Error { code, msg, .. } => Err(kernel_err(step.clone(), -code, msg)),
-            _ => Ok(false),
-        })?;
+        self.exchange(
+            &codec::get_table(fam, table, seq),
+            seq..=seq,
+            &step,
+            |m| match m.body {
+                Body::NewTable(_) => {
+                    found = true;
+                    Ok(false)
+                }
+                Body::Error { code: 0, .. } => Ok(true),
+                Body::Error { code, .. } if -code == ENOENT => Ok(true),
+                Body::Error { code, msg, .. } => Err(kernel_err(step.clone(), -code, msg)),
+                _ => Ok(false),
+            },
+        )?;
         Ok((found, false))
     }
 
     /// Whether chain `chain` exists in `table` (GETCHAIN).
-    pub fn chain_exists(&mut self, fam: u8, table: &str, chain: &str) -> Result<bool, BackendError> {
+    pub fn chain_exists(
+        &mut self,
+        fam: u8,
+        table: &str,
+        chain: &str,
+    ) -> Result<bool, BackendError> {
         let seq = self.take_seq(1);
         let step = format!("looking up chain {table} {chain}");
         let mut found = false;
@@ -354,8 +368,8 @@ impl Backend for NftBackend {
                 Body::NewRule(r) => {
                     // Each dumped rule carries the low 16 bits of the generation it was
                     // dumped at; a mismatch or DUMP_INTR means a commit got in between.
-                    raced |= m.flags & NLM_F_DUMP_INTR != 0
-                        || gen.map(|g| g as u16) != Some(m.res_id);
+                    raced |=
+                        m.flags & NLM_F_DUMP_INTR != 0 || gen.map(|g| g as u16) != Some(m.res_id);
                     rules.push(codec::to_rule(&r));
                     Ok(false)
                 }
@@ -397,11 +411,17 @@ impl Backend for NftBackend {
         })
     }
 
-    fn apply(&mut self, snap: &Snapshot, spec: &ChainSpec, plan: &Plan) -> Result<Applied, BackendError> {
+    fn apply(
+        &mut self,
+        snap: &Snapshot,
+        spec: &ChainSpec,
+        plan: &Plan,
+    ) -> Result<Applied, BackendError> {
         if plan.ops.is_empty() {
             return Ok(Applied {
                 committed: false,
                 changes: 0,
+                expected_generation: None,
             });
         }
         let fam = nfproto(snap.family);
@@ -411,7 +431,9 @@ impl Backend for NftBackend {
         // the chain already jumps to (the kernel guarantees those exist).
         let mut create: Vec<&str> = Vec::new();
         for op in &plan.ops {
-            let Op::Insert { jump, .. } = op else { continue };
+            let Op::Insert { jump, .. } = op else {
+                continue;
+            };
             let js = &spec.jumps[*jump];
             let t = js.target.as_str();
             if create.contains(&t) || snap.rules.iter().any(|r| r.target() == Some(t)) {
@@ -433,7 +455,10 @@ impl Backend for NftBackend {
         let mut b = Batch::begin(snap.generation, begin);
         let mut steps: Vec<(u32, String)> = Vec::new();
         if !snap.table_exists {
-            steps.push((b.new_table(fam, table), format!("create table {family} {table}", family = snap.family)));
+            steps.push((
+                b.new_table(fam, table),
+                format!("create table {family} {table}", family = snap.family),
+            ));
         }
         if !snap.chain_exists {
             let def = base_chain(table, chain)?;
@@ -441,7 +466,10 @@ impl Backend for NftBackend {
             steps.push((s, format!("create base chain {table} {chain}")));
         }
         for c in &create {
-            steps.push((b.new_user_chain(fam, table, c), format!("-t {table} -N {c}")));
+            steps.push((
+                b.new_user_chain(fam, table, c),
+                format!("-t {table} -N {c}"),
+            ));
         }
         for op in &plan.ops {
             match *op {
@@ -465,7 +493,14 @@ impl Backend for NftBackend {
                     );
                     let at = before_handle.map_or(Position::Append, Position::Before);
                     let s = b.new_rule(fam, table, chain, &nr, at);
-                    steps.push((s, format!("-I {chain} {position} -m comment --comment {} -j {}", crate::snapshot::quote(&js.comment), js.target)));
+                    steps.push((
+                        s,
+                        format!(
+                            "-I {chain} {position} -m comment --comment {} -j {}",
+                            crate::snapshot::quote(&js.comment),
+                            js.target
+                        ),
+                    ));
                 }
             }
         }
@@ -475,6 +510,11 @@ impl Backend for NftBackend {
         Ok(Applied {
             committed: true,
             changes: steps.len(),
+            // The kernel increments the genid once per commit, skipping 0.
+            expected_generation: Some(match snap.generation.wrapping_add(1) {
+                0 => 1,
+                n => n,
+            }),
         })
     }
 }
