@@ -137,42 +137,52 @@ fn a_table_created_from_nothing_is_one_iptables_nft_keeps_working_with() {
 #[test]
 fn foreign_rules_keep_handles_and_counters_even_when_iptables_cannot_express_them() {
     netns(|| {
-        // Counters on the foreign rules, and a rule written with nft that iptables cannot show.
+        // Counters on the foreign rules, and a rule written with nft that iptables cannot
+        // parse (a native fib expression).
         let rules = std::fs::read_to_string(fixture("harvester-broken.rules"))
             .unwrap()
             .replace(
                 "-A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
                 "[7:700] -A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
             )
-            .replace(
-                "-A PREROUTING -m addrtype",
-                "[9:900] -A PREROUTING -m addrtype",
-            );
+            .replace("-A PREROUTING -m addrtype", "[9:900] -A PREROUTING -m addrtype");
         ok_stdin("iptables-nft-restore --counters", &rules);
-        ok("nft add rule ip nat PREROUTING meta l4proto tcp counter packets 3 bytes 300 jump KUBE-SERVICES");
+        ok("nft add rule ip nat PREROUTING fib saddr type local counter packets 3 bytes 300 jump KUBE-SERVICES");
+        // `nft -a` is the oracle: every rule with its handle and counters. (It does not
+        // print xt comment matches, so our jumps are told apart by their target.)
+        let rules_of = |listing: &str| -> Vec<String> {
+            listing
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.contains("# handle") && !l.starts_with("chain "))
+                .map(str::to_string)
+                .collect()
+        };
+        let foreign = |listing: &str| -> Vec<String> {
+            rules_of(listing)
+                .into_iter()
+                .filter(|l| !l.contains("jump OVN-PREROUTING"))
+                .collect()
+        };
         let before = ok("nft -a list chain ip nat PREROUTING 2>/dev/null");
+        assert_eq!(foreign(&before).len(), 4, "{before}");
         let cfg = config(&harvester_config());
         let run = jumpset(&["apply", "--config", cfg.as_str()]);
         assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
         let after = ok("nft -a list chain ip nat PREROUTING 2>/dev/null");
-        let foreign = |s: &str| -> Vec<String> {
-            s.lines()
-                .filter(|l| l.contains("# handle") && !l.contains("kube-ovn"))
-                .map(|l| l.trim().to_string())
-                .collect()
-        };
-        // Same lines, same handles, same counters, same order.
+        // Same rules, same handles, same counters, same order.
         assert_eq!(foreign(&before), foreign(&after));
-        assert!(after.contains("counter packets 7 bytes 700"), "{after}");
-        assert!(
-            after.contains("meta l4proto tcp counter packets 3 bytes 300"),
-            "{after}"
-        );
-        assert_eq!(
-            after.matches("kube-ovn prerouting rules").count(),
-            1,
-            "{after}"
-        );
+        assert!(after.contains("fib saddr type local counter packets 3 bytes 300 jump KUBE-SERVICES"), "{after}");
+        assert!(after.contains("counter packets 7 bytes 700 jump cali-PREROUTING"), "{after}");
+        let ours: Vec<String> = rules_of(&after)
+            .into_iter()
+            .filter(|l| l.contains("jump OVN-PREROUTING"))
+            .collect();
+        assert_eq!(ours.len(), 1, "{after}");
+        // The kept copy is the one that was already in place (its handle survives).
+        assert!(rules_of(&before).contains(&ours[0]), "{after}");
+        // And jumpset's own view agrees: in order.
+        assert_eq!(jumpset(&["check", "--config", cfg.as_str()]).code, 0);
     });
 }
 
@@ -210,7 +220,7 @@ fn a_chain_with_no_valid_place_is_a_conflict_with_duplicates_still_removed() {
         // The text output names the blocking rule too.
         let run = jumpset(&["apply", "--config", cfg.as_str()]);
         assert_eq!(run.code, 5);
-        assert!(run.stdout.contains("blocked by rule 1"), "{}", run.stdout);
+        assert!(run.stdout.contains("blocked by rule 2 (handle"), "{}", run.stdout);
         assert!(run.stdout.contains("nothing to do"), "{}", run.stdout);
     });
 }

@@ -150,6 +150,7 @@ pub fn nft_handles(family: &str, table: &str, chain: &str) -> Vec<u64> {
         "nft -a list chain {family} {table} {chain} 2>/dev/null"
     ))
     .lines()
+    .filter(|l| !l.trim_start().starts_with("chain "))
     .filter_map(|l| {
         l.rsplit_once("# handle ")
             .map(|(_, h)| h.trim().parse().unwrap())
