@@ -145,7 +145,10 @@ fn foreign_rules_keep_handles_and_counters_even_when_iptables_cannot_express_the
                 "-A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
                 "[7:700] -A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
             )
-            .replace("-A PREROUTING -m addrtype", "[9:900] -A PREROUTING -m addrtype");
+            .replace(
+                "-A PREROUTING -m addrtype",
+                "[9:900] -A PREROUTING -m addrtype",
+            );
         ok_stdin("iptables-nft-restore --counters", &rules);
         ok("nft add rule ip nat PREROUTING fib saddr type local counter packets 3 bytes 300 jump KUBE-SERVICES");
         // `nft -a` is the oracle: every rule with its handle and counters. (It does not
@@ -172,8 +175,14 @@ fn foreign_rules_keep_handles_and_counters_even_when_iptables_cannot_express_the
         let after = ok("nft -a list chain ip nat PREROUTING 2>/dev/null");
         // Same rules, same handles, same counters, same order.
         assert_eq!(foreign(&before), foreign(&after));
-        assert!(after.contains("fib saddr type local counter packets 3 bytes 300 jump KUBE-SERVICES"), "{after}");
-        assert!(after.contains("counter packets 7 bytes 700 jump cali-PREROUTING"), "{after}");
+        assert!(
+            after.contains("fib saddr type local counter packets 3 bytes 300 jump KUBE-SERVICES"),
+            "{after}"
+        );
+        assert!(
+            after.contains("counter packets 7 bytes 700 jump cali-PREROUTING"),
+            "{after}"
+        );
         let ours: Vec<String> = rules_of(&after)
             .into_iter()
             .filter(|l| l.contains("jump OVN-PREROUTING"))
@@ -220,7 +229,11 @@ fn a_chain_with_no_valid_place_is_a_conflict_with_duplicates_still_removed() {
         // The text output names the blocking rule too.
         let run = jumpset(&["apply", "--config", cfg.as_str()]);
         assert_eq!(run.code, 5);
-        assert!(run.stdout.contains("blocked by rule 2 (handle"), "{}", run.stdout);
+        assert!(
+            run.stdout.contains("blocked by rule 2 (handle"),
+            "{}",
+            run.stdout
+        );
         assert!(run.stdout.contains("nothing to do"), "{}", run.stdout);
     });
 }
