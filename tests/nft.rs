@@ -532,3 +532,91 @@ fn bad_usage_and_bad_config_exit_2() {
         assert_eq!(ok("nft list ruleset"), "");
     });
 }
+
+/// Split a datagram into its netlink messages.
+fn messages(d: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= d.len() {
+        let len = u32::from_ne_bytes(d[off..off + 4].try_into().unwrap()) as usize;
+        assert!(len >= 16 && off + len <= d.len());
+        out.push(&d[off..off + len]);
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+#[test]
+fn our_decoder_and_netlink_packet_netfilter_agree_on_a_live_dump() {
+    use jumpset::backend::nft::codec::{self, Body, Expr};
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    use netlink_packet_netfilter::nftables as o;
+    use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        ok("nft add rule ip nat PREROUTING fib saddr type local counter jump KUBE-SERVICES");
+        ok("nft add rule ip nat PREROUTING meta l4proto udp counter jump KUBE-SERVICES comment '\"udp rule\"'");
+        let mut nft = NftBackend::open().unwrap();
+        let dump = nft.dump_raw(Family::Ip, "nat", "PREROUTING").unwrap();
+        let mut compared = 0;
+        for d in &dump {
+            for raw in messages(d) {
+                let ours = codec::parse(raw).unwrap().remove(0);
+                let Body::NewRule(rule) = ours.body else {
+                    continue;
+                };
+                let msg =
+                    NetlinkMessage::<NetfilterMessage>::deserialize(raw).expect("oracle decodes");
+                let NetlinkPayload::InnerMessage(nf) = msg.payload else {
+                    panic!()
+                };
+                let NetfilterMessageInner::NfTables(o::NfTablesMessage::NewRule(theirs)) = nf.inner
+                else {
+                    panic!("oracle: not a rule")
+                };
+                let mut names = Vec::new();
+                let mut handle = 0;
+                let mut chain = String::new();
+                for a in theirs.attributes {
+                    match a {
+                        o::RuleAttribute::Handle(h) => handle = h,
+                        o::RuleAttribute::Chain(c) => chain = c,
+                        o::RuleAttribute::Expressions(list) => {
+                            for elem in list {
+                                if let o::ListAttribute::Element(ea) = elem {
+                                    for x in ea {
+                                        if let o::ExpressionAttribute::Name(n) = x {
+                                            names.push(n);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let our_names: Vec<String> = rule
+                    .exprs
+                    .iter()
+                    .map(|e| match e {
+                        Expr::Match { .. } => "match".to_string(),
+                        Expr::Target { .. } => "target".to_string(),
+                        Expr::Counter { .. } => "counter".to_string(),
+                        Expr::Verdict(_) => "immediate".to_string(),
+                        Expr::Other { name, .. } => name.clone(),
+                    })
+                    .collect();
+                assert_eq!(
+                    (rule.handle, rule.chain.clone(), our_names),
+                    (handle, chain, names)
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 8, "every live rule compared");
+        // And the handles are the ones nft shows.
+        let snap = nft.read(Family::Ip, "nat", "PREROUTING").unwrap();
+        let ours: Vec<u64> = snap.rules.iter().map(|r| r.handle).collect();
+        assert_eq!(ours, nft_handles("ip", "nat", "PREROUTING"));
+    });
+}

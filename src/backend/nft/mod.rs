@@ -267,6 +267,34 @@ impl NftBackend {
         Ok(())
     }
 
+    /// The GETRULE dump of one chain as the kernel sent it: every datagram, undecoded
+    /// except to find the end. For tests (an independent decoder reads the same bytes)
+    /// and for the benchmark's floor.
+    pub fn dump_raw(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+    ) -> Result<Vec<Vec<u8>>, BackendError> {
+        let seq = self.take_seq(1);
+        let step = format!("dumping {family} {table} {chain}");
+        self.send(&codec::get_rules(nfproto(family), table, chain, seq), &step)?;
+        let mut out = Vec::new();
+        loop {
+            let msgs = self.recv(&step, false)?.unwrap_or_default();
+            out.push(self.buf.clone());
+            for m in msgs {
+                match m.body {
+                    Body::Done if m.seq == seq => return Ok(out),
+                    Body::Error { code, msg, .. } if code != 0 => {
+                        return Err(kernel_err(step, -code, msg))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Write `rules` at the end of `table`/`chain` in one batch, creating the table, the
     /// base chain and the user chains `chains` first when missing. Used by `demo` to set
     /// up a scenario; the rules' counters become their initial values.
