@@ -6,6 +6,7 @@
 
 use crate::backend::nft::NftBackend;
 use crate::backend::Backend;
+use crate::detect::{Choice, HostVerdict};
 use crate::reconcile::{self, Goal};
 use crate::report;
 use crate::snapshot::Family;
@@ -94,17 +95,78 @@ pub fn open_backend(choice: BackendChoice, cfg: &Config) -> Result<Box<dyn Backe
             Ok(Box::new(b))
         }
         BackendChoice::Legacy => {
-            require_capability(caps::Capability::CAP_NET_ADMIN, "to read and replace x_tables tables")?;
-            require_capability(caps::Capability::CAP_NET_RAW, "to open the raw socket x_tables is reached through")?;
+            require_capability(
+                caps::Capability::CAP_NET_ADMIN,
+                "to read and replace x_tables tables",
+            )?;
+            require_capability(
+                caps::Capability::CAP_NET_RAW,
+                "to open the raw socket x_tables is reached through",
+            )?;
             let b = crate::backend::legacy::LegacyBackend::open(cfg.xtables_lock_timeout)
                 .map_err(|e| CmdError::new(e.exit_code(), e.to_string()))?;
             Ok(Box::new(b))
         }
-        BackendChoice::Auto => Err(CmdError::new(
-            EXIT_USAGE,
-            "backend \"auto\" needs host detection, which is not available in this version of jumpset; on an iptables-nft host pass --backend nft (or set backend = \"nft\" in the config)",
-        )),
+        BackendChoice::Auto => {
+            let host = detect_host()?;
+            match host.backend {
+                Some(Choice::Nft) => open_backend(BackendChoice::Nft, cfg),
+                Some(Choice::Legacy) => open_backend(BackendChoice::Legacy, cfg),
+                None => Err(CmdError::new(
+                    EXIT_USAGE,
+                    format!(
+                        "--backend auto: the host is {} and jumpset will not guess; pass --backend nft or --backend legacy.\n  {}",
+                        serde_json::to_value(host.mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                        host.evidence.join("\n  ")
+                    ),
+                )),
+            }
+        }
     }
+}
+
+/// Classify the host (read-only), needing CAP_NET_ADMIN (+ CAP_NET_RAW for legacy tables).
+pub fn detect_host() -> Result<HostVerdict, CmdError> {
+    require_capability(caps::Capability::CAP_NET_ADMIN, "to read nf_tables")?;
+    crate::detect::detect_host().map_err(|e| CmdError::new(e.exit_code(), e.to_string()))
+}
+
+/// `jumpset detect`: the host's mode, the backend auto would use, and the evidence.
+pub fn detect() -> Result<Output, CmdError> {
+    let host = detect_host()?;
+    let json = serde_json::to_value(&host).unwrap_or(Value::Null);
+    let word = |v: &Value| v.as_str().unwrap_or("none").to_string();
+    let mut text = format!(
+        "mode: {}\nbackend for --backend auto: {}\n",
+        word(&json["mode"]),
+        json["backend"]
+            .as_str()
+            .unwrap_or("none (jumpset will not choose)")
+    );
+    for (family, v) in &host.families {
+        text.push_str(&format!(
+            "{family}: {}{}\n",
+            serde_json::to_value(v.mode)
+                .map(|m| word(&m))
+                .unwrap_or_default(),
+            v.backend
+                .map(|b| format!(
+                    " (auto: {})",
+                    serde_json::to_value(b)
+                        .map(|m| word(&m))
+                        .unwrap_or_default()
+                ))
+                .unwrap_or_default()
+        ));
+    }
+    for e in &host.evidence {
+        text.push_str(&format!("  - {e}\n"));
+    }
+    Ok(Output {
+        json,
+        text,
+        code: EXIT_OK,
+    })
 }
 
 /// The result of one command over every managed chain and family.

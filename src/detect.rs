@@ -13,6 +13,9 @@
 //! effects: `/proc/net/ip{,6}_tables_names` before any x_tables query, and no nf_tables
 //! object is ever created.
 
+use crate::backend::legacy::{self, LegacyBackend};
+use crate::backend::nft::{self, NftBackend};
+use crate::backend::BackendError;
 use crate::snapshot::Family;
 use serde::Serialize;
 
@@ -172,7 +175,7 @@ pub fn decide(family: Family, ev: &FamilyEvidence) -> FamilyVerdict {
     } else {
         None
     };
-    let backend = hint.or(match mode {
+    let backend = hint.or_else(|| match mode {
             Mode::Nft => Some(Choice::Nft),
             Mode::Legacy => Some(Choice::Legacy),
             Mode::Mixed => {
@@ -251,6 +254,49 @@ pub fn combine(ip: FamilyVerdict, ip6: FamilyVerdict, other_nft: &[String]) -> H
         evidence,
         families,
     }
+}
+
+/// Gather the evidence from the kernel and classify the host. Read-only: nf_tables is
+/// only dumped, and an x_tables table is read only when `/proc/net/ip{,6}_tables_names`
+/// says it already exists (a query would instantiate it). Needs CAP_NET_ADMIN, and
+/// CAP_NET_RAW when legacy tables exist.
+pub fn detect_host() -> Result<HostVerdict, BackendError> {
+    let mut ev = [FamilyEvidence::default(), FamilyEvidence::default()];
+    let slot = |f: Family| usize::from(f == Family::Ip6);
+    let census = NftBackend::open()?.census()?;
+    for (family, c) in census.iptables {
+        ev[slot(family)].nft.push(c);
+    }
+    let other: Vec<String> = census
+        .tables
+        .iter()
+        .filter(|(f, n)| {
+            !((*f == nft::codec::NFPROTO_IPV4 || *f == nft::codec::NFPROTO_IPV6)
+                && IPTABLES_TABLES.contains(&n.as_str()))
+        })
+        .map(|(f, n)| format!("{} {n}", nft::family_name(*f)))
+        .collect();
+    for family in [Family::Ip, Family::Ip6] {
+        for table in legacy::existing_tables(family)? {
+            if !IPTABLES_TABLES.contains(&table.as_str()) {
+                continue;
+            }
+            let t = LegacyBackend::read_table(family, &table)?;
+            let (rules, users) = t.census();
+            ev[slot(family)].legacy.push(TableCensus {
+                rules,
+                user_chains: users.into_iter().map(str::to_string).collect(),
+                table,
+                incompatible: false,
+            });
+        }
+    }
+    let [ip, ip6] = ev;
+    Ok(combine(
+        decide(Family::Ip, &ip),
+        decide(Family::Ip6, &ip6),
+        &other,
+    ))
 }
 
 #[cfg(test)]

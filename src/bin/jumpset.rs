@@ -32,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Host mode: nft | legacy | mixed | none, with evidence.
+    Detect,
     /// The chain as the kernel has it: each rule, its owner, in place or not.
     Status,
     /// Exit 0 when converged, 1 on drift, 5 on a conflict, >= 2 on error.
@@ -82,13 +84,16 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
         Command::Plan => commands::plan(&cfg, &sel, Goal::Converge),
         Command::Apply => commands::apply(&cfg, &sel, Goal::Converge),
         Command::Cleanup => commands::apply(&cfg, &sel, Goal::Remove),
-        Command::Demo => unreachable!("handled before the config is read"),
+        Command::Demo | Command::Detect => unreachable!("handled before the config is read"),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
+    if matches!(cli.command, Command::Detect) {
+        return print(commands::detect(), json);
+    }
     if matches!(cli.command, Command::Demo) {
         return match jumpset::demo::run(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
@@ -98,7 +103,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(cli) {
+    print(run(cli), json)
+}
+
+/// Print a command's output (or error) and turn its code into the process exit code.
+fn print(result: Result<Output, CmdError>, json: bool) -> ExitCode {
+    match result {
         Ok(out) => {
             if json {
                 println!("{}", out.json);

@@ -783,6 +783,19 @@ impl Table {
         self.chains.iter().map(|c| c.name.as_str()).collect()
     }
 
+    /// Rules in all chains and the names of the user chains: what `iptables-save` shows
+    /// of the table (host detection counts these).
+    pub fn census(&self) -> (usize, Vec<&str>) {
+        let rules = self.chains.iter().map(|c| c.rules.len()).sum();
+        let users = self
+            .chains
+            .iter()
+            .filter(|c| c.hook.is_none())
+            .map(|c| c.name.as_str())
+            .collect();
+        (rules, users)
+    }
+
     /// Whether the table has user chain `name`.
     pub fn has_user_chain(&self, name: &str) -> bool {
         self.chains

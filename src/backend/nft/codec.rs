@@ -871,6 +871,38 @@ pub fn get_table(family: u8, table: &str, seq: u32) -> Vec<u8> {
     )
 }
 
+/// GETTABLE dump of every table of every family (REQUEST|DUMP, AF_UNSPEC): `nft list
+/// tables`.
+pub fn get_tables(seq: u32) -> Vec<u8> {
+    request(NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 0, seq, |_| {})
+}
+
+/// GETCHAIN dump of every chain of one table (REQUEST|DUMP, TABLE attribute).
+pub fn get_chains(family: u8, table: &str, seq: u32) -> Vec<u8> {
+    request(
+        NFT_MSG_GETCHAIN,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        family,
+        seq,
+        |b| {
+            put_str(b, NFTA_CHAIN_TABLE, table);
+        },
+    )
+}
+
+/// GETRULE dump of every rule of one table (REQUEST|DUMP, TABLE attribute only).
+pub fn get_table_rules(family: u8, table: &str, seq: u32) -> Vec<u8> {
+    request(
+        NFT_MSG_GETRULE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        family,
+        seq,
+        |b| {
+            put_str(b, NFTA_RULE_TABLE, table);
+        },
+    )
+}
+
 /// One nf_tables transaction: BEGIN (with the generation) ... END (with ACK).
 #[derive(Debug, Clone)]
 pub struct Batch {

@@ -31,6 +31,35 @@ const RECV_BUF: usize = 64 * 1024;
 /// How many times a read that raced a commit is retried.
 const READ_RETRIES: usize = 16;
 
+/// Expressions iptables-nft can turn back into iptables rules (`nft.c`,
+/// `nft_is_expr_compatible`), besides match/target/counter/immediate, which the codec
+/// decodes itself. A rule holding any other expression makes its table "incompatible".
+const IPTABLES_EXPRS: &[&str] = &[
+    "payload", "meta", "cmp", "bitwise", "lookup", "range", "limit", "log",
+];
+
+/// What nf_tables holds (see [`NftBackend::census`]).
+#[derive(Debug, Clone, Default)]
+pub struct NftCensus {
+    /// Every table: (nfgen family, name).
+    pub tables: Vec<(u8, String)>,
+    /// The iptables tables of ip and ip6, counted.
+    pub iptables: Vec<(Family, crate::detect::TableCensus)>,
+}
+
+/// The name `nft` uses for an nfgen family.
+pub fn family_name(f: u8) -> String {
+    match f {
+        1 => "inet".into(),
+        2 => "ip".into(),
+        3 => "arp".into(),
+        5 => "netdev".into(),
+        7 => "bridge".into(),
+        10 => "ip6".into(),
+        other => format!("family {other}"),
+    }
+}
+
 /// The `nfgen_family` of an address family.
 pub fn nfproto(family: Family) -> u8 {
     match family {
@@ -293,6 +322,96 @@ impl NftBackend {
                 }
             }
         }
+    }
+
+    /// Run a dump request to its NLMSG_DONE, handing each message to `each`.
+    fn dump(
+        &mut self,
+        req: &[u8],
+        seq: u32,
+        step: &str,
+        mut each: impl FnMut(Message),
+    ) -> Result<(), BackendError> {
+        self.exchange(req, seq..=seq, step, |m| match m.body {
+            Body::Done => Ok(true),
+            Body::Error { code, msg, .. } if code != 0 => {
+                Err(kernel_err(step.to_string(), -code, msg))
+            }
+            _ => {
+                each(m);
+                Ok(false)
+            }
+        })
+    }
+
+    /// What nf_tables holds, for host detection: every table as (nfgen family, name), and
+    /// for the iptables tables of `ip` and `ip6` their rules, user chains and whether
+    /// iptables-nft could list them. Read-only: dumps, nothing created.
+    pub fn census(&mut self) -> Result<NftCensus, BackendError> {
+        let mut census = NftCensus::default();
+        let seq = self.take_seq(1);
+        self.dump(
+            &codec::get_tables(seq),
+            seq,
+            "listing nf_tables tables",
+            |m| {
+                if let Body::NewTable(t) = m.body {
+                    census.tables.push((m.family, t.name));
+                }
+            },
+        )?;
+        let iptables: Vec<(u8, String)> = census
+            .tables
+            .iter()
+            .filter(|(f, n)| {
+                (*f == codec::NFPROTO_IPV4 || *f == codec::NFPROTO_IPV6)
+                    && crate::detect::IPTABLES_TABLES.contains(&n.as_str())
+            })
+            .cloned()
+            .collect();
+        for (fam, table) in iptables {
+            let family = if fam == codec::NFPROTO_IPV4 {
+                Family::Ip
+            } else {
+                Family::Ip6
+            };
+            let mut c = crate::detect::TableCensus {
+                table: table.clone(),
+                ..Default::default()
+            };
+            let step = format!("listing the chains of {family} {table}");
+            let seq = self.take_seq(1);
+            self.dump(&codec::get_chains(fam, &table, seq), seq, &step, |m| {
+                // The kernel's chain dump ignores the table attribute: filter here.
+                let Body::NewChain(ch) = m.body else { return };
+                if ch.table == table {
+                    match ch.hook {
+                        None => c.user_chains.push(ch.name),
+                        Some((hook, prio)) => {
+                            // iptables-nft only accepts base chains exactly as it makes them.
+                            let ok = spec::base_chain(&table, &ch.name).is_some_and(|d| {
+                                d.hook == hook
+                                    && d.priority == prio
+                                    && ch.chain_type.as_deref() == Some(d.chain_type)
+                            });
+                            c.incompatible |= !ok;
+                        }
+                    }
+                }
+            })?;
+            let step = format!("listing the rules of {family} {table}");
+            let seq = self.take_seq(1);
+            self.dump(&codec::get_table_rules(fam, &table, seq), seq, &step, |m| {
+                if let Body::NewRule(r) = m.body {
+                    c.rules += 1;
+                    c.incompatible |= r.exprs.iter().any(|e| {
+                        matches!(e, codec::Expr::Other { name, .. } if !IPTABLES_EXPRS.contains(&name.as_str()))
+                    });
+                }
+            })?;
+            census.iptables.push((family, c));
+        }
+        Ok(census)
     }
 
     /// Write `rules` at the end of `table`/`chain` in one batch, creating the table, the
