@@ -1,0 +1,62 @@
+//! Entry points for the fuzz targets in `fuzz/` (cargo fuzz, nightly) and for the stable
+//! test that replays their corpus (`tests/fuzz_corpus.rs`). Each takes arbitrary bytes
+//! and must return without panicking, whatever the bytes are.
+
+use crate::backend::legacy::blob::{Info, Table, INFO_SIZE};
+use crate::backend::nft::codec;
+use crate::snapshot::Family;
+
+/// The x_tables blob decoder: byte 0 picks the family (even: ip, odd: ip6), the next 84
+/// bytes are `ipt_getinfo`, the rest the entries (the layout of
+/// `src/backend/legacy/testdata/*.bin`, with the family byte in front). A table that
+/// decodes must also encode, and the encoding must decode again.
+pub fn legacy_blob(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let family = if sel % 2 == 0 { Family::Ip } else { Family::Ip6 };
+    if rest.len() < INFO_SIZE {
+        return;
+    }
+    let (info, blob) = rest.split_at(INFO_SIZE);
+    let Ok(info) = Info::parse(info) else {
+        return;
+    };
+    let Ok(table) = Table::decode(family, &info, blob) else {
+        return;
+    };
+    for chain in ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"] {
+        let _ = table.rules(chain);
+    }
+    let _ = table.census();
+    if let Ok(enc) = table.encode() {
+        let again = Info {
+            name: info.name.clone(),
+            valid_hooks: info.valid_hooks,
+            hook_entry: enc.hook_entry,
+            underflow: enc.underflow,
+            num_entries: enc.num_entries,
+            size: enc.blob.len() as u32,
+        };
+        Table::decode(family, &again, &enc.blob).expect("our own encoding decodes");
+    }
+}
+
+/// The nf_tables message decoder: a datagram as the kernel would send it; every rule is
+/// also turned into the rule model.
+pub fn nft_messages(data: &[u8]) {
+    if let Ok(msgs) = codec::parse(data) {
+        for m in msgs {
+            if let codec::Body::NewRule(r) | codec::Body::DelRule(r) = &m.body {
+                let _ = codec::to_rule(r).iptables();
+            }
+        }
+    }
+}
+
+/// The config parser: any text (bytes that are not UTF-8 are skipped).
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::spec::Config::from_toml(text);
+    }
+}
