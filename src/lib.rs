@@ -18,6 +18,8 @@ pub mod backend;
 pub mod commands;
 pub mod demo;
 pub mod detect;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod netns;
 pub mod plan;
 pub mod reconcile;
