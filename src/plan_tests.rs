@@ -568,3 +568,45 @@ fn random_chains_reach_conflicts_and_changes() {
         "{cases} {conflicts} {changes}"
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The no-op fast path agrees with the full planner, on random chains (mostly not
+    /// converged) and on the chains the plans turn them into (converged, or as close as
+    /// a conflict allows — which the fast path must leave to the full planner).
+    #[test]
+    fn the_noop_fast_path_agrees_with_the_full_planner(chain in chain_strategy(), cons in spec_strategy()) {
+        let Some(spec) = spec_from(&cons) else { return Ok(()); };
+        let rules: Vec<Rule> = chain.iter().enumerate()
+            .map(|(i, &(k, x))| rule_from(k, x, i as u64 + 1)).collect();
+        let s = snap(rules);
+        let p = plan(&s, &spec);
+        prop_assert_eq!(&p, &plan_full(&s, &spec));
+        let after = apply(&s, &spec, &p);
+        let fast = plan(&after, &spec);
+        prop_assert_eq!(&fast, &plan_full(&after, &spec));
+        if p.conflicts.is_empty() {
+            prop_assert!(is_converged(&after.rules, &spec.jumps), "{:?}", targets(&after));
+        }
+    }
+}
+
+#[test]
+fn the_harvester_chain_takes_the_fast_path() {
+    let healthy = snap(vec![
+        jump(1, CALI, "cali-PREROUTING"),
+        jump(2, OVN, "OVN-PREROUTING"),
+        jump(3, KUBE, "KUBE-SERVICES"),
+        foreign(4, "CNI-HOSTPORT-DNAT"),
+    ]);
+    let spec = harvester();
+    assert!(is_converged(&healthy.rules, &spec.jumps));
+    assert_eq!(plan(&healthy, &spec), plan_full(&healthy, &spec));
+    let mut top = healthy.clone();
+    top.rules.swap(0, 1);
+    assert!(!is_converged(&top.rules, &spec.jumps));
+    let mut twice = healthy.clone();
+    twice.rules.push(jump(5, OVN, "OVN-PREROUTING"));
+    assert!(!is_converged(&twice.rules, &spec.jumps));
+}
