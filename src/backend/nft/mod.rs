@@ -10,7 +10,7 @@
 //! ERESTART and nothing is applied. Success is the END ack and nothing else.
 
 pub mod codec;
-mod sys;
+pub(crate) mod sys;
 
 use super::{Applied, Backend, BackendError};
 use crate::plan::{Op, Plan};
@@ -150,6 +150,20 @@ impl NftBackend {
         step: &str,
         nonblocking: bool,
     ) -> Result<Option<Vec<Message>>, BackendError> {
+        if !self.recv_bytes(step, nonblocking)? {
+            return Ok(None);
+        }
+        codec::parse(&self.buf)
+            .map(Some)
+            .map_err(|source| BackendError::Decode {
+                step: step.to_string(),
+                source,
+            })
+    }
+
+    /// Receive one datagram into `self.buf`, undecoded; `Ok(false)` when `nonblocking`
+    /// and nothing is queued.
+    fn recv_bytes(&mut self, step: &str, nonblocking: bool) -> Result<bool, BackendError> {
         self.buf.clear();
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         match self.sock.recv(&mut self.buf, flags) {
@@ -159,13 +173,8 @@ impl NftBackend {
                     "a {n}-byte datagram did not fit the {RECV_BUF}-byte buffer"
                 )),
             }),
-            Ok(_) => codec::parse(&self.buf)
-                .map(Some)
-                .map_err(|source| BackendError::Decode {
-                    step: step.to_string(),
-                    source,
-                }),
-            Err(e) if nonblocking && e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Ok(_) => Ok(true),
+            Err(e) if nonblocking && e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(BackendError::Io {
                 step: step.to_string(),
                 source: std::io::Error::other("the kernel did not answer within 10 s"),
@@ -507,25 +516,48 @@ impl Backend for NftBackend {
             let mut gen: Option<u32> = None;
             let mut rules = Vec::new();
             let mut raced = false;
-            self.exchange(&req, s..=s + 1, &step, |m| match m.body {
-                Body::Gen(g) => {
-                    gen = Some(g.id);
-                    Ok(false)
+            // `exchange`, with the rules decoded straight into the model (the hot path of
+            // every reconcile: no intermediate `NftRule`).
+            self.send(&req, &step)?;
+            let ours = |portid: u32, seq: u32, me: u32| {
+                (portid == me || portid == 0) && (s..=s + 1).contains(&seq)
+            };
+            'dump: loop {
+                self.recv_bytes(&step, false)?;
+                let msgs = codec::parse_dump(&self.buf).map_err(|source| BackendError::Decode {
+                    step: step.clone(),
+                    source,
+                })?;
+                for d in msgs {
+                    match d {
+                        codec::Dumped::Rule {
+                            flags,
+                            seq,
+                            portid,
+                            res_id,
+                            rule,
+                        } if ours(portid, seq, self.portid) => {
+                            // Each dumped rule carries the low 16 bits of the generation it
+                            // was dumped at; a mismatch or DUMP_INTR means a commit got in
+                            // between.
+                            raced |= flags & NLM_F_DUMP_INTR != 0
+                                || gen.map(|g| g as u16) != Some(res_id);
+                            rules.push(rule);
+                        }
+                        codec::Dumped::Message(m) if ours(m.portid, m.seq, self.portid) => {
+                            match m.body {
+                                Body::Gen(g) => gen = Some(g.id),
+                                Body::Done => break 'dump,
+                                Body::Error { code, msg, .. } if code != 0 => {
+                                    return Err(kernel_err(step.clone(), -code, msg))
+                                }
+                                _ => {}
+                            }
+                        }
+                        _ => {} // not a reply to this request
+                    }
                 }
-                Body::NewRule(r) => {
-                    // Each dumped rule carries the low 16 bits of the generation it was
-                    // dumped at; a mismatch or DUMP_INTR means a commit got in between.
-                    raced |=
-                        m.flags & NLM_F_DUMP_INTR != 0 || gen.map(|g| g as u16) != Some(m.res_id);
-                    rules.push(codec::to_rule(&r));
-                    Ok(false)
-                }
-                Body::Done => Ok(true),
-                Body::Error { code, msg, .. } if code != 0 => {
-                    Err(kernel_err(step.clone(), -code, msg))
-                }
-                _ => Ok(false),
-            })?;
+            }
             let Some(generation) = gen else {
                 return Err(BackendError::Kernel {
                     step,
