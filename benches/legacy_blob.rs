@@ -1,0 +1,119 @@
+//! The x_tables blob codec at 10k and 50k rules: decode (what every legacy read pays),
+//! decode plus the managed chain's rules (the read), and rebuild (set the chain's rules,
+//! lay the whole table out again: what every legacy write pays). Pure: the table is made
+//! with the codec itself from the captured empty nat table — no kernel, no root.
+//!
+//! The generated table: the Harvester jumps in PREROUTING, `n / 5 * 2` user chains, and
+//! `n` comment + jump rules in OUTPUT spread over them (the codec only edits built-in
+//! chains; the entry count, sizes and jump resolution are what a kube-proxy table of `n`
+//! rules has).
+
+#![allow(missing_docs)] // criterion_group! generates undocumented public functions
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use jumpset::backend::legacy::blob::{Info, Slot, Table, INFO_SIZE, NUM_HOOKS};
+use jumpset::snapshot::Family;
+use std::hint::black_box;
+
+const EMPTY_NAT: &[u8] = include_bytes!("../src/backend/legacy/testdata/ip-nat-empty.bin");
+
+fn info_for(info: &Info, enc: &jumpset::backend::legacy::blob::Encoded) -> Info {
+    let mut i = info.clone();
+    i.num_entries = enc.num_entries;
+    i.size = enc.blob.len() as u32;
+    for h in 0..NUM_HOOKS {
+        if i.valid_hooks & (1 << h) != 0 {
+            i.hook_entry[h] = enc.hook_entry[h];
+            i.underflow[h] = enc.underflow[h];
+        }
+    }
+    i
+}
+
+/// (GET_INFO, blob) of a nat table holding `n` rules besides the Harvester jumps.
+fn table(n: usize) -> (Info, Vec<u8>) {
+    let info = Info::parse(&EMPTY_NAT[..INFO_SIZE]).unwrap();
+    let mut t = Table::decode(Family::Ip, &info, &EMPTY_NAT[INFO_SIZE..]).unwrap();
+    for c in [
+        "cali-PREROUTING",
+        "OVN-PREROUTING",
+        "KUBE-SERVICES",
+        "CNI-HOSTPORT-DNAT",
+    ] {
+        t.ensure_chain(c).unwrap();
+    }
+    let services = (n / 5).max(1);
+    let names: Vec<String> = (0..services)
+        .flat_map(|i| [format!("KUBE-SEP-{i:012}"), format!("KUBE-SVC-{i:012}")])
+        .collect();
+    // In name order, so every new chain goes at the end.
+    let mut sorted = names.clone();
+    sorted.sort();
+    for c in &sorted {
+        t.ensure_chain(c).unwrap();
+    }
+    let comments: Vec<String> = (0..n).map(|i| format!("ns/svc{}:http", i / 5)).collect();
+    let slots: Vec<Slot> = (0..n)
+        .map(|i| Slot::Jump {
+            comment: comments[i].as_bytes(),
+            target: &names[(i / 5 * 2 + i % 2) % names.len()],
+        })
+        .collect();
+    t.set_rules("OUTPUT", &slots).unwrap();
+    let harvester = [
+        ("cali:6gwbT8clXdHdC1b1", "cali-PREROUTING"),
+        ("kube-ovn prerouting rules", "OVN-PREROUTING"),
+        ("kubernetes service portals", "KUBE-SERVICES"),
+    ]
+    .map(|(c, t)| Slot::Jump {
+        comment: c.as_bytes(),
+        target: t,
+    });
+    t.set_rules("PREROUTING", &harvester).unwrap();
+    let enc = t.encode().unwrap();
+    (info_for(&info, &enc), enc.blob)
+}
+
+fn blob_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("legacy_blob");
+    g.sample_size(20);
+    for n in [10_000usize, 50_000] {
+        let (info, blob) = table(n);
+        let t = Table::decode(Family::Ip, &info, &blob).unwrap();
+        assert_eq!(t.rules("PREROUTING").unwrap().len(), 3);
+        assert_eq!(t.rules("OUTPUT").unwrap().len(), n);
+        g.bench_with_input(BenchmarkId::new("decode", n), &blob, |b, blob| {
+            b.iter(|| Table::decode(Family::Ip, black_box(&info), black_box(blob)).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("read_chain", n), &blob, |b, blob| {
+            b.iter(|| {
+                Table::decode(Family::Ip, black_box(&info), black_box(blob))
+                    .unwrap()
+                    .rules("PREROUTING")
+            })
+        });
+        // The repair: keep Calico's and kube-proxy's jumps, put Kube-OVN's between them.
+        let repaired = [
+            Slot::Keep(0),
+            Slot::Jump {
+                comment: b"kube-ovn prerouting rules",
+                target: "OVN-PREROUTING",
+            },
+            Slot::Keep(2),
+        ];
+        g.bench_with_input(BenchmarkId::new("rebuild", n), &t, |b, t| {
+            b.iter_batched(
+                || t.clone(),
+                |mut t| {
+                    t.set_rules("PREROUTING", &repaired).unwrap();
+                    t.encode().unwrap()
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, blob_benches);
+criterion_main!(benches);
