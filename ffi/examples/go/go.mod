@@ -1,0 +1,3 @@
+module jumpset.example/agent
+
+go 1.19
