@@ -44,6 +44,17 @@ impl CmdError {
             message: message.into(),
         }
     }
+
+    /// The `--json` form of an error: `{"error": message, "exit_code": code}`.
+    pub fn to_json(&self) -> Value {
+        json!({ "error": self.message, "exit_code": self.code })
+    }
+}
+
+/// Parse and validate config text as `--config` does: a bad config is exit 2, with the
+/// message the CLI prints (`config: ...`).
+pub fn config_from_toml(text: &str) -> Result<Config, CmdError> {
+    Config::from_toml(text).map_err(|e| CmdError::new(EXIT_USAGE, format!("config: {e}")))
 }
 
 /// What to act on: the config with command-line overrides applied.

@@ -14,7 +14,11 @@ pub fn legacy_blob(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let family = if sel % 2 == 0 { Family::Ip } else { Family::Ip6 };
+    let family = if sel % 2 == 0 {
+        Family::Ip
+    } else {
+        Family::Ip6
+    };
     if rest.len() < INFO_SIZE {
         return;
     }

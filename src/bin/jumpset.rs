@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use jumpset::commands::{self, CmdError, Output, Selection, EXIT_USAGE};
 use jumpset::reconcile::Goal;
-use jumpset::snapshot::Family;
+use jumpset::snapshot::{CommentEncoding, Family};
 use jumpset::spec::{BackendChoice, Config, DEFAULT_CONFIG_PATH};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,8 +44,30 @@ enum Command {
     Apply,
     /// Remove the owned jumps (uninstall).
     Cleanup,
+    /// Keep the chains reconciled: react to nf_tables change notifications (legacy: poll
+    /// every `resync_interval`), back off from fights, notify systemd, serve metrics.
+    Daemon,
     /// The Harvester incident and its repair, in a throwaway network namespace.
     Demo,
+    /// Reconcile timings against the exec baselines, in a throwaway network namespace
+    /// (`--backend nft|legacy`, default nft; ip only).
+    Bench {
+        /// Kube-proxy-style rules in the nat table besides the Harvester jumps.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        rules: usize,
+        /// Samples per timing (each timing also stops at its time budget).
+        #[arg(long, value_name = "K")]
+        iterations: Option<usize>,
+        /// How the owned jump's comment is written (userdata: nft only).
+        #[arg(long, value_enum, default_value = "xt")]
+        comment_encoding: EncodingArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EncodingArg {
+    Xt,
+    Userdata,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,7 +106,9 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
         Command::Plan => commands::plan(&cfg, &sel, Goal::Converge),
         Command::Apply => commands::apply(&cfg, &sel, Goal::Converge),
         Command::Cleanup => commands::apply(&cfg, &sel, Goal::Remove),
-        Command::Demo | Command::Detect => unreachable!("handled before the config is read"),
+        Command::Demo | Command::Detect | Command::Bench { .. } | Command::Daemon => {
+            unreachable!("handled before the config is read")
+        }
     }
 }
 
@@ -93,6 +117,34 @@ fn main() -> ExitCode {
     let json = cli.json;
     if matches!(cli.command, Command::Detect) {
         return print(commands::detect(), json);
+    }
+    if let Command::Bench {
+        rules,
+        iterations,
+        comment_encoding,
+    } = cli.command
+    {
+        return print(
+            jumpset::bench::run(&jumpset::bench::BenchOptions {
+                backend: match cli.backend {
+                    None | Some(BackendArg::Nft) => BackendChoice::Nft,
+                    Some(BackendArg::Legacy) => BackendChoice::Legacy,
+                    Some(BackendArg::Auto) => BackendChoice::Auto,
+                },
+                families: match cli.family {
+                    None | Some(FamilyArg::Ip) => vec![Family::Ip],
+                    Some(FamilyArg::Ip6) => vec![Family::Ip6],
+                    Some(FamilyArg::Both) => vec![Family::Ip, Family::Ip6],
+                },
+                rules,
+                iterations,
+                encoding: match comment_encoding {
+                    EncodingArg::Xt => CommentEncoding::Xt,
+                    EncodingArg::Userdata => CommentEncoding::Userdata,
+                },
+            }),
+            json,
+        );
     }
     if matches!(cli.command, Command::Demo) {
         return match jumpset::demo::run(&mut std::io::stdout()) {
@@ -103,7 +155,65 @@ fn main() -> ExitCode {
             }
         };
     }
+    if matches!(cli.command, Command::Daemon) {
+        return daemon(cli);
+    }
     print(run(cli), json)
+}
+
+/// `jumpset daemon`: load the config, check the capabilities and drop every other one
+/// BEFORE the tokio runtime starts (capabilities are per thread), then run the loop on a
+/// current-thread runtime until SIGTERM/SIGINT (exit 0).
+fn daemon(cli: Cli) -> ExitCode {
+    use jumpset::daemon;
+    daemon::init_logging();
+    let fail = |code: i32, msg: String| {
+        eprintln!("jumpset daemon: {msg}");
+        ExitCode::from(code as u8)
+    };
+    let path = cli
+        .config
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, format!("config: {e}")),
+    };
+    let backend = cli.backend.map(|b| match b {
+        BackendArg::Auto => BackendChoice::Auto,
+        BackendArg::Nft => BackendChoice::Nft,
+        BackendArg::Legacy => BackendChoice::Legacy,
+    });
+    let families = cli.family.map(|f| match f {
+        FamilyArg::Ip => vec![Family::Ip],
+        FamilyArg::Ip6 => vec![Family::Ip6],
+        FamilyArg::Both => vec![Family::Ip, Family::Ip6],
+    });
+    match daemon::privilege::restrict(backend.unwrap_or(cfg.backend)) {
+        Ok(None) => {}
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Err(e) => return fail(e.code, e.message),
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return fail(
+                commands::EXIT_KERNEL,
+                format!("cannot start the runtime: {e}"),
+            )
+        }
+    };
+    let opts = daemon::Options {
+        backend,
+        families,
+        ..daemon::Options::new(path)
+    };
+    match rt.block_on(async { daemon::run(opts, daemon::termination()?).await }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.exit_code(), e.to_string()),
+    }
 }
 
 /// Print a command's output (or error) and turn its code into the process exit code.
