@@ -7,18 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for bin in iptables-nft iptables-legacy nft strace setpriv; do
+for bin in iptables-nft iptables-legacy nft strace setpriv systemd-analyze cc go valgrind; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test dependencies (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq iptables nftables strace util-linux >/dev/null
+    apt-get install -y -qq iptables nftables strace util-linux systemd gcc golang-go valgrind >/dev/null
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "the integration tests need root (they create network namespaces)" >&2
     exit 1
 fi
 
-cargo test --locked "$@"
+cargo test --locked --workspace "$@"
