@@ -3,7 +3,7 @@
 //! match, an addrtype match and a jump or goto. Enough for `demo` to write the broken
 //! chain itself — product code runs no iptables — and for tests to compare chains.
 
-use crate::snapshot::{Comment, CommentEncoding, Counters, Match, Rule, Verdict};
+use crate::snapshot::{Comment, CommentEncoding, Counters, Match, Rule, Verdict, ADDRTYPE_NAMES};
 
 /// One `*table` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,23 +66,9 @@ fn words(line: &str) -> Result<Vec<String>, String> {
 }
 
 fn addrtype_bits(name: &str) -> Result<u16, String> {
-    const NAMES: [&str; 12] = [
-        "UNSPEC",
-        "UNICAST",
-        "LOCAL",
-        "BROADCAST",
-        "ANYCAST",
-        "MULTICAST",
-        "BLACKHOLE",
-        "UNREACHABLE",
-        "PROHIBIT",
-        "THROW",
-        "NAT",
-        "XRESOLVE",
-    ];
     name.split(',')
         .map(|n| {
-            NAMES
+            ADDRTYPE_NAMES
                 .iter()
                 .position(|x| x.eq_ignore_ascii_case(n))
                 .map(|i| 1u16 << i)

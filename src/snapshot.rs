@@ -181,22 +181,24 @@ impl Match {
     }
 }
 
+/// The address types of `-m addrtype`, by bit (XT_ADDRTYPE_UNSPEC = 1 << 0, ...).
+pub const ADDRTYPE_NAMES: [&str; 12] = [
+    "UNSPEC",
+    "UNICAST",
+    "LOCAL",
+    "BROADCAST",
+    "ANYCAST",
+    "MULTICAST",
+    "BLACKHOLE",
+    "UNREACHABLE",
+    "PROHIBIT",
+    "THROW",
+    "NAT",
+    "XRESOLVE",
+];
+
 fn addrtype_names(bits: u16) -> String {
-    const NAMES: [&str; 12] = [
-        "UNSPEC",
-        "UNICAST",
-        "LOCAL",
-        "BROADCAST",
-        "ANYCAST",
-        "MULTICAST",
-        "BLACKHOLE",
-        "UNREACHABLE",
-        "PROHIBIT",
-        "THROW",
-        "NAT",
-        "XRESOLVE",
-    ];
-    NAMES
+    ADDRTYPE_NAMES
         .iter()
         .enumerate()
         .filter(|(i, _)| bits & (1 << i) != 0)

@@ -313,37 +313,49 @@ pub struct Message {
 // Decoding
 // ---------------------------------------------------------------------------------------
 
-/// Split one received datagram into messages and decode them.
-pub fn parse(datagram: &[u8]) -> Result<Vec<Message>, CodecError> {
-    let mut msgs = Vec::new();
+/// The messages of one datagram, each with its nlmsg_len checked against the buffer.
+fn framed(datagram: &[u8]) -> impl Iterator<Item = Result<NetlinkBuffer<&[u8]>, CodecError>> {
     let mut rest = datagram;
-    while !rest.is_empty() {
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
         if rest.len() < NLMSG_HDRLEN {
-            return Err(CodecError::Truncated {
+            let have = std::mem::take(&mut rest).len();
+            return Some(Err(CodecError::Truncated {
                 what: "nlmsghdr",
                 need: NLMSG_HDRLEN,
-                have: rest.len(),
-            });
+                have,
+            }));
         }
-        let nl = NetlinkBuffer::new(rest);
-        let len = nl.length() as usize;
-        if len < NLMSG_HDRLEN {
-            return Err(CodecError::Malformed {
+        let len = NetlinkBuffer::new(rest).length() as usize;
+        let err = if len < NLMSG_HDRLEN {
+            Some(CodecError::Malformed {
                 what: "nlmsghdr",
                 detail: format!("nlmsg_len {len} is shorter than the 16-byte header"),
-            });
-        }
-        if len > rest.len() {
-            return Err(CodecError::Truncated {
+            })
+        } else if len > rest.len() {
+            Some(CodecError::Truncated {
                 what: "netlink message",
                 need: len,
                 have: rest.len(),
-            });
+            })
+        } else {
+            None
+        };
+        if let Some(e) = err {
+            rest = &[];
+            return Some(Err(e));
         }
-        msgs.push(parse_message(NetlinkBuffer::new(&rest[..len]))?);
+        let msg = NetlinkBuffer::new(&rest[..len]);
         rest = &rest[align(len).min(rest.len())..];
-    }
-    Ok(msgs)
+        Some(Ok(msg))
+    })
+}
+
+/// Split one received datagram into messages and decode them.
+pub fn parse(datagram: &[u8]) -> Result<Vec<Message>, CodecError> {
+    framed(datagram).map(|nl| parse_message(nl?)).collect()
 }
 
 /// Decode one message whose nlmsg_len has been checked against the buffer.
@@ -1327,49 +1339,25 @@ pub enum Dumped {
 /// included — without building the intermediate [`NftRule`] (no table, chain or
 /// expression name strings, no copy of the match infos).
 pub fn parse_dump(datagram: &[u8]) -> Result<Vec<Dumped>, CodecError> {
-    let mut out = Vec::new();
-    let mut rest = datagram;
-    while !rest.is_empty() {
-        if rest.len() < NLMSG_HDRLEN {
-            return Err(CodecError::Truncated {
-                what: "nlmsghdr",
-                need: NLMSG_HDRLEN,
-                have: rest.len(),
-            });
-        }
-        let nl = NetlinkBuffer::new(rest);
-        let len = nl.length() as usize;
-        if len < NLMSG_HDRLEN {
-            return Err(CodecError::Malformed {
-                what: "nlmsghdr",
-                detail: format!("nlmsg_len {len} is shorter than the 16-byte header"),
-            });
-        }
-        if len > rest.len() {
-            return Err(CodecError::Truncated {
-                what: "netlink message",
-                need: len,
-                have: rest.len(),
-            });
-        }
-        let nl = NetlinkBuffer::new(&rest[..len]);
-        let payload = nl.payload();
-        out.push(
-            if nl.message_type() == NFT_MSG_NEWRULE && payload.len() >= NFGENMSG_LEN {
-                Dumped::Rule {
-                    flags: nl.flags(),
-                    seq: nl.sequence_number(),
-                    portid: nl.port_number(),
-                    res_id: u16::from_be_bytes([payload[2], payload[3]]),
-                    rule: decode_rule(&payload[NFGENMSG_LEN..])?,
-                }
-            } else {
-                Dumped::Message(parse_message(nl)?)
-            },
-        );
-        rest = &rest[align(len).min(rest.len())..];
-    }
-    Ok(out)
+    framed(datagram)
+        .map(|nl| {
+            let nl = nl?;
+            let payload = nl.payload();
+            Ok(
+                if nl.message_type() == NFT_MSG_NEWRULE && payload.len() >= NFGENMSG_LEN {
+                    Dumped::Rule {
+                        flags: nl.flags(),
+                        seq: nl.sequence_number(),
+                        portid: nl.port_number(),
+                        res_id: u16::from_be_bytes([payload[2], payload[3]]),
+                        rule: decode_rule(&payload[NFGENMSG_LEN..])?,
+                    }
+                } else {
+                    Dumped::Message(parse_message(nl)?)
+                },
+            )
+        })
+        .collect()
 }
 
 /// The attributes of a NEWRULE (after nfgenmsg) straight into the model: the same
