@@ -1327,6 +1327,9 @@ pub enum Dumped {
         portid: u32,
         /// nfgenmsg res_id, host order (low 16 bits of the genid).
         res_id: u16,
+        /// NFTA_RULE_POSITION: in a dump, the handle of the rule dumped before it
+        /// (absent for the first rule of the chain).
+        position: Option<u64>,
         /// `to_rule` of the rule.
         rule: Rule,
     },
@@ -1345,12 +1348,14 @@ pub fn parse_dump(datagram: &[u8]) -> Result<Vec<Dumped>, CodecError> {
             let payload = nl.payload();
             Ok(
                 if nl.message_type() == NFT_MSG_NEWRULE && payload.len() >= NFGENMSG_LEN {
+                    let (rule, position) = decode_rule_at(&payload[NFGENMSG_LEN..])?;
                     Dumped::Rule {
                         flags: nl.flags(),
                         seq: nl.sequence_number(),
                         portid: nl.port_number(),
                         res_id: u16::from_be_bytes([payload[2], payload[3]]),
-                        rule: decode_rule(&payload[NFGENMSG_LEN..])?,
+                        position,
+                        rule,
                     }
                 } else {
                     Dumped::Message(parse_message(nl)?)
@@ -1363,8 +1368,13 @@ pub fn parse_dump(datagram: &[u8]) -> Result<Vec<Dumped>, CodecError> {
 /// The attributes of a NEWRULE (after nfgenmsg) straight into the model: the same
 /// checks, in the same order, as `parse_rule`, and the same result as [`to_rule`].
 pub fn decode_rule(buf: &[u8]) -> Result<Rule, CodecError> {
+    decode_rule_at(buf).map(|(rule, _)| rule)
+}
+
+/// [`decode_rule`], and the rule's NFTA_RULE_POSITION.
+fn decode_rule_at(buf: &[u8]) -> Result<(Rule, Option<u64>), CodecError> {
     const WHAT: &str = "rule";
-    let (mut table, mut chain, mut handle) = (false, false, None);
+    let (mut table, mut chain, mut handle, mut position) = (false, false, None, None);
     let mut out = Rule {
         handle: 0,
         comment: None,
@@ -1379,9 +1389,7 @@ pub fn decode_rule(buf: &[u8]) -> Result<Rule, CodecError> {
             NFTA_RULE_TABLE => table = true,
             NFTA_RULE_CHAIN => chain = true,
             NFTA_RULE_HANDLE => handle = Some(be64(p, "NFTA_RULE_HANDLE")?),
-            NFTA_RULE_POSITION => {
-                be64(p, "NFTA_RULE_POSITION")?;
-            }
+            NFTA_RULE_POSITION => position = Some(be64(p, "NFTA_RULE_POSITION")?),
             NFTA_RULE_EXPRESSIONS => {
                 // The last list counts, as in `parse_rule`.
                 out.comment = None;
@@ -1409,7 +1417,7 @@ pub fn decode_rule(buf: &[u8]) -> Result<Rule, CodecError> {
     if let Some(u) = userdata {
         read_userdata(&mut out, u);
     }
-    Ok(out)
+    Ok((out, position))
 }
 
 /// One expression into `out`: `parse_expr`'s checks, then what `to_rule` makes of it.
@@ -2491,6 +2499,7 @@ mod tests {
                         seq: m.seq,
                         portid: m.portid,
                         res_id: m.res_id,
+                        position: r.position,
                         rule: to_rule(&r),
                     },
                     _ => Dumped::Message(m),

@@ -2,8 +2,10 @@
 //!
 //! A read is one `sendmsg` holding GETGEN and a GETRULE dump of the chain; every dumped
 //! rule carries the low 16 bits of the generation it was dumped at, so a dump that raced
-//! a commit is detected and re-read. A write is one batch — BEGIN carrying the generation
-//! the plan was made from, then NEWTABLE/NEWCHAIN (only when missing, exactly as
+//! a commit is detected and re-read, and names the rule dumped before it, so a dump torn
+//! by another process's transaction in flight (which shifts the kernel's resume index
+//! without a new generation) is re-read too. A write is one batch — BEGIN carrying the
+//! generation the plan was made from, then NEWTABLE/NEWCHAIN (only when missing, exactly as
 //! iptables-nft creates them), DELRULEs by handle and NEWRULEs before a kept handle or
 //! appended, then END with an ACK request. The kernel holds its commit mutex from the
 //! generation check to the commit, so a concurrent writer makes the batch fail with
@@ -239,13 +241,23 @@ impl NftBackend {
         table: &str,
         chain: &str,
     ) -> Result<bool, BackendError> {
+        Ok(self.chain_info(fam, table, chain)?.is_some())
+    }
+
+    /// Chain `chain` of `table` as the kernel has it (GETCHAIN), if it exists.
+    pub fn chain_info(
+        &mut self,
+        fam: u8,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<codec::ChainInfo>, BackendError> {
         let seq = self.take_seq(1);
         let step = format!("looking up chain {table} {chain}");
-        let mut found = false;
+        let mut found = None;
         let req = codec::get_chain(fam, table, chain, seq);
         self.exchange(&req, seq..=seq, &step, |m| match m.body {
-            Body::NewChain(_) => {
-                found = true;
+            Body::NewChain(c) => {
+                found = Some(c);
                 Ok(false)
             }
             Body::Error { code: 0, .. } => Ok(true),
@@ -254,6 +266,40 @@ impl NftBackend {
             _ => Ok(false),
         })?;
         Ok(found)
+    }
+
+    /// Refuse to write into a base chain iptables-nft would not write into: one that
+    /// exists with another hook, priority or type than the built-in chain iptables-nft
+    /// makes, or that is not a base chain at all (written by `nft` directly).
+    /// iptables-nft fails re-declaring its built-in chain there (`CHAIN_ADD failed
+    /// (Operation not supported)`) and calls the table incompatible; a jump written there
+    /// would serve none of the agents that use iptables, and would run at another point
+    /// of the packet path than declared. So jumpset leaves it alone and says why.
+    fn check_base_chain(&mut self, snap: &Snapshot) -> Result<(), BackendError> {
+        let (table, chain) = (snap.table.as_str(), snap.chain.as_str());
+        let def = base_chain(table, chain)?;
+        let Some(info) = self.chain_info(nfproto(snap.family), table, chain)? else {
+            return Ok(()); // gone since the read: the batch is refused as stale
+        };
+        let found_type = info.chain_type.as_deref().unwrap_or("?");
+        let found = match info.hook {
+            Some((hook, prio))
+                if hook == def.hook && prio == def.priority && found_type == def.chain_type =>
+            {
+                return Ok(());
+            }
+            Some((hook, prio)) => {
+                format!("type {found_type} hook {} priority {prio}", hook_name(hook))
+            }
+            None => "a regular chain, not a base chain".to_string(),
+        };
+        Err(BackendError::Unsupported(format!(
+            "{family} {table} {chain} exists but is not the base chain iptables-nft makes: it is {found}, where iptables-nft makes `type {} hook {} priority {}`. It was written by nft directly; iptables-nft refuses to write into it and calls the table incompatible, so jumpset leaves it alone too. Recreate it as iptables-nft makes it (move its rules, `nft delete chain {family} {table} {chain}`, and let iptables-nft or jumpset create it), or manage that chain with nft",
+            def.chain_type,
+            hook_name(def.hook),
+            def.priority,
+            family = snap.family,
+        )))
     }
 
     /// Commit a batch and wait for its verdict: `Ok` only on the END ack.
@@ -293,6 +339,19 @@ impl NftBackend {
                 .find(|s| s.0 == seq)
                 .map(|s| s.1.clone())
                 .unwrap_or_else(|| "committing the batch".to_string());
+            // The kernel answers a missing CAP_NET_ADMIN on the batch as a whole (the
+            // BEGIN message). EPERM on a message inside it is nf_tables refusing to let
+            // us change a table another process owns (`flags owner`).
+            if errno == EPERM && seq != begin {
+                return Err(BackendError::Kernel {
+                    step,
+                    errno,
+                    message: format!(
+                        "{}: the table is owned by another process (nf_tables `flags owner`); only that process may change it",
+                        std::io::Error::from_raw_os_error(errno)
+                    ),
+                });
+            }
             return Err(kernel_err(step, errno, msg));
         }
         if !acked {
@@ -480,6 +539,18 @@ fn base_chain(table: &str, chain: &str) -> Result<spec::BaseChain, BackendError>
     })
 }
 
+/// The iptables name of a netfilter inet hook number.
+fn hook_name(hook: u32) -> String {
+    match hook {
+        0 => "prerouting".into(),
+        1 => "input".into(),
+        2 => "forward".into(),
+        3 => "output".into(),
+        4 => "postrouting".into(),
+        n => format!("{n}"),
+    }
+}
+
 impl Backend for NftBackend {
     fn name(&self) -> &'static str {
         "nft"
@@ -516,6 +587,8 @@ impl Backend for NftBackend {
             let mut gen: Option<u32> = None;
             let mut rules = Vec::new();
             let mut raced = false;
+            // The handle of the rule dumped last: each dumped rule names the one before it.
+            let mut last: Option<u64> = None;
             // `exchange`, with the rules decoded straight into the model (the hot path of
             // every reconcile: no intermediate `NftRule`).
             self.send(&req, &step)?;
@@ -535,13 +608,20 @@ impl Backend for NftBackend {
                             seq,
                             portid,
                             res_id,
+                            position,
                             rule,
                         } if ours(portid, seq, self.portid) => {
                             // Each dumped rule carries the low 16 bits of the generation it
                             // was dumped at; a mismatch or DUMP_INTR means a commit got in
-                            // between.
+                            // between. And each names the rule before it: the kernel
+                            // resumes a multi-part dump by index, and another process's
+                            // transaction in flight (rules inserted but not committed, or
+                            // aborted) shifts that index with no new generation — a rule
+                            // is then sent twice or skipped, and the chain is broken.
                             raced |= flags & NLM_F_DUMP_INTR != 0
-                                || gen.map(|g| g as u16) != Some(res_id);
+                                || gen.map(|g| g as u16) != Some(res_id)
+                                || position.is_some_and(|p| Some(p) != last);
+                            last = Some(rule.handle);
                             rules.push(rule);
                         }
                         codec::Dumped::Message(m) if ours(m.portid, m.seq, self.portid) => {
@@ -605,6 +685,9 @@ impl Backend for NftBackend {
         }
         let fam = nfproto(snap.family);
         let (table, chain) = (snap.table.as_str(), snap.chain.as_str());
+        if snap.chain_exists {
+            self.check_base_chain(snap)?;
+        }
 
         // Target chains to create: only for jumps being inserted whose target no rule of
         // the chain already jumps to (the kernel guarantees those exist).
