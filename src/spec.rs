@@ -532,6 +532,18 @@ fn validate_chain(
                 "cannot hold a NUL character",
             ));
         }
+        // iptables-save prints a comment as it is: a line break (or another control
+        // character) would break the save output every agent parses line by line, and
+        // iptables-restore would refuse it. A tab is quoted and round-trips.
+        if let Some(c) = comment.chars().find(|c| c.is_control() && *c != '\t') {
+            return Err(err(
+                format!("{jkey}.comment"),
+                lines.of(&rj.comment),
+                format!(
+                    "cannot hold the control character {c:?}: iptables-save would print it raw and iptables-restore could not read the table back"
+                ),
+            ));
+        }
         if let Some(prev) = comments.insert(comment, ji) {
             return Err(err(
                 format!("{jkey}.comment"),
