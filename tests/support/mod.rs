@@ -218,3 +218,476 @@ pub mod tempfile_path {
         TempPath(p)
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers of the torture, crash and hostile suites (tests/torture.rs, crash.rs, hostile.rs)
+// ---------------------------------------------------------------------------------------
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, also when a test
+/// fails half-way: no agent, monitor or daemon outlives its test.
+pub struct Guard(Option<std::process::Child>);
+
+impl Guard {
+    pub fn new(child: std::process::Child) -> Guard {
+        Guard(Some(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the child was taken")
+    }
+
+    /// Send `sig` to the child (if it still runs).
+    pub fn signal(&mut self, sig: i32) {
+        if let Some(c) = self.0.as_mut() {
+            if c.try_wait().ok().flatten().is_none() {
+                // SAFETY: kill(2) on our own, not yet reaped child; no memory involved.
+                unsafe { libc::kill(c.id() as i32, sig) };
+            }
+        }
+    }
+
+    /// Wait up to `limit` for the child to exit; its exit code (-signal when killed).
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let end = std::time::Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child().try_wait().unwrap() {
+                return Some(st.code().unwrap_or_else(|| -st.signal().unwrap_or(0)));
+            }
+            if std::time::Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL and reap now; the exit code (-9 when the kill landed, else the code it
+    /// had already exited with).
+    pub fn kill9(&mut self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        let c = self.child();
+        let _ = c.kill();
+        let st = c.wait().unwrap();
+        st.code().unwrap_or_else(|| -st.signal().unwrap_or(0))
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Poll `f` every 5 ms until it is true or `limit` passes.
+pub fn wait_until(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A small PRNG (xorshift64*) for randomised schedules. Seeded from `$JUMPSET_TEST_SEED`
+/// when set, else from the clock; the seed is printed so a failing run can be repeated.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(label: &str) -> Rng {
+        let seed = std::env::var("JUMPSET_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{label}: seed {seed} (JUMPSET_TEST_SEED={seed} repeats this schedule)");
+        Rng(seed | 1)
+    }
+
+    /// A generator with a given seed (e.g. one per thread, drawn from a parent).
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// A duration uniform in `lo..hi` milliseconds, at microsecond resolution.
+    pub fn ms(&mut self, lo: u64, hi: u64) -> std::time::Duration {
+        std::time::Duration::from_micros(lo * 1000 + self.below((hi - lo).max(1) * 1000))
+    }
+}
+
+/// `jumpset daemon` started from the calling (namespaced) thread, its stderr collected;
+/// killed on drop.
+pub struct DaemonProc {
+    pub proc: Guard,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl DaemonProc {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> DaemonProc {
+        use std::io::BufRead;
+        let mut cmd = Command::new(bin());
+        cmd.arg("daemon")
+            .args(args)
+            .env("JUMPSET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("jumpset daemon starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        DaemonProc {
+            proc: Guard::new(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn wait_log(&self, needle: &str, limit: std::time::Duration) -> bool {
+        wait_until(limit, || self.log().contains(needle))
+    }
+}
+
+/// One HTTP GET to `addr` (in the calling thread's namespace): (status, body).
+pub fn http_get_at(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
+
+/// The value of one series of a Prometheus text body (0 when absent).
+pub fn metric_value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// `nft -a monitor` running in the background (the calling thread's namespace): every
+/// line it prints, kept in order. The kernel sends each committed transaction's rule
+/// events followed by its NEWGEN (`# new generation N by process PID (NAME)`), so the
+/// log is a complete, per-generation history of the ruleset — the independent oracle of
+/// who changed what.
+pub struct NftEventLog {
+    proc: Guard,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    errors: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl NftEventLog {
+    /// Start it and wait until it demonstrably receives events (a probe table is
+    /// created and deleted; its generations are in the log too).
+    pub fn start() -> NftEventLog {
+        use std::io::{BufRead, Read};
+        let mut child = Command::new("nft")
+            .args(["-a", "monitor"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nft monitor starts");
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (l2, e2) = (lines.clone(), errors.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            e2.lock().unwrap().push_str(&s);
+        });
+        let log = NftEventLog {
+            proc: Guard::new(child),
+            lines,
+            errors,
+        };
+        let probe = "jumpset_monitor_probe";
+        let seen = wait_until(std::time::Duration::from_secs(10), || {
+            ok(&format!(
+                "nft add table ip {probe} && nft delete table ip {probe}"
+            ));
+            wait_until(std::time::Duration::from_millis(200), || {
+                log.lines().iter().any(|l| l.contains(probe))
+            })
+        });
+        assert!(seen, "nft monitor never reported the probe table");
+        log
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Wait until a NEWGEN at or after `gen` was printed (the log caught up with it).
+    pub fn wait_gen(&self, gen: u64, limit: std::time::Duration) -> bool {
+        wait_until(limit, || {
+            self.lines()
+                .iter()
+                .rev()
+                .find_map(|l| newgen(l).map(|(g, _, _)| g))
+                .is_some_and(|g| g >= gen)
+        })
+    }
+
+    /// Stop it; every line it printed. Panics when it reported lost events or an error
+    /// (the history would be incomplete, and so would every check made from it).
+    pub fn stop(mut self) -> Vec<String> {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        self.proc.kill9();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let errors = self.errors.lock().unwrap().clone();
+        assert!(
+            errors.trim().is_empty(),
+            "nft monitor reported an error (events may be lost): {errors}"
+        );
+        self.lines()
+    }
+}
+
+/// `# new generation N by process PID (NAME)` → (N, PID, NAME).
+pub fn newgen(line: &str) -> Option<(u64, u32, String)> {
+    let rest = line.strip_prefix("# new generation ")?;
+    let (gen, rest) = rest.split_once(' ')?;
+    let rest = rest.strip_prefix("by process ")?;
+    let (pid, name) = rest.split_once(' ')?;
+    let name = name.trim().trim_start_matches('(').trim_end_matches(')');
+    Some((gen.parse().ok()?, pid.parse().ok()?, name.to_string()))
+}
+
+/// One rule event of a transaction, as `nft -a monitor` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleEvent {
+    /// `add rule ...` (NLM_F_APPEND) or `insert rule ...`, placed right after the rule
+    /// `after` when the kernel names one (it does unless the rule is first or last).
+    Add {
+        handle: u64,
+        after: Option<u64>,
+        append: bool,
+        text: String,
+    },
+    /// `delete rule ... handle H`.
+    Delete { handle: u64 },
+}
+
+/// One committed transaction: its rule events in one chain, and who committed it.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub gen: u64,
+    pub pid: u32,
+    pub process: String,
+    pub events: Vec<RuleEvent>,
+}
+
+/// The transactions of a monitor log, with their rule events in `family table chain`
+/// (transactions that did not touch the chain have no events). Lines of other objects
+/// are skipped.
+pub fn transactions(lines: &[String], family: &str, table: &str, chain: &str) -> Vec<Txn> {
+    let add = format!("add rule {family} {table} {chain} ");
+    let ins = format!("insert rule {family} {table} {chain} ");
+    let del = format!("delete rule {family} {table} {chain} handle ");
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    for l in lines {
+        if let Some((gen, pid, process)) = newgen(l) {
+            out.push(Txn {
+                gen,
+                pid,
+                process,
+                events: std::mem::take(&mut events),
+            });
+        } else if let Some(h) = l.strip_prefix(&del) {
+            events.push(RuleEvent::Delete {
+                handle: h.trim().parse().expect("a handle"),
+            });
+        } else if let Some((rest, append)) = l
+            .strip_prefix(&add)
+            .map(|r| (r, true))
+            .or_else(|| l.strip_prefix(&ins).map(|r| (r, false)))
+        {
+            let (body, handle) = rest
+                .rsplit_once(" # handle ")
+                .expect("nft -a prints handles");
+            let (after, text) = match body.strip_prefix("handle ") {
+                Some(b) => {
+                    let (p, t) = b.split_once(' ').unwrap_or((b, ""));
+                    (Some(p.parse().expect("a position handle")), t)
+                }
+                None => (None, body),
+            };
+            events.push(RuleEvent::Add {
+                handle: handle.trim().parse().expect("a handle"),
+                after,
+                append,
+                text: text.trim().to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// A chain rebuilt from the monitor's events: (handle, nft text) in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainSim {
+    pub rules: Vec<(u64, String)>,
+}
+
+impl ChainSim {
+    /// The chain as `nft -a list chain` prints it now.
+    pub fn listed(family: &str, table: &str, chain: &str) -> ChainSim {
+        let text = ok(&format!(
+            "nft -a list chain {family} {table} {chain} 2>/dev/null"
+        ));
+        ChainSim {
+            rules: text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with("chain ") && !l.starts_with("type "))
+                .filter_map(|l| {
+                    let (t, h) = l.rsplit_once(" # handle ")?;
+                    Some((h.trim().parse().ok()?, t.trim().to_string()))
+                })
+                .collect(),
+        }
+    }
+
+    pub fn handles(&self) -> Vec<u64> {
+        self.rules.iter().map(|r| r.0).collect()
+    }
+
+    /// Apply one transaction the way the kernel did; the rules it deleted. An event that
+    /// cannot be placed (an unknown handle) is an error: the history is incomplete.
+    pub fn apply(&mut self, txn: &Txn) -> Result<Vec<(u64, String)>, String> {
+        let mut deleted = Vec::new();
+        let mut pending: Vec<&RuleEvent> = Vec::new();
+        for ev in &txn.events {
+            match ev {
+                RuleEvent::Delete { handle } => {
+                    let i = self
+                        .rules
+                        .iter()
+                        .position(|r| r.0 == *handle)
+                        .ok_or_else(|| {
+                            format!("gen {}: delete of unknown handle {handle}", txn.gen)
+                        })?;
+                    deleted.push(self.rules.remove(i));
+                }
+                add => {
+                    if !self.place(add) {
+                        pending.push(add);
+                    }
+                }
+            }
+        }
+        // A rule placed after one added later in the same batch: place it once its
+        // anchor is in.
+        while !pending.is_empty() {
+            let before = pending.len();
+            pending.retain(|ev| !self.place(ev));
+            if pending.len() == before {
+                return Err(format!(
+                    "gen {}: cannot place {:?} in {:?}",
+                    txn.gen, pending, self.rules
+                ));
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn place(&mut self, ev: &RuleEvent) -> bool {
+        let RuleEvent::Add {
+            handle,
+            after,
+            append,
+            text,
+        } = ev
+        else {
+            return true;
+        };
+        let at = match after {
+            Some(p) => match self.rules.iter().position(|r| r.0 == *p) {
+                Some(i) => i + 1,
+                None => return false,
+            },
+            None if *append => self.rules.len(),
+            None => 0,
+        };
+        self.rules.insert(at, (*handle, text.clone()));
+        true
+    }
+}
+
+/// The chain `nft` writes to, as `nft -a list chain` shows a rule: its jump target.
+pub fn nft_target(text: &str) -> Option<&str> {
+    let i = text
+        .find("jump ")
+        .map(|i| i + 5)
+        .or_else(|| text.find("goto ").map(|i| i + 5))?;
+    text[i..].split_whitespace().next()
+}
+
+/// Runs its closure when dropped, also when a test panics half-way: tells background
+/// threads (agents, samplers, disruptors) to stop.
+pub struct OnDrop<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
