@@ -46,15 +46,30 @@ pub fn legacy_blob(data: &[u8]) {
     }
 }
 
-/// The nf_tables message decoder: a datagram as the kernel would send it; every rule is
-/// also turned into the rule model.
+/// The nf_tables message decoders: a datagram as the kernel would send it, through the
+/// general decoder (every rule also turned into the rule model) and through the read
+/// path's `parse_dump`, which must agree with it rule for rule, errors included.
 pub fn nft_messages(data: &[u8]) {
-    if let Ok(msgs) = codec::parse(data) {
-        for m in msgs {
-            if let codec::Body::NewRule(r) | codec::Body::DelRule(r) = &m.body {
-                let _ = codec::to_rule(r).iptables();
+    let general = codec::parse(data);
+    let dump = codec::parse_dump(data);
+    match (&general, &dump) {
+        (Ok(msgs), Ok(dumped)) => {
+            assert_eq!(msgs.len(), dumped.len(), "parse and parse_dump split alike");
+            for (m, d) in msgs.iter().zip(dumped) {
+                match (&m.body, d) {
+                    (codec::Body::NewRule(r), codec::Dumped::Rule { rule, position, .. }) => {
+                        assert_eq!(&codec::to_rule(r), rule, "parse_dump decodes like to_rule");
+                        assert_eq!(&r.position, position);
+                    }
+                    (codec::Body::DelRule(r), _) => {
+                        let _ = codec::to_rule(r).iptables();
+                    }
+                    _ => {}
+                }
             }
         }
+        (Err(_), Err(_)) => {}
+        _ => panic!("parse and parse_dump disagree on validity: {general:?} vs {dump:?}"),
     }
 }
 
