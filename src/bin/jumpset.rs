@@ -84,21 +84,29 @@ enum FamilyArg {
     Both,
 }
 
+impl Cli {
+    /// The `--backend` and `--family` flags, as overrides of the config (`None`: absent).
+    fn overrides(&self) -> (Option<BackendChoice>, Option<Vec<Family>>) {
+        let backend = self.backend.map(|b| match b {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Nft => BackendChoice::Nft,
+            BackendArg::Legacy => BackendChoice::Legacy,
+        });
+        let families = self.family.map(|f| match f {
+            FamilyArg::Ip => vec![Family::Ip],
+            FamilyArg::Ip6 => vec![Family::Ip6],
+            FamilyArg::Both => vec![Family::Ip, Family::Ip6],
+        });
+        (backend, families)
+    }
+}
+
 fn run(cli: Cli) -> Result<Output, CmdError> {
+    let (backend, families) = cli.overrides();
     let path = cli
         .config
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let cfg = Config::load(&path).map_err(|e| CmdError::new(EXIT_USAGE, format!("config: {e}")))?;
-    let backend = cli.backend.map(|b| match b {
-        BackendArg::Auto => BackendChoice::Auto,
-        BackendArg::Nft => BackendChoice::Nft,
-        BackendArg::Legacy => BackendChoice::Legacy,
-    });
-    let families = cli.family.map(|f| match f {
-        FamilyArg::Ip => vec![Family::Ip],
-        FamilyArg::Ip6 => vec![Family::Ip6],
-        FamilyArg::Both => vec![Family::Ip, Family::Ip6],
-    });
     let sel = Selection::new(&cfg, backend, families);
     match cli.command {
         Command::Status => commands::status(&cfg, &sel),
@@ -171,6 +179,7 @@ fn daemon(cli: Cli) -> ExitCode {
         eprintln!("jumpset daemon: {msg}");
         ExitCode::from(code as u8)
     };
+    let (backend, families) = cli.overrides();
     let path = cli
         .config
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
@@ -178,16 +187,6 @@ fn daemon(cli: Cli) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, format!("config: {e}")),
     };
-    let backend = cli.backend.map(|b| match b {
-        BackendArg::Auto => BackendChoice::Auto,
-        BackendArg::Nft => BackendChoice::Nft,
-        BackendArg::Legacy => BackendChoice::Legacy,
-    });
-    let families = cli.family.map(|f| match f {
-        FamilyArg::Ip => vec![Family::Ip],
-        FamilyArg::Ip6 => vec![Family::Ip6],
-        FamilyArg::Both => vec![Family::Ip, Family::Ip6],
-    });
     match daemon::privilege::restrict(backend.unwrap_or(cfg.backend)) {
         Ok(None) => {}
         Ok(Some(warning)) => tracing::warn!("{warning}"),
