@@ -21,4 +21,11 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
+# Figures the torture and crash tests measured are collected here and printed at the end.
+figures=target/tmp/figures.txt
+rm -f "$figures"
 cargo test --locked --workspace "$@"
+if [ -s "$figures" ]; then
+    echo "== figures measured by the tests"
+    cat "$figures"
+fi

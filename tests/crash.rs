@@ -432,14 +432,14 @@ fn nft_crash(victim: Victim) {
             ours >= 5,
             "jumpset committed only {ours} times: the test did not bite"
         );
-        eprintln!(
+        figure(&format!(
             "crash nft {victim:?}: {} started, {} killed with SIGKILL after 0..{:?} (exited first: {:?}); {disruptions} disruptions; {} transactions rebuilt from nft monitor: {ours} by jumpset ({by_killed} by processes killed right after; changes per commit {ops_per_commit:?}), {theirs} by the disruptor — every jumpset generation left the chain converged; {compared} direct reads matched the history ({seen_converged} after a jumpset commit, {seen_disrupted} after a disruption); converged {restart:?} after the restart",
             kills.started,
             kills.killed,
             kills.max_delay,
             kills.exited,
             txns.len()
-        );
+        ));
         assert!(kills.killed * 4 >= kills.started, "{kills:?}");
         assert!(by_killed >= 1, "no kill landed after a commit: {kills:?}");
     });
@@ -612,13 +612,13 @@ fn legacy_apply_killed_at_random_points_never_leaves_a_half_applied_table() {
             bad.join("\n")
         );
         assert!(fast_n >= 100 && slow_n >= 20, "{fast_n} / {slow_n} samples");
-        eprintln!(
+        figure(&format!(
             "crash legacy Apply: {} started, {} killed with SIGKILL after 0..{:?} (exited first: {:?}); {disruptions} whole-table disruptions; {fast_n} samples by jumpset's reader and {slow_n} by iptables-legacy-save, every one converged or a disruptor's table; samples with a foreign counter at 0 (SET_REPLACE before ADD_COUNTERS): {zeroed}; converged in {restart:?} by one apply after the restart",
             kills.started,
             kills.killed,
             kills.max_delay,
             kills.exited,
-        );
+        ));
         assert!(kills.killed * 4 >= kills.started, "{kills:?}");
     });
     let _ = std::fs::remove_file(lock);

@@ -480,15 +480,15 @@ fn torture(tools: Tools) {
             let by = writes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             (d, a, by)
         };
-        eprintln!(
+        figure(&format!(
             "torture {}: {:?} of agents (flush half-way), {} chain samples; commits: daemon {daemon_commits}, agents {agent_commits} ({by_process:?}); agents' successful writes {writes:?}; converged {convergence:?} after the last agent write; fight log lines: {}",
             tools.backend,
             AGENTS_RUN,
             shared.samples.load(Ordering::SeqCst),
             fights.len()
-        );
+        ));
         for f in fights.iter().take(3) {
-            eprintln!("  {f}");
+            figure(&format!("  {f}"));
         }
         assert!(
             daemon_commits >= 1,
@@ -599,10 +599,10 @@ fn check_nft_history(
         now.handles(),
         "the rebuilt final chain differs from nft -a list"
     );
-    eprintln!(
+    figure(&format!(
         "torture nft: {} transactions rebuilt, {compared} direct reads matched the rebuilt chain; foreign rules deleted, by whom: {foreign_deleted:?} (never the daemon)",
         txns.len()
-    );
+    ));
     (ours, theirs, by.into_iter().collect())
 }
 

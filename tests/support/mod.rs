@@ -691,3 +691,19 @@ impl<F: FnMut()> Drop for OnDrop<F> {
         (self.0)()
     }
 }
+
+/// Print a figure a test measured and keep it for the end of the run: CI prints
+/// `$CARGO_TARGET_TMPDIR/figures.txt` after the suite (libtest hides a passing test's
+/// output).
+pub fn figure(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
