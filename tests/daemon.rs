@@ -14,7 +14,7 @@ use jumpset::daemon::{DaemonError, Options};
 use jumpset::reconcile::{self, Goal};
 use jumpset::snapshot::Family;
 use jumpset::spec::Config;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -47,20 +47,6 @@ fn healthy() -> Vec<String> {
     fixture_chain("harvester-healthy.rules", "PREROUTING")
 }
 
-/// Poll `f` every 10 ms until it is true or `limit` passes.
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Whether ip nat PREROUTING is converged for the config, read with jumpset's own reader
 /// (cheap enough to poll) — the tests also compare with iptables-nft-save.
 /// The reader is kept open: closing an nf_tables socket makes the kernel flush its
@@ -72,93 +58,7 @@ fn converged(b: &mut NftBackend, cfg: &Config) -> bool {
 
 /// One HTTP GET on the namespace's loopback: (status, body).
 fn http_get(path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(METRICS).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
-
-/// The value of one series line of `/metrics` (0 when absent).
-fn metric(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
-/// The daemon binary, started from the calling (namespaced) thread.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = Command::new(bin());
-        cmd.arg("daemon")
-            .args(args)
-            .env("JUMPSET_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("jumpset daemon starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        Daemon { child, log }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str, limit: Duration) -> bool {
-        wait_until(limit, || self.log().contains(needle))
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill failed");
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return Some(st.code().unwrap_or(-1));
-            }
-            if Instant::now() > end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    http_get_at(METRICS, path)
 }
 
 /// A bound `$NOTIFY_SOCKET`, read continuously by a thread of its own (a service
@@ -264,7 +164,7 @@ impl NftMonitor {
 }
 
 /// Capability masks of every thread of `pid`: (name, hex) pairs per thread.
-fn thread_caps(pid: i32) -> Vec<Vec<(String, u64)>> {
+fn thread_caps(pid: u32) -> Vec<Vec<(String, u64)>> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
@@ -282,7 +182,7 @@ fn thread_caps(pid: i32) -> Vec<Vec<(String, u64)>> {
     out
 }
 
-fn vm_rss_kib(pid: i32) -> u64 {
+fn vm_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
@@ -294,7 +194,7 @@ fn vm_rss_kib(pid: i32) -> u64 {
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_NET_RAW: u64 = 1 << 13;
 
-fn assert_caps_only(pid: i32, want: u64) {
+fn assert_caps_only(pid: u32, want: u64) {
     let threads = thread_caps(pid);
     assert!(!threads.is_empty());
     for caps in threads {
@@ -315,7 +215,7 @@ fn ready_after_the_chain_is_healthy_then_quiet_and_deaf_to_its_own_commits() {
         load_broken("iptables-nft-restore");
         let cfg = config(&daemon_config("30s", false, "xt"));
         let notify = NotifySocket::bind();
-        let mut d = Daemon::start(
+        let mut d = DaemonProc::start(
             &["--config", cfg.as_str()],
             &[
                 ("NOTIFY_SOCKET", notify.path()),
@@ -341,22 +241,22 @@ fn ready_after_the_chain_is_healthy_then_quiet_and_deaf_to_its_own_commits() {
         let (code, m) = http_get("/metrics").expect("metrics answer");
         assert_eq!(code, 200);
         assert_eq!(
-            metric(&m, "jumpset_reconciles_total{result=\"repaired\"}"),
+            metric_value(&m, "jumpset_reconciles_total{result=\"repaired\"}"),
             1.0,
             "{m}"
         );
         assert_eq!(
-            metric(&m, "jumpset_reconciles_total{result=\"noop\"}"),
+            metric_value(&m, "jumpset_reconciles_total{result=\"noop\"}"),
             0.0,
             "{m}"
         );
         assert_eq!(
-            metric(&m, "jumpset_notifications_total{source=\"own\"}"),
+            metric_value(&m, "jumpset_notifications_total{source=\"own\"}"),
             1.0,
             "{m}"
         );
         assert_eq!(
-            metric(
+            metric_value(
                 &m,
                 "jumpset_chain_in_order{family=\"ip\",table=\"nat\",chain=\"PREROUTING\"}"
             ),
@@ -406,7 +306,7 @@ fn sigterm_with_cleanup_on_exit_removes_the_owned_jumps() {
         lo_up();
         load_broken("iptables-nft-restore");
         let cfg = config(&daemon_config("30s", true, "xt"));
-        let mut d = Daemon::start(&["--config", cfg.as_str()], &[]);
+        let mut d = DaemonProc::start(&["--config", cfg.as_str()], &[]);
         assert!(d.wait_log("ready:", Duration::from_secs(10)), "{}", d.log());
         assert_eq!(saved_chain("iptables-nft-save", "PREROUTING"), healthy());
         d.signal(libc::SIGINT);
@@ -642,7 +542,7 @@ fn repair_latency(encoding: &str) {
         assert_eq!(saved_chain("iptables-nft-save", "PREROUTING"), healthy());
         let (_, m) = http_get("/metrics").unwrap();
         assert_eq!(
-            metric(&m, "jumpset_reconciles_total{result=\"repaired\"}"),
+            metric_value(&m, "jumpset_reconciles_total{result=\"repaired\"}"),
             201.0,
             "{m}"
         );
@@ -670,7 +570,7 @@ fn a_20hz_fighter_is_backed_off_logged_once_and_repaired_after() {
         lo_up();
         load_broken("iptables-nft-restore");
         let cfg = config(&daemon_config("30s", false, "xt"));
-        let d = Daemon::start(&["--config", cfg.as_str()], &[]);
+        let d = DaemonProc::start(&["--config", cfg.as_str()], &[]);
         assert!(d.wait_log("ready:", Duration::from_secs(10)), "{}", d.log());
         let mon = NftMonitor::start();
         // Another agent puts its jump back at position 1 every 50 ms for 10 s.
@@ -719,7 +619,7 @@ fn a_20hz_fighter_is_backed_off_logged_once_and_repaired_after() {
         assert!(fight_lines[0].contains("pid "), "{}", fight_lines[0]);
         let (_, m) = http_get("/metrics").unwrap();
         assert_eq!(
-            metric(
+            metric_value(
                 &m,
                 "jumpset_fights_total{family=\"ip\",table=\"nat\",chain=\"PREROUTING\"}"
             ),
@@ -736,7 +636,7 @@ fn sighup_with_an_invalid_config_keeps_the_old_one() {
         load_broken("iptables-nft-restore");
         let text = daemon_config("30s", false, "xt");
         let cfg = config(&text);
-        let d = Daemon::start(&["--config", cfg.as_str()], &[]);
+        let mut d = DaemonProc::start(&["--config", cfg.as_str()], &[]);
         assert!(d.wait_log("ready:", Duration::from_secs(10)), "{}", d.log());
 
         std::fs::write(cfg.path(), "this is = = not toml\n").unwrap();
@@ -782,11 +682,11 @@ fn sighup_with_an_invalid_config_keeps_the_old_one() {
         assert!(d.log().contains("SIGHUP: reloaded"));
         let (_, m) = http_get("/metrics").unwrap();
         assert_eq!(
-            metric(&m, "jumpset_config_reloads_total{result=\"error\"}"),
+            metric_value(&m, "jumpset_config_reloads_total{result=\"error\"}"),
             1.0
         );
         assert_eq!(
-            metric(&m, "jumpset_config_reloads_total{result=\"ok\"}"),
+            metric_value(&m, "jumpset_config_reloads_total{result=\"ok\"}"),
             1.0
         );
     });
@@ -828,7 +728,7 @@ fn without_the_capabilities_it_exits_3_naming_them() {
             "{err}"
         );
         // nft does not need CAP_NET_RAW: the same restriction is fine there.
-        let mut d = Daemon::start(&["--config", cfg.as_str()], &[]);
+        let mut d = DaemonProc::start(&["--config", cfg.as_str()], &[]);
         assert!(d.wait_log("ready:", Duration::from_secs(10)), "{}", d.log());
         d.signal(libc::SIGTERM);
         assert_eq!(d.wait_exit(Duration::from_secs(5)), Some(0));
@@ -841,7 +741,7 @@ fn legacy_daemon_repairs_on_its_poll() {
         lo_up();
         load_broken("iptables-legacy-restore");
         let cfg = config(&daemon_config("200ms", false, "xt"));
-        let mut d = Daemon::start(&["--config", cfg.as_str(), "--backend", "legacy"], &[]);
+        let mut d = DaemonProc::start(&["--config", cfg.as_str(), "--backend", "legacy"], &[]);
         assert!(d.wait_log("ready:", Duration::from_secs(10)), "{}", d.log());
         assert_eq!(saved_chain("iptables-legacy-save", "PREROUTING"), healthy());
         assert_caps_only(d.pid(), CAP_NET_ADMIN | CAP_NET_RAW);
@@ -901,7 +801,7 @@ fn a_notification_overflow_ends_in_a_correct_chain() {
         assert_eq!(saved_chain("iptables-nft-save", "PREROUTING"), healthy());
         let (_, m) = http_get("/metrics").unwrap();
         assert!(
-            metric(&m, "jumpset_notification_overflows_total") >= 1.0,
+            metric_value(&m, "jumpset_notification_overflows_total") >= 1.0,
             "no overflow happened: {m}"
         );
         d.stop().unwrap();
@@ -916,7 +816,7 @@ fn auto_waits_for_an_undecided_host_and_detects_again() {
             &daemon_config("300ms", false, "xt").replace("backend = \"nft\"", "backend = \"auto\""),
         );
         let notify = NotifySocket::bind();
-        let d = Daemon::start(
+        let d = DaemonProc::start(
             &["--config", cfg.as_str()],
             &[("NOTIFY_SOCKET", notify.path())],
         );

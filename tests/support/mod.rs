@@ -393,6 +393,16 @@ impl DaemonProc {
     pub fn wait_log(&self, needle: &str, limit: std::time::Duration) -> bool {
         wait_until(limit, || self.log().contains(needle))
     }
+
+    /// Send `sig` to the daemon.
+    pub fn signal(&mut self, sig: i32) {
+        self.proc.signal(sig)
+    }
+
+    /// Wait up to `limit` for the daemon to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<i32> {
+        self.proc.wait_exit(limit)
+    }
 }
 
 /// One HTTP GET to `addr` (in the calling thread's namespace): (status, body).
