@@ -11,24 +11,11 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented public functions
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use jumpset::backend::legacy::blob::{Info, Slot, Table, INFO_SIZE, NUM_HOOKS};
+use jumpset::backend::legacy::blob::{Info, Slot, Table, INFO_SIZE};
 use jumpset::snapshot::Family;
 use std::hint::black_box;
 
 const EMPTY_NAT: &[u8] = include_bytes!("../src/backend/legacy/testdata/ip-nat-empty.bin");
-
-fn info_for(info: &Info, enc: &jumpset::backend::legacy::blob::Encoded) -> Info {
-    let mut i = info.clone();
-    i.num_entries = enc.num_entries;
-    i.size = enc.blob.len() as u32;
-    for h in 0..NUM_HOOKS {
-        if i.valid_hooks & (1 << h) != 0 {
-            i.hook_entry[h] = enc.hook_entry[h];
-            i.underflow[h] = enc.underflow[h];
-        }
-    }
-    i
-}
 
 /// (GET_INFO, blob) of a nat table holding `n` rules besides the Harvester jumps.
 fn table(n: usize) -> (Info, Vec<u8>) {
@@ -71,7 +58,7 @@ fn table(n: usize) -> (Info, Vec<u8>) {
     });
     t.set_rules("PREROUTING", &harvester).unwrap();
     let enc = t.encode().unwrap();
-    (info_for(&info, &enc), enc.blob)
+    (enc.info(&info), enc.blob)
 }
 
 fn blob_benches(c: &mut Criterion) {

@@ -34,15 +34,7 @@ pub fn legacy_blob(data: &[u8]) {
     }
     let _ = table.census();
     if let Ok(enc) = table.encode() {
-        let again = Info {
-            name: info.name.clone(),
-            valid_hooks: info.valid_hooks,
-            hook_entry: enc.hook_entry,
-            underflow: enc.underflow,
-            num_entries: enc.num_entries,
-            size: enc.blob.len() as u32,
-        };
-        Table::decode(family, &again, &enc.blob).expect("our own encoding decodes");
+        Table::decode(family, &enc.info(&info), &enc.blob).expect("our own encoding decodes");
     }
 }
 

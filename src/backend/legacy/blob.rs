@@ -535,6 +535,21 @@ pub struct Encoded {
     pub origin: Vec<Option<usize>>,
 }
 
+impl Encoded {
+    /// What `GET_INFO` reports once this blob replaced the table `was`: the same name and
+    /// hooks, the new entry count, size, hook entries and underflows.
+    pub fn info(&self, was: &Info) -> Info {
+        let mut i = was.clone();
+        i.num_entries = self.num_entries;
+        i.size = self.blob.len() as u32;
+        for h in (0..NUM_HOOKS).filter(|h| was.valid_hooks & (1 << h) != 0) {
+            i.hook_entry[h] = self.hook_entry[h];
+            i.underflow[h] = self.underflow[h];
+        }
+        i
+    }
+}
+
 /// A decoded x_tables table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {

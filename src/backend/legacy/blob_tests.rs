@@ -269,7 +269,7 @@ fn the_broken_chain_rebuilt_is_the_healthy_chain_and_nothing_else_moves() {
         let (f, mut info, _) = capture(name);
         info.num_entries = enc.num_entries;
         info.size = enc.blob.len() as u32;
-        let back = Table::decode(f, &info_with(&info, &enc), &enc.blob).unwrap();
+        let back = Table::decode(f, &enc.info(&info), &enc.blob).unwrap();
         let rules = back.rules("PREROUTING").unwrap();
         assert_eq!(
             shape(&rules),
@@ -299,20 +299,6 @@ fn the_broken_chain_rebuilt_is_the_healthy_chain_and_nothing_else_moves() {
         );
         assert!(enc.origin.iter().all(Option::is_some));
     }
-}
-
-/// GET_INFO as the kernel would report `enc` for a table like `info`.
-fn info_with(info: &Info, enc: &Encoded) -> Info {
-    let mut i = info.clone();
-    i.num_entries = enc.num_entries;
-    i.size = enc.blob.len() as u32;
-    for h in 0..NUM_HOOKS {
-        if i.valid_hooks & (1 << h) != 0 {
-            i.hook_entry[h] = enc.hook_entry[h];
-            i.underflow[h] = enc.underflow[h];
-        }
-    }
-    i
 }
 
 #[test]
@@ -383,7 +369,7 @@ fn a_new_chain_is_what_iptables_n_writes_and_goes_in_name_order() {
         let enc = t.encode().unwrap();
         // The same table as iptables-legacy-restore wrote it (harvester capture minus the
         // rules we did not add), kernel-owned fields aside.
-        let back = Table::decode(f, &info_with(&info, &enc), &enc.blob).unwrap();
+        let back = Table::decode(f, &enc.info(&info), &enc.blob).unwrap();
         let mut theirs = table(&name.replace("empty", "harvester-broken"));
         theirs
             .set_rules("PREROUTING", &[Slot::Keep(0), Slot::Keep(3)])
@@ -410,7 +396,7 @@ fn a_rule_without_a_target_keeps_falling_through_to_whatever_follows_it() {
     slots.extend((5..10).map(Slot::Keep));
     t.set_rules("PREROUTING", &slots).unwrap();
     let enc = t.encode().unwrap();
-    let back = Table::decode(f, &info_with(&info, &enc), &enc.blob).unwrap();
+    let back = Table::decode(f, &enc.info(&info), &enc.blob).unwrap();
     let rules = back.rules("PREROUTING").unwrap();
     assert_eq!(rules[4].verdict, Verdict::None);
     assert_eq!(rules[5].verdict, Verdict::Jump("KUBE-SERVICES".into()));
@@ -641,7 +627,7 @@ proptest! {
         }
         t.set_rules(&chain, &slots).unwrap();
         let enc = t.encode().unwrap();
-        let back = Table::decode(f, &info_with(&info, &enc), &enc.blob).unwrap();
+        let back = Table::decode(f, &enc.info(&info), &enc.blob).unwrap();
         prop_assert_eq!(back.num_entries(), enc.num_entries as usize);
         let got = back.rules(&chain).unwrap();
         prop_assert_eq!(got.len(), want.len());
