@@ -3,24 +3,19 @@
 //! shows it, repairs it in one transaction, shows the result, and shows that a second
 //! run changes nothing. The namespace the process was started in is never touched.
 
-use crate::backend::nft::NftBackend;
-use crate::backend::Backend;
-use crate::commands::{require_capability, CmdError, EXIT_KERNEL, EXIT_PRIVILEGE};
-use crate::plan::Role;
-use crate::reconcile::{self, Goal};
-use crate::report;
-use crate::scenario;
-use crate::snapshot::Family;
-use crate::spec::Config;
+use jumpset::backend::nft::NftBackend;
+use jumpset::backend::Backend;
+use jumpset::commands::{require_capability, CmdError, EXIT_KERNEL, EXIT_PRIVILEGE};
+use jumpset::plan::Role;
+use jumpset::reconcile::{self, Goal};
+use jumpset::report;
+use jumpset::snapshot::Family;
+use jumpset::spec::Config;
+use jumpset_testkit::scenario;
 use std::io::Write;
 use std::time::Instant;
 
-/// The seed scenario's spec (tests/fixtures/harvester.toml).
-pub const HARVESTER_TOML: &str = include_str!("../tests/fixtures/harvester.toml");
-/// nat PREROUTING as operators found it (tests/fixtures/harvester-broken.rules).
-pub const HARVESTER_BROKEN: &str = include_str!("../tests/fixtures/harvester-broken.rules");
-/// nat PREROUTING as it must end (tests/fixtures/harvester-healthy.rules).
-pub const HARVESTER_HEALTHY: &str = include_str!("../tests/fixtures/harvester-healthy.rules");
+use jumpset_testkit::fixtures::{HARVESTER_BROKEN, HARVESTER_HEALTHY, HARVESTER_TOML};
 
 fn kernel(e: impl std::fmt::Display) -> CmdError {
     CmdError::new(EXIT_KERNEL, e.to_string())
@@ -33,7 +28,7 @@ pub fn run(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
         "to create the demo's throwaway network namespace",
     )?;
     require_capability(caps::Capability::CAP_NET_ADMIN, "to talk to nf_tables")?;
-    crate::netns::in_new_netns(|| story(out)).map_err(|e| {
+    jumpset_testkit::netns::in_new_netns(|| story(out)).map_err(|e| {
         CmdError::new(
             EXIT_PRIVILEGE,
             format!("cannot create a network namespace: {e}"),
@@ -98,7 +93,7 @@ fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
             "the repaired chain differs from harvester-healthy.rules:\n  want {want:?}\n  got  {got:?}"
         )));
     }
-    let kept = |s: &crate::snapshot::Snapshot, roles: &[Role]| -> Vec<u64> {
+    let kept = |s: &jumpset::snapshot::Snapshot, roles: &[Role]| -> Vec<u64> {
         s.rules
             .iter()
             .zip(roles)

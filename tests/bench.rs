@@ -147,7 +147,7 @@ fn usage_and_privilege_errors() {
 
 #[test]
 fn the_generated_table_is_the_fixture_script_s_output() {
-    let script = fixture("kube-proxy-scale.py");
+    let script = jumpset_testkit::table::script();
     for n in [0usize, 100, 1234] {
         let out = sh(&format!("python3 {} {n}", script.display()));
         if !out.status.success() {
@@ -155,7 +155,7 @@ fn the_generated_table_is_the_fixture_script_s_output() {
             return;
         }
         assert_eq!(
-            jumpset::bench::kube_proxy_scale(n),
+            jumpset_testkit::table::kube_proxy_scale(n),
             String::from_utf8(out.stdout).unwrap(),
             "N = {n}"
         );

@@ -707,7 +707,7 @@ fn a_conflict_still_removes_duplicates_and_exits_5() {
 fn on_a_50k_rule_kube_proxy_table_only_prerouting_changes() {
     netns(|| {
         // The scale fixture has the healthy jumps; make them broken: OVN first, twice.
-        let rules = ok(&format!("python3 {} 50000", fixture("kube-proxy-scale.py").display())).replace(
+        let rules = ok(&format!("python3 {} 50000", jumpset_testkit::table::script().display())).replace(
             "-A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
             "-A PREROUTING -m comment --comment \"kube-ovn prerouting rules\" -j OVN-PREROUTING\n-A PREROUTING -m comment --comment \"cali:6gwbT8clXdHdC1b1\"",
         ).replace(

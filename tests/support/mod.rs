@@ -11,16 +11,14 @@ use std::process::{Command, Output, Stdio};
 /// Run `f` in a fresh network namespace. Panics (failing the test) when that is not
 /// possible: these tests must run as root, as CI does.
 pub fn netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    jumpset::netns::in_new_netns(f).expect(
+    jumpset_testkit::netns::in_new_netns(f).expect(
         "cannot create a network namespace: the integration tests need root (CAP_SYS_ADMIN, CAP_NET_ADMIN)",
     )
 }
 
-/// The fixtures directory.
+/// A file of the library's test data (the Harvester fixtures).
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    jumpset_testkit::fixtures::path(name)
 }
 
 /// Run a shell command (in the calling thread's namespace); returns its output.

@@ -111,21 +111,6 @@ impl DaemonError {
     }
 }
 
-/// Log to stderr with `tracing` (filter from `$JUMPSET_LOG`, else `$RUST_LOG`, else
-/// `info`). Call once, from `main`.
-pub fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("JUMPSET_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
-}
-
 /// A future that resolves on SIGTERM or SIGINT. The handlers are installed when this is
 /// called (inside the runtime), not when the future is first polled.
 pub fn termination() -> Result<impl Future<Output = ()>, DaemonError> {

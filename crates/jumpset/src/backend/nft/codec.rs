@@ -1508,7 +1508,7 @@ fn into_verdict(v: NftVerdict) -> Verdict {
 
 #[cfg(test)]
 mod tests {
-    //! Captured bytes come from tests/fixtures/nft/, produced by `capture.sh` there
+    //! Captured bytes come from testdata/nft/, produced by `capture.sh` there
     //! (iptables 1.8.9, nft 1.0.6, kernel 6.18, each command run under strace in a throwaway
     //! network namespace). The command behind each capture is named where it is used.
 
@@ -1518,7 +1518,7 @@ mod tests {
 
     macro_rules! fixture {
         ($name:literal) => {
-            include_bytes!(concat!("../../../tests/fixtures/nft/", $name, ".bin"))
+            include_bytes!(concat!("../../../testdata/nft/", $name, ".bin"))
         };
     }
 

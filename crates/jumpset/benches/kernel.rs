@@ -15,9 +15,9 @@ use jumpset::snapshot::{CommentEncoding, Family};
 /// A socket to nf_tables in a fresh namespace holding the healthy Harvester chain. The
 /// socket keeps its namespace, so it is used from the benchmark thread afterwards.
 fn harvester_namespace() -> Result<NftBackend, String> {
-    jumpset::netns::in_new_netns(|| -> Result<NftBackend, String> {
-        let text = jumpset::bench::kube_proxy_scale(0);
-        let sc = jumpset::scenario::parse(&text)?;
+    jumpset_testkit::netns::in_new_netns(|| -> Result<NftBackend, String> {
+        let text = jumpset_testkit::table::kube_proxy_scale(0);
+        let sc = jumpset_testkit::scenario::parse(&text)?;
         let chains: Vec<&str> = sc.chains.iter().map(String::as_str).collect();
         let rules: Vec<_> = sc.chain("PREROUTING").into_iter().cloned().collect();
         let mut nft = NftBackend::open().map_err(|e| e.to_string())?;
@@ -36,7 +36,7 @@ fn kernel(c: &mut Criterion) {
             return;
         }
     };
-    let spec = jumpset::bench::bench_spec(CommentEncoding::Xt);
+    let spec = jumpset_testkit::fixtures::harvester_spec(CommentEncoding::Xt);
     let o = reconcile::reconcile(&mut nft, Family::Ip, &spec, Goal::Converge).unwrap();
     assert!(!o.committed, "the loaded chain is converged");
     let mut g = c.benchmark_group("kernel_nft");

@@ -6,11 +6,10 @@ use crate::snapshot::{Rule, Verdict};
 use crate::spec::Config;
 use proptest::prelude::*;
 
-const HARVESTER: &[u8] = include_bytes!("testdata/ip-nat-harvester-broken.bin");
+const HARVESTER: &[u8] = include_bytes!("../../../testdata/legacy/ip-nat-harvester-broken.bin");
 
 fn spec() -> ChainSpec {
-    let toml =
-        include_str!("../../../tests/fixtures/harvester.toml").replace("\"auto\"", "\"legacy\"");
+    let toml = include_str!("../../../testdata/harvester.toml").replace("\"auto\"", "\"legacy\"");
     Config::from_toml(&toml).unwrap().chains.remove(0)
 }
 
@@ -100,7 +99,7 @@ fn cleanup_leaves_only_the_foreign_rules() {
 #[test]
 fn a_missing_target_chain_is_created_in_name_order() {
     // The empty nat table: the jump's chain does not exist yet.
-    let bytes = include_bytes!("testdata/ip-nat-empty.bin");
+    let bytes = include_bytes!("../../../testdata/legacy/ip-nat-empty.bin");
     let info = Info::parse(&bytes[..blob::INFO_SIZE]).unwrap();
     let t = Table::decode(Family::Ip, &info, &bytes[blob::INFO_SIZE..]).unwrap();
     let (_, plan, after) = apply_plan(&t, crate::reconcile::Goal::Converge);

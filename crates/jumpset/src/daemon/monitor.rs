@@ -213,7 +213,7 @@ mod tests {
         ($name:literal) => {
             include_bytes!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/nft/",
+                "/testdata/nft/",
                 $name,
                 ".bin"
             ))

@@ -51,7 +51,7 @@ fn snap(rules: Vec<Rule>) -> Snapshot {
 }
 
 fn harvester() -> ChainSpec {
-    Config::from_toml(include_str!("../tests/fixtures/harvester.toml"))
+    Config::from_toml(include_str!("../testdata/harvester.toml"))
         .unwrap()
         .chains
         .remove(0)

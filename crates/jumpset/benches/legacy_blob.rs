@@ -15,7 +15,7 @@ use jumpset::backend::legacy::blob::{Info, Slot, Table, INFO_SIZE};
 use jumpset::snapshot::Family;
 use std::hint::black_box;
 
-const EMPTY_NAT: &[u8] = include_bytes!("../src/backend/legacy/testdata/ip-nat-empty.bin");
+const EMPTY_NAT: &[u8] = include_bytes!("../testdata/legacy/ip-nat-empty.bin");
 
 /// (GET_INFO, blob) of a nat table holding `n` rules besides the Harvester jumps.
 fn table(n: usize) -> (Info, Vec<u8>) {

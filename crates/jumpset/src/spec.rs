@@ -667,7 +667,7 @@ fn find_cycle(jumps: &[JumpSpec]) -> Option<Vec<String>> {
 mod tests {
     use super::*;
 
-    const HARVESTER: &str = include_str!("../tests/fixtures/harvester.toml");
+    const HARVESTER: &str = include_str!("../testdata/harvester.toml");
 
     fn load_err(text: &str) -> SpecError {
         Config::from_toml(text).expect_err("config should be rejected")

@@ -11,32 +11,35 @@ use proptest::prelude::*;
 const CAPTURES: &[(&str, &[u8])] = &[
     (
         "ip-filter-policies",
-        include_bytes!("testdata/ip-filter-policies.bin"),
+        include_bytes!("../../../testdata/legacy/ip-filter-policies.bin"),
     ),
     (
         "ip-mangle-hooks",
-        include_bytes!("testdata/ip-mangle-hooks.bin"),
+        include_bytes!("../../../testdata/legacy/ip-mangle-hooks.bin"),
     ),
-    ("ip-nat-empty", include_bytes!("testdata/ip-nat-empty.bin")),
+    (
+        "ip-nat-empty",
+        include_bytes!("../../../testdata/legacy/ip-nat-empty.bin"),
+    ),
     (
         "ip-nat-harvester-broken",
-        include_bytes!("testdata/ip-nat-harvester-broken.bin"),
+        include_bytes!("../../../testdata/legacy/ip-nat-harvester-broken.bin"),
     ),
     (
         "ip-nat-varied",
-        include_bytes!("testdata/ip-nat-varied.bin"),
+        include_bytes!("../../../testdata/legacy/ip-nat-varied.bin"),
     ),
     (
         "ip6-nat-empty",
-        include_bytes!("testdata/ip6-nat-empty.bin"),
+        include_bytes!("../../../testdata/legacy/ip6-nat-empty.bin"),
     ),
     (
         "ip6-nat-harvester-broken",
-        include_bytes!("testdata/ip6-nat-harvester-broken.bin"),
+        include_bytes!("../../../testdata/legacy/ip6-nat-harvester-broken.bin"),
     ),
     (
         "ip6-nat-varied",
-        include_bytes!("testdata/ip6-nat-varied.bin"),
+        include_bytes!("../../../testdata/legacy/ip6-nat-varied.bin"),
     ),
 ];
 

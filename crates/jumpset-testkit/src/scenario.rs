@@ -1,9 +1,9 @@
-//! A small reader for the iptables-restore files of `tests/fixtures/` (the Harvester
+//! A small reader for the iptables-restore files of `crates/jumpset/testdata/` (the Harvester
 //! scenario): one `*table` section, its user chains and `-A` lines made of a comment
 //! match, an addrtype match and a jump or goto. Enough for `demo` to write the broken
 //! chain itself — product code runs no iptables — and for tests to compare chains.
 
-use crate::snapshot::{Comment, CommentEncoding, Counters, Match, Rule, Verdict, ADDRTYPE_NAMES};
+use jumpset::snapshot::{Comment, CommentEncoding, Counters, Match, Rule, Verdict, ADDRTYPE_NAMES};
 
 /// One `*table` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +188,10 @@ mod tests {
 
     #[test]
     fn reads_the_harvester_scenario() {
-        let s = parse(include_str!("../tests/fixtures/harvester-broken.rules")).unwrap();
+        let s = parse(include_str!(
+            "../../jumpset/testdata/harvester-broken.rules"
+        ))
+        .unwrap();
         assert_eq!(s.table, "nat");
         assert_eq!(
             s.chains,

@@ -10,7 +10,7 @@ use jumpset::backend::nft::codec::{self, Batch, Body, Position};
 use jumpset::snapshot::{CommentEncoding, Match, Rule, Verdict, ADDRTYPE_LOCAL};
 use std::hint::black_box;
 
-const CAPTURED_DUMP: &[u8] = include_bytes!("../tests/fixtures/nft/rx_dump_prerouting.bin");
+const CAPTURED_DUMP: &[u8] = include_bytes!("../testdata/nft/rx_dump_prerouting.bin");
 const NFTA_RULE_HANDLE: u16 = 3;
 
 /// What a dump of these rules looks like: each NEWRULE request of a batch, with a handle

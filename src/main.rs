@@ -2,6 +2,10 @@
 //! codes of DESIGN.md (0 ok, 1 drift, 2 usage/config, 3 privilege, 4 kernel, 5 conflict).
 
 use clap::{Parser, Subcommand, ValueEnum};
+mod bench;
+mod demo;
+mod logging;
+
 use jumpset::commands::{self, CmdError, Output, Selection, EXIT_USAGE};
 use jumpset::reconcile::Goal;
 use jumpset::snapshot::{CommentEncoding, Family};
@@ -133,7 +137,7 @@ fn main() -> ExitCode {
     } = cli.command
     {
         return print(
-            jumpset::bench::run(&jumpset::bench::BenchOptions {
+            bench::run(&bench::BenchOptions {
                 backend: match cli.backend {
                     None | Some(BackendArg::Nft) => BackendChoice::Nft,
                     Some(BackendArg::Legacy) => BackendChoice::Legacy,
@@ -155,7 +159,7 @@ fn main() -> ExitCode {
         );
     }
     if matches!(cli.command, Command::Demo) {
-        return match jumpset::demo::run(&mut std::io::stdout()) {
+        return match demo::run(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("jumpset demo: {e}");
@@ -174,7 +178,7 @@ fn main() -> ExitCode {
 /// current-thread runtime until SIGTERM/SIGINT (exit 0).
 fn daemon(cli: Cli) -> ExitCode {
     use jumpset::daemon;
-    daemon::init_logging();
+    logging::init();
     let fail = |code: i32, msg: String| {
         eprintln!("jumpset daemon: {msg}");
         ExitCode::from(code as u8)

@@ -83,7 +83,7 @@ fn chain(n: usize, shape: Shape) -> Snapshot {
 }
 
 fn planner(c: &mut Criterion) {
-    let spec = jumpset::bench::bench_spec(CommentEncoding::Xt);
+    let spec = jumpset_testkit::fixtures::harvester_spec(CommentEncoding::Xt);
     for (name, shape) in [
         ("noop", Shape::Converged),
         ("missing_jump", Shape::Missing),

@@ -1,0 +1,13 @@
+//! Test scaffolding shared by jumpset's integration tests, benches, `jumpset demo` and
+//! `jumpset bench`. Nothing here is part of the product path.
+//!
+//! - [`netns`] — throwaway network namespaces: a closure runs on a thread that left the
+//!   caller's namespace.
+//! - [`scenario`] — reads the iptables-restore fixtures (the Harvester chains) into rules.
+//! - [`fixtures`] — the Harvester incident: its spec, its broken and its healthy chain.
+//! - [`table`] — the kube-proxy-style nat table generator of the benchmarks.
+
+pub mod fixtures;
+pub mod netns;
+pub mod scenario;
+pub mod table;
