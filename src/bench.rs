@@ -38,12 +38,12 @@
 //! The xtables lock of the legacy run (ours and the binaries') is a private file: the
 //! namespace is private, so nothing needs to wait for the host's iptables.
 
+use crate::output::{
+    require_capability, CmdError, Output, EXIT_KERNEL, EXIT_PRIVILEGE, EXIT_USAGE,
+};
 use jumpset::backend::legacy::LegacyBackend;
 use jumpset::backend::nft::{self, NftBackend};
 use jumpset::backend::Backend;
-use jumpset::commands::{
-    require_capability, CmdError, Output, EXIT_KERNEL, EXIT_PRIVILEGE, EXIT_USAGE,
-};
 use jumpset::reconcile::{self, Goal};
 use jumpset::snapshot::{CommentEncoding, Family};
 use jumpset::spec::{BackendChoice, ChainSpec};
@@ -1051,10 +1051,10 @@ mod tests {
     fn the_spec_owns_the_ovn_jump_in_the_asked_encoding() {
         for enc in [CommentEncoding::Xt, CommentEncoding::Userdata] {
             let s = bench_spec(enc);
-            assert_eq!((s.table.as_str(), s.chain.as_str()), (TABLE, CHAIN));
-            assert_eq!(s.jumps.len(), 1);
-            assert_eq!(s.jumps[0].comment, OVN_COMMENT);
-            assert_eq!(s.jumps[0].encoding, enc);
+            assert_eq!((s.table(), s.chain()), (TABLE, CHAIN));
+            assert_eq!(s.jumps().len(), 1);
+            assert_eq!(s.jumps()[0].comment(), OVN_COMMENT);
+            assert_eq!(s.jumps()[0].encoding(), enc);
         }
     }
 

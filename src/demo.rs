@@ -3,9 +3,9 @@
 //! shows it, repairs it in one transaction, shows the result, and shows that a second
 //! run changes nothing. The namespace the process was started in is never touched.
 
+use crate::output::{require_capability, CmdError, EXIT_KERNEL, EXIT_PRIVILEGE};
 use jumpset::backend::nft::NftBackend;
 use jumpset::backend::Backend;
-use jumpset::commands::{require_capability, CmdError, EXIT_KERNEL, EXIT_PRIVILEGE};
 use jumpset::plan::Role;
 use jumpset::reconcile::{self, Goal};
 use jumpset::report;
@@ -39,10 +39,10 @@ pub fn run(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
 fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
     let w = |out: &mut (dyn Write + Send), s: String| out.write_all(s.as_bytes()).map_err(kernel);
     let cfg = Config::from_toml(HARVESTER_TOML).map_err(kernel)?;
-    let spec = &cfg.chains[0];
+    let spec = &cfg.chains()[0];
     let broken = scenario::parse(HARVESTER_BROKEN).map_err(kernel)?;
     let healthy = scenario::parse(HARVESTER_HEALTHY).map_err(kernel)?;
-    let (table, chain) = (spec.table.as_str(), spec.chain.as_str());
+    let (table, chain) = (spec.table(), spec.chain());
 
     w(out, "jumpset demo: the Harvester v1.5.0 incident (Canal + kube-proxy + portmap + Kube-OVN v1.13)\n".into())?;
     w(out, "Everything below happens in a throwaway network namespace; the host's rules are not touched.\n\n".into())?;
@@ -56,22 +56,27 @@ fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
     let snap = nft.read(Family::Ip, table, chain).map_err(kernel)?;
     let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
     w(out, "1. nat PREROUTING as the agents left it: Kube-OVN inserted its jump at position 1\n   again and again, ahead of Calico, and deleted by index (\"Index of deletion too big\").\n\n".into())?;
-    w(out, indent(&report::status_text(&snap, spec, &plan)))?;
+    w(
+        out,
+        indent(&crate::render::status(&report::ChainStatus::new(
+            &snap, spec, &plan,
+        ))),
+    )?;
 
     w(out, "\n2. The spec (harvester.toml): jumpset owns Kube-OVN's jump, identified by its comment.\n".into())?;
-    for j in &spec.jumps {
+    for j in spec.jumps() {
         w(
             out,
             format!(
                 "   {}  after [{}]  before [{}]\n",
                 report::jump_text(spec, 0),
-                j.after.join(", "),
-                j.before.join(", ")
+                j.after().join(", "),
+                j.before().join(", ")
             ),
         )?;
     }
     w(out, "\n3. The plan: keep the copy that is already in place, delete the duplicates (by handle, never by index).\n".into())?;
-    for l in report::plan_lines(&snap, spec, &plan) {
+    for l in report::ChainPlan::new(&snap, spec, &plan).lines() {
         w(out, format!("   {l}\n"))?;
     }
 
@@ -84,7 +89,14 @@ fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
     ))?;
     let after = nft.read(Family::Ip, table, chain).map_err(kernel)?;
     let plan_after = reconcile::plan_for(Goal::Converge, &after, spec);
-    w(out, indent(&report::status_text(&after, spec, &plan_after)))?;
+    w(
+        out,
+        indent(&crate::render::status(&report::ChainStatus::new(
+            &after,
+            spec,
+            &plan_after,
+        ))),
+    )?;
 
     let want: Vec<String> = healthy.chain(chain).iter().map(|r| r.iptables()).collect();
     let got: Vec<String> = after.rules.iter().map(|r| r.iptables()).collect();

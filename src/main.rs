@@ -3,13 +3,16 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 mod bench;
+mod commands;
 mod demo;
 mod logging;
+mod output;
+mod render;
 
-use jumpset::commands::{self, CmdError, Output, Selection, EXIT_USAGE};
-use jumpset::reconcile::Goal;
 use jumpset::snapshot::{CommentEncoding, Family};
 use jumpset::spec::{BackendChoice, Config, DEFAULT_CONFIG_PATH};
+use jumpset::Jumpset;
+use output::{CmdError, Output, EXIT_USAGE};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -111,13 +114,19 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
         .config
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let cfg = Config::load(&path).map_err(|e| CmdError::new(EXIT_USAGE, format!("config: {e}")))?;
-    let sel = Selection::new(&cfg, backend, families);
+    let mut js = Jumpset::new(cfg);
+    if let Some(b) = backend {
+        js = js.backend(b);
+    }
+    if let Some(f) = families {
+        js = js.families(f);
+    }
     match cli.command {
-        Command::Status => commands::status(&cfg, &sel),
-        Command::Check => commands::check(&cfg, &sel),
-        Command::Plan => commands::plan(&cfg, &sel, Goal::Converge),
-        Command::Apply => commands::apply(&cfg, &sel, Goal::Converge),
-        Command::Cleanup => commands::apply(&cfg, &sel, Goal::Remove),
+        Command::Status => commands::status(&js),
+        Command::Check => commands::check(&js),
+        Command::Plan => commands::plan(&js),
+        Command::Apply => commands::apply(&js),
+        Command::Cleanup => commands::cleanup(&js),
         Command::Demo | Command::Detect | Command::Bench { .. } | Command::Daemon => {
             unreachable!("handled before the config is read")
         }
@@ -191,10 +200,10 @@ fn daemon(cli: Cli) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, format!("config: {e}")),
     };
-    match daemon::privilege::restrict(backend.unwrap_or(cfg.backend)) {
+    match daemon::privilege::restrict(backend.unwrap_or(cfg.backend())) {
         Ok(None) => {}
         Ok(Some(warning)) => tracing::warn!("{warning}"),
-        Err(e) => return fail(e.code, e.message),
+        Err(e) => return fail(e.exit_code(), e.to_string()),
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -203,7 +212,7 @@ fn daemon(cli: Cli) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             return fail(
-                commands::EXIT_KERNEL,
+                output::EXIT_KERNEL,
                 format!("cannot start the runtime: {e}"),
             )
         }
@@ -232,10 +241,7 @@ fn print(result: Result<Output, CmdError>, json: bool) -> ExitCode {
         }
         Err(e) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "error": e.message, "exit_code": e.code })
-                );
+                println!("{}", e.to_json());
             }
             eprintln!("jumpset: {e}");
             ExitCode::from(e.code as u8)

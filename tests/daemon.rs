@@ -53,7 +53,7 @@ fn healthy() -> Vec<String> {
 /// deferred destructors under the commit mutex, which would delay the daemon.
 fn converged(b: &mut NftBackend, cfg: &Config) -> bool {
     let snap = b.read(Family::Ip, "nat", "PREROUTING").unwrap();
-    reconcile::plan_for(Goal::Converge, &snap, &cfg.chains[0]).is_noop()
+    reconcile::plan_for(Goal::Converge, &snap, &cfg.chains()[0]).is_noop()
 }
 
 /// One HTTP GET on the namespace's loopback: (status, body).
@@ -484,7 +484,7 @@ fn repair_latency(encoding: &str) {
         let text = daemon_config("30s", false, encoding);
         let cfg = config(&text);
         let parsed = Config::from_toml(&text).unwrap();
-        let spec = parsed.chains[0].clone();
+        let spec = parsed.chains()[0].clone();
         // Fight detection off: 100 quick disruptions are a fight by definition, and here
         // the point is the latency of each repair.
         let d = InProcess::start(cfg.path(), Tuning::default().without_fight_detection());

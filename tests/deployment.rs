@@ -146,7 +146,10 @@ fn shipped_configs_are_valid() {
     let cfg = Config::from_toml(cm["data"]["jumpset.toml"].as_str().unwrap()).unwrap();
     // Scrapable on the node address, probed on loopback: it must listen on all addresses.
     assert_eq!(
-        cfg.daemon.metrics_listen.map(|a| a.to_string()).as_deref(),
+        cfg.daemon()
+            .metrics_listen
+            .map(|a| a.to_string())
+            .as_deref(),
         Some("0.0.0.0:9464")
     );
 }

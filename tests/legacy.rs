@@ -505,10 +505,7 @@ impl Backend for Interloper {
 }
 
 fn harvester_spec() -> ChainSpec {
-    Config::from_toml(&legacy_config())
-        .unwrap()
-        .chains
-        .remove(0)
+    Config::from_toml(&legacy_config()).unwrap().chains()[0].clone()
 }
 
 fn private_lock() -> LegacyBackend {

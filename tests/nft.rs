@@ -331,10 +331,7 @@ impl Backend for Interloper {
 fn a_concurrent_writer_makes_the_batch_stale_and_the_reconcile_replans() {
     netns(|| {
         load_broken("iptables-nft-restore");
-        let spec = Config::from_toml(&harvester_config())
-            .unwrap()
-            .chains
-            .remove(0);
+        let spec = Config::from_toml(&harvester_config()).unwrap().chains()[0].clone();
         // Directly: a write planned from an old generation is refused, nothing applied.
         let mut nft = NftBackend::open().unwrap();
         let snap = nft.read(Family::Ip, "nat", "PREROUTING").unwrap();

@@ -20,8 +20,8 @@
 //! - **Strings.** Every `char *` handed out is freed with [`jumpset_string_free`]; the
 //!   `const char *` of [`jumpset_version`] and [`jumpset_last_error`] are not freed.
 
-use jumpset_core::commands::{self, CmdError, Output, Selection};
-use jumpset_core::reconcile::Goal;
+use jumpset_core::exit;
+use jumpset_core::report::{conflict_lines, ExitCode, Report};
 use jumpset_core::spec::Config;
 use std::any::Any;
 use std::cell::RefCell;
@@ -46,18 +46,43 @@ pub const JUMPSET_EXIT_PANIC: c_int = 101;
 
 // The header spells the codes out (cbindgen cannot follow paths); they are the command's.
 const _: () = assert!(
-    JUMPSET_EXIT_OK == commands::EXIT_OK
-        && JUMPSET_EXIT_DRIFT == commands::EXIT_DRIFT
-        && JUMPSET_EXIT_USAGE == commands::EXIT_USAGE
-        && JUMPSET_EXIT_PRIVILEGE == commands::EXIT_PRIVILEGE
-        && JUMPSET_EXIT_KERNEL == commands::EXIT_KERNEL
-        && JUMPSET_EXIT_CONFLICT == commands::EXIT_CONFLICT
+    JUMPSET_EXIT_OK == exit::OK
+        && JUMPSET_EXIT_DRIFT == exit::DRIFT
+        && JUMPSET_EXIT_USAGE == exit::USAGE
+        && JUMPSET_EXIT_PRIVILEGE == exit::PRIVILEGE
+        && JUMPSET_EXIT_KERNEL == exit::KERNEL
+        && JUMPSET_EXIT_CONFLICT == exit::CONFLICT
 );
 
 /// A jumpset handle (`jumpset_t`): a validated config. Opaque to C.
 pub struct Jumpset {
-    config: Config,
-    selection: Selection,
+    js: jumpset_core::Jumpset,
+}
+
+/// Why a call failed: the exit code and the message for `jumpset_last_error()`.
+#[derive(Debug, Clone)]
+struct CmdError {
+    code: c_int,
+    message: String,
+}
+
+impl CmdError {
+    fn new(code: c_int, message: impl Into<String>) -> Self {
+        CmdError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.message, "exit_code": self.code })
+    }
+}
+
+impl From<jumpset_core::Error> for CmdError {
+    fn from(e: jumpset_core::Error) -> Self {
+        CmdError::new(e.exit_code(), e.to_string())
+    }
 }
 
 /// The handle type of the C ABI: `typedef struct jumpset jumpset_t;`.
@@ -143,9 +168,21 @@ fn entry<T>(
 }
 
 /// The error of a call whose command ran but did not succeed (drift, conflict, a kernel
-/// error in one family): the text the command prints.
-fn output_error(out: &Output) -> CmdError {
-    CmdError::new(out.code, out.text.trim_end())
+/// error in one family): one line per chain and family that is not right, as the
+/// command prints them (`ip nat PREROUTING: drift: 2 change(s) needed`).
+fn report_error<T: ExitCode>(report: &Report<T>, says: impl Fn(&T) -> Vec<String>) -> CmdError {
+    let mut lines = Vec::new();
+    for c in &report.chains {
+        let name = format!("{} {} {}", c.family, c.table, c.chain);
+        match &c.outcome {
+            Ok(v) if v.exit_code() != exit::OK => {
+                lines.extend(says(v).into_iter().map(|l| format!("{name}: {l}")))
+            }
+            Ok(_) => {}
+            Err(e) => lines.push(format!("{name}: error: {e}")),
+        }
+    }
+    CmdError::new(report.exit_code(), lines.join("\n"))
 }
 
 /// Read a required string argument.
@@ -155,7 +192,7 @@ fn output_error(out: &Output) -> CmdError {
 unsafe fn str_arg<'a>(p: *const c_char, func: &str, what: &str) -> Result<&'a str, CmdError> {
     if p.is_null() {
         return Err(CmdError::new(
-            commands::EXIT_USAGE,
+            exit::USAGE,
             format!("{func}: {what} is NULL"),
         ));
     }
@@ -164,7 +201,7 @@ unsafe fn str_arg<'a>(p: *const c_char, func: &str, what: &str) -> Result<&'a st
     let c = unsafe { CStr::from_ptr(p) };
     c.to_str().map_err(|e| {
         CmdError::new(
-            commands::EXIT_USAGE,
+            exit::USAGE,
             format!("{func}: {what} is not valid UTF-8 ({e})"),
         )
     })
@@ -179,9 +216,17 @@ unsafe fn handle<'a>(js: *const Jumpset, func: &str) -> Result<&'a Jumpset, CmdE
     // `Box::into_raw` in `jumpset_new`, only ever read through shared references.
     unsafe { js.as_ref() }.ok_or_else(|| {
         CmdError::new(
-            commands::EXIT_USAGE,
+            exit::USAGE,
             format!("{func}: the handle is NULL; create one with jumpset_new"),
         )
+    })
+}
+
+/// The JSON the `jumpset` command prints with `--json`.
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| {
+        serde_json::json!({ "error": format!("cannot encode the report: {e}"), "exit_code": exit::KERNEL })
+            .to_string()
     })
 }
 
@@ -246,9 +291,9 @@ pub unsafe extern "C" fn jumpset_new(
         || {
             // SAFETY: the caller's contract for `config_toml` is `str_arg`'s.
             let text = unsafe { str_arg(config_toml, "jumpset_new", "config_toml") }?;
-            let config = commands::config_from_toml(text)?;
-            let selection = Selection::new(&config, None, None);
-            Ok(Box::into_raw(Box::new(Jumpset { config, selection })))
+            let config = Config::from_toml(text).map_err(jumpset_core::Error::from)?;
+            let js = jumpset_core::Jumpset::new(config);
+            Ok(Box::into_raw(Box::new(Jumpset { js })))
         },
     );
     if let (Some(m), false) = (message, err_out.is_null()) {
@@ -272,10 +317,10 @@ pub unsafe extern "C" fn jumpset_check(js: *mut jumpset_t) -> c_int {
         || {
             // SAFETY: the caller's contract for `js` is `handle`'s.
             let h = unsafe { handle(js, "jumpset_check") }?;
-            let out = commands::check(&h.config, &h.selection)?;
-            match out.code {
-                commands::EXIT_OK => Ok(commands::EXIT_OK),
-                _ => Err(output_error(&out)),
+            let report = h.js.check()?;
+            match report.exit_code() {
+                exit::OK => Ok(exit::OK),
+                _ => Err(report_error(&report, |c| vec![c.summary()])),
             }
         },
     )
@@ -303,18 +348,21 @@ pub unsafe extern "C" fn jumpset_reconcile(
         || {
             if report_json_out.is_null() {
                 return Err(CmdError::new(
-                    commands::EXIT_USAGE,
+                    exit::USAGE,
                     "jumpset_reconcile: report_json_out is NULL; pass the address of a char * for the report",
                 ));
             }
             // SAFETY: the caller's contract for `js` is `handle`'s.
             let h = unsafe { handle(js, "jumpset_reconcile") }?;
-            let out = commands::apply(&h.config, &h.selection, Goal::Converge)?;
-            if out.code != commands::EXIT_OK {
+            let report = h.js.apply()?;
+            let code = report.exit_code();
+            if code != exit::OK {
                 // The report is still the report (a conflict, or one family failing).
-                set_last_error(&output_error(&out).message);
+                set_last_error(
+                    &report_error(&report, |a| conflict_lines(&a.plan.conflicts)).message,
+                );
             }
-            Ok((out.code, out.json.to_string()))
+            Ok((code, json(&report)))
         },
     );
     if !report_json_out.is_null() {
@@ -340,10 +388,10 @@ pub unsafe extern "C" fn jumpset_status_json(js: *mut jumpset_t) -> *mut c_char 
         || {
             // SAFETY: the caller's contract for `js` is `handle`'s.
             let h = unsafe { handle(js, "jumpset_status_json") }?;
-            let out = commands::status(&h.config, &h.selection)?;
-            match out.code {
-                commands::EXIT_OK => Ok(give(&out.json.to_string())),
-                _ => Err(output_error(&out)),
+            let report = h.js.status()?;
+            match report.exit_code() {
+                exit::OK => Ok(give(&json(&report))),
+                _ => Err(report_error(&report, |_| Vec::new())),
             }
         },
     )
@@ -361,8 +409,8 @@ pub extern "C" fn jumpset_detect_json() -> *mut c_char {
         "jumpset_detect_json",
         |_| ptr::null_mut(),
         || {
-            let out = commands::detect()?;
-            Ok(give(&out.json.to_string()))
+            let host = jumpset_core::detect()?;
+            Ok(give(&json(&host)))
         },
     )
 }

@@ -72,9 +72,10 @@ fn a_bad_config_is_null_with_the_message_the_cli_prints() {
         "{err}"
     );
     assert_eq!(last_error().as_deref(), Some(err.as_str()));
-    let want = commands::config_from_toml(&format!("{CONFIG}\nbogus = 1\n"))
-        .unwrap_err()
-        .message;
+    let want = jumpset_core::Error::from(
+        Config::from_toml(&format!("{CONFIG}\nbogus = 1\n")).unwrap_err(),
+    )
+    .to_string();
     assert_eq!(err, want);
 }
 

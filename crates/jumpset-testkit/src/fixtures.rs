@@ -24,9 +24,9 @@ pub fn harvester_spec(encoding: CommentEncoding) -> ChainSpec {
                 encoding.name()
             ),
         );
-    let mut cfg = Config::from_toml(&toml)
+    let cfg = Config::from_toml(&toml)
         .unwrap_or_else(|e| unreachable!("the bundled Harvester spec is valid: {e}"));
-    cfg.chains.remove(0)
+    cfg.chains()[0].clone()
 }
 
 /// The path of a file of the library's test data (`crates/jumpset/testdata/NAME`), for

@@ -16,33 +16,10 @@
 use crate::backend::legacy::{self, LegacyBackend};
 use crate::backend::nft::{self, NftBackend};
 use crate::backend::BackendError;
+use crate::iptables::{HINT_CHAINS, IPTABLES_TABLES};
 use crate::snapshot::Family;
+pub use crate::snapshot::TableCensus;
 use serde::Serialize;
-
-/// The iptables tables, as `iptables-save` prints them.
-pub const IPTABLES_TABLES: &[&str] = &["raw", "mangle", "nat", "filter", "security"];
-
-/// kubelet's hint chains (in mangle): whichever backend holds them is the one in use.
-pub const HINT_CHAINS: &[&str] = &["KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"];
-
-/// What one backend holds in one iptables table of one family.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-pub struct TableCensus {
-    /// Table name.
-    pub table: String,
-    /// Rules in all its chains.
-    pub rules: usize,
-    /// User chains (names).
-    pub user_chains: Vec<String>,
-    /// nf_tables only: the table holds what iptables-nft cannot show ("incompatible").
-    pub incompatible: bool,
-}
-
-impl TableCensus {
-    fn in_use(&self) -> bool {
-        self.rules > 0 || !self.user_chains.is_empty()
-    }
-}
 
 /// Everything detection looked at for one family.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -67,6 +44,18 @@ pub enum Mode {
     None,
 }
 
+impl Mode {
+    /// The JSON spelling: `nft`, `legacy`, `mixed` or `none`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Nft => "nft",
+            Mode::Legacy => "legacy",
+            Mode::Mixed => "mixed",
+            Mode::None => "none",
+        }
+    }
+}
+
 /// A backend auto would choose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +64,16 @@ pub enum Choice {
     Nft,
     /// x_tables.
     Legacy,
+}
+
+impl Choice {
+    /// The JSON spelling: `nft` or `legacy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Choice::Nft => "nft",
+            Choice::Legacy => "legacy",
+        }
+    }
 }
 
 /// The verdict for one family.

@@ -1,29 +1,60 @@
-//! jumpset owns the *jump set* of shared netfilter base chains.
+//! jumpset owns the *jump set* of shared netfilter base chains: the `-j` rules that
+//! Calico, Kube-OVN, kube-proxy and the CNI portmap plugin all keep in the same
+//! `nat PREROUTING` chain. Declare the jumps (each identified by its comment) and where
+//! they go relative to the others; jumpset reads the chain straight from the kernel
+//! (nf_tables netlink, or the x_tables socket options on legacy hosts), plans the smallest
+//! change and commits it as ONE kernel transaction guarded by the ruleset generation. It
+//! never runs `iptables` and never touches a rule it does not own.
 //!
-//! The data flows one way:
+//! ```no_run
+//! use jumpset::spec::{ChainSpec, Config, JumpSpec};
+//! use jumpset::Jumpset;
 //!
-//! - [`spec`] — the declared jumps and their placement (TOML config), validated.
+//! let config = Config::builder()
+//!     .chain(ChainSpec::builder("nat", "PREROUTING").jump(
+//!         JumpSpec::builder("OVN-PREROUTING", "kube-ovn prerouting rules")
+//!             .after(["cali-PREROUTING"])
+//!             .before(["KUBE-SERVICES"]),
+//!     ))
+//!     .build()?;
+//! let report = Jumpset::new(config).apply()?; // as root, in this thread's namespace
+//! assert_eq!(report.exit_code(), 0);
+//! # Ok::<(), jumpset::Error>(())
+//! ```
+//!
+//! The data flows one way (`docs/architecture.md` in the repository tells it whole):
+//!
+//! - [`spec`] — the declared jumps and their placement (TOML or a builder), validated.
 //! - [`snapshot`] — what the kernel has: one chain's rules, decoded, and its generation.
 //! - [`plan`] — the pure diff from what is to what should be (the heart, no I/O).
 //! - [`backend`] — the kernel interfaces: `nft` (nf_tables over netlink) and `legacy`
-//!   (x_tables socket options). All `unsafe` and kernel layouts live there.
+//!   (x_tables socket options); [`backend::open`] is the one place they are opened. All
+//!   `unsafe` and kernel layouts live there.
 //! - [`reconcile`] — read → plan → apply → verify, with bounded retries on stale writes.
-//! - [`detect`] — which backend the host uses (read-only).
-//! - [`report`] — the JSON and text outputs of the commands.
-//! - [`commands`] — the commands as library functions (used by the binary and the C ABI).
-//! - [`daemon`] (feature `daemon`) — notification-driven reconcile, fight backoff,
-//!   systemd, metrics.
+//! - [`report`] — the typed results of each operation, serializable to the command's JSON.
+//! - [`Jumpset`] — the operations (`status`, `check`, `plan`, `apply`, `cleanup`) over
+//!   every managed chain and family; [`detect()`] — which backend the host uses.
+//! - [`iptables`] — the iptables facts the rest relies on (tables, base chains, names).
+//! - `daemon` (feature `daemon`) — the event-driven engine and its loop.
+//! - `testing` (feature `testing`) — an in-memory kernel for unit tests without root.
 
+mod api;
 pub mod backend;
-pub mod commands;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod detect;
+mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod iptables;
+mod netns;
 pub mod plan;
+pub mod privilege;
 pub mod reconcile;
 pub mod report;
 pub mod snapshot;
 pub mod spec;
+
+pub use api::{detect, Jumpset};
+pub use error::{exit, Error};

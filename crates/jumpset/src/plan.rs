@@ -71,6 +71,18 @@ pub enum DeleteReason {
     Cleanup,
 }
 
+impl DeleteReason {
+    /// The JSON spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeleteReason::Duplicate => "duplicate",
+            DeleteReason::Misplaced => "misplaced",
+            DeleteReason::Stale => "stale",
+            DeleteReason::Cleanup => "cleanup",
+        }
+    }
+}
+
 /// One change to the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {

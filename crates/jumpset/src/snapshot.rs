@@ -302,6 +302,26 @@ pub struct Snapshot {
     pub rules: Vec<Rule>,
 }
 
+/// What one backend holds in one iptables table of one family.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct TableCensus {
+    /// Table name.
+    pub table: String,
+    /// Rules in all its chains.
+    pub rules: usize,
+    /// User chains (names).
+    pub user_chains: Vec<String>,
+    /// nf_tables only: the table holds what iptables-nft cannot show ("incompatible").
+    pub incompatible: bool,
+}
+
+impl TableCensus {
+    /// Whether the table holds a rule or a user chain: the backend is in use.
+    pub fn in_use(&self) -> bool {
+        self.rules > 0 || !self.user_chains.is_empty()
+    }
+}
+
 /// Which agent a rule looks like it belongs to, for `status`.
 pub fn agent_of(rule: &Rule) -> &'static str {
     let comment = rule.comment.as_ref().map(Comment::text).unwrap_or_default();

@@ -1,13 +1,43 @@
-//! The desired state: the TOML config of DESIGN.md, parsed strictly and validated.
+//! The desired state: which jumps jumpset owns, where they go, and how the daemon runs.
 //!
-//! Every error names the key (`chain[0].jump[1].comment`) and, where the parser knows it,
-//! the line. Unknown keys, wrong types, names iptables cannot hold and cycles among
-//! `after`/`before` are all errors: a config that loads is one the planner can honour.
+//! A [`Config`] is made in one of two ways, and validated by ONE function either way:
+//! read from the TOML config file ([`Config::from_toml`], [`Config::load`]) or built in
+//! code ([`Config::builder`]). Every error names the key (`chain[0].jump[1].comment`)
+//! and, for TOML, the line. Unknown keys, wrong types, names iptables cannot hold and
+//! cycles among `after`/`before` are all errors: a config that validates is one the
+//! planner can honour. The validated types have no public fields, so nothing can skip
+//! the validation.
+//!
+//! ```
+//! use jumpset::spec::{ChainSpec, Config, JumpSpec};
+//!
+//! let config = Config::builder()
+//!     .chain(
+//!         ChainSpec::builder("nat", "PREROUTING").jump(
+//!             JumpSpec::builder("OVN-PREROUTING", "kube-ovn prerouting rules")
+//!                 .after(["cali-PREROUTING"])
+//!                 .before(["KUBE-SERVICES", "CNI-HOSTPORT-DNAT"]),
+//!         ),
+//!     )
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(config.chains()[0].jumps()[0].after(), ["cali-PREROUTING"]);
+//!
+//! // The same checks as the config file: a jump cannot be placed after itself.
+//! let err = Config::builder()
+//!     .chain(ChainSpec::builder("nat", "PREROUTING")
+//!         .jump(JumpSpec::builder("X", "x").after(["X"])))
+//!     .build()
+//!     .unwrap_err();
+//! assert_eq!(err.key, "chain[0].jump[0].after");
+//! ```
 
+use crate::iptables::{base_chain, chain_name_problem, BASE_CHAINS};
 use crate::snapshot::{CommentEncoding, Family};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
@@ -15,11 +45,8 @@ use toml::Spanned;
 /// Where the config is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/jumpset/jumpset.toml";
 
-/// The longest chain name iptables accepts (`XT_EXTENSION_MAXNAMELEN` − 1).
-pub const MAX_CHAIN_NAME: usize = 28;
-
 /// Which kernel interface to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// Detect the host's mode (`jumpset detect`).
@@ -42,56 +69,45 @@ impl BackendChoice {
     }
 }
 
-/// The validated config.
+/// The validated config. Made by [`Config::from_toml`], [`Config::load`] or
+/// [`Config::builder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// `backend`.
-    pub backend: BackendChoice,
-    /// `families`, without duplicates, in the order given.
-    pub families: Vec<Family>,
-    /// `xtables_lock_timeout` (zero: wait forever).
-    pub xtables_lock_timeout: Duration,
-    /// The managed chains.
-    pub chains: Vec<ChainSpec>,
-    /// The `[daemon]` table.
-    pub daemon: DaemonConfig,
+    pub(crate) backend: BackendChoice,
+    pub(crate) families: Vec<Family>,
+    pub(crate) xtables_lock_timeout: Duration,
+    pub(crate) chains: Vec<ChainSpec>,
+    pub(crate) daemon: DaemonConfig,
 }
 
 /// One managed chain and the jumps jumpset owns in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSpec {
-    /// `nat`, `filter`, `mangle` or `raw`.
-    pub table: String,
-    /// A base chain of that table (`PREROUTING`, ...).
-    pub chain: String,
-    /// The owned jumps, in declaration order.
-    pub jumps: Vec<JumpSpec>,
+    pub(crate) table: String,
+    pub(crate) chain: String,
+    pub(crate) jumps: Vec<JumpSpec>,
 }
 
 /// One owned jump: `-m comment --comment COMMENT -j TARGET`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JumpSpec {
-    /// The chain it jumps to.
-    pub target: String,
-    /// Its identity.
-    pub comment: String,
-    /// Target chains of rules it must follow.
-    pub after: Vec<String>,
-    /// Target chains of rules it must precede.
-    pub before: Vec<String>,
-    /// Create the (empty) target chain when it is missing.
-    pub create_chain: bool,
-    /// How the comment is written.
-    pub encoding: CommentEncoding,
+    pub(crate) target: String,
+    pub(crate) comment: String,
+    pub(crate) after: Vec<String>,
+    pub(crate) before: Vec<String>,
+    pub(crate) create_chain: bool,
+    pub(crate) encoding: CommentEncoding,
 }
 
-/// The `[daemon]` table.
+/// The `[daemon]` table. Start from [`DaemonConfig::default`] and change what you need;
+/// [`ConfigBuilder::build`] checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DaemonConfig {
-    /// Full re-read period (legacy: the poll period).
+    /// Full re-read period (legacy: the poll period). Must be longer than zero.
     pub resync_interval: Duration,
-    /// Where `/metrics` and `/healthz` are served; `None` turns both off.
-    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where `/metrics` and the health endpoints are served; `None` turns them off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Remove the owned jumps on SIGTERM.
     pub cleanup_on_exit: bool,
 }
@@ -108,10 +124,11 @@ impl Default for DaemonConfig {
 
 /// A config that cannot be used: which key, where, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub struct SpecError {
     /// The key path, e.g. `chain[0].jump[1].after`; empty for whole-file errors.
     pub key: String,
-    /// 1-based line, when known.
+    /// 1-based line, when known (configs read from TOML).
     pub line: Option<usize>,
     /// What is wrong and what to do.
     pub message: String,
@@ -128,7 +145,472 @@ impl fmt::Display for SpecError {
     }
 }
 
-// ---- raw, as deserialized ----
+impl SpecError {
+    /// An error about `key` (a path such as `chain[0].jump[1].comment`).
+    pub fn new(key: impl Into<String>, line: Option<usize>, message: impl Into<String>) -> Self {
+        SpecError {
+            key: key.into(),
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+fn err(key: impl Into<String>, line: Option<usize>, message: impl Into<String>) -> SpecError {
+    SpecError::new(key, line, message)
+}
+
+// ---- the validated types, read-only ----
+
+impl Config {
+    /// A builder for a config made in code; [`ConfigBuilder::build`] validates it exactly
+    /// as a config file is validated.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// `backend`.
+    pub fn backend(&self) -> BackendChoice {
+        self.backend
+    }
+
+    /// `families`, without duplicates, in the order given.
+    pub fn families(&self) -> &[Family] {
+        &self.families
+    }
+
+    /// `xtables_lock_timeout` (zero: wait forever).
+    pub fn xtables_lock_timeout(&self) -> Duration {
+        self.xtables_lock_timeout
+    }
+
+    /// The managed chains, in declaration order.
+    pub fn chains(&self) -> &[ChainSpec] {
+        &self.chains
+    }
+
+    /// The managed chain `table`/`chain`, if declared.
+    pub fn chain(&self, table: &str, chain: &str) -> Option<&ChainSpec> {
+        self.chains
+            .iter()
+            .find(|c| c.table == table && c.chain == chain)
+    }
+
+    /// The `[daemon]` table.
+    pub fn daemon(&self) -> &DaemonConfig {
+        &self.daemon
+    }
+}
+
+impl ChainSpec {
+    /// A builder for one managed chain (`table`, `chain`) and its jumps.
+    pub fn builder(table: impl Into<String>, chain: impl Into<String>) -> ChainBuilder {
+        ChainBuilder {
+            table: At::new(table.into()),
+            chain: At::new(chain.into()),
+            jumps: Vec::new(),
+        }
+    }
+
+    /// `nat`, `filter`, `mangle` or `raw`.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// A built-in chain of that table (`PREROUTING`, ...).
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
+    /// The owned jumps, in declaration order.
+    pub fn jumps(&self) -> &[JumpSpec] {
+        &self.jumps
+    }
+}
+
+impl JumpSpec {
+    /// A builder for the jump `-m comment --comment COMMENT -j TARGET`.
+    pub fn builder(target: impl Into<String>, comment: impl Into<String>) -> JumpBuilder {
+        JumpBuilder {
+            target: At::new(target.into()),
+            comment: At::new(comment.into()),
+            after: Vec::new(),
+            before: Vec::new(),
+            create_chain: None,
+            encoding: None,
+        }
+    }
+
+    /// The chain it jumps to.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Its identity.
+    pub fn comment(&self) -> &str {
+        &self.comment
+    }
+
+    /// Target chains of rules it must follow.
+    pub fn after(&self) -> &[String] {
+        &self.after
+    }
+
+    /// Target chains of rules it must precede.
+    pub fn before(&self) -> &[String] {
+        &self.before
+    }
+
+    /// Whether the (empty) target chain is created when it is missing.
+    pub fn create_chain(&self) -> bool {
+        self.create_chain
+    }
+
+    /// How the comment is written.
+    pub fn encoding(&self) -> CommentEncoding {
+        self.encoding
+    }
+}
+
+// ---- builders: a draft of the config, with the TOML line of each value when known ----
+
+/// A value and the line of the config file it came from (none when built in code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct At<T> {
+    value: T,
+    line: Option<usize>,
+}
+
+impl<T> At<T> {
+    fn new(value: T) -> Self {
+        At { value, line: None }
+    }
+}
+
+/// Builds a [`Config`] in code. Every setter has the default of the config file.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ConfigBuilder {
+    backend: BackendChoice,
+    families: Option<At<Vec<At<Family>>>>,
+    comment_encoding: CommentEncoding,
+    xtables_lock_timeout: Option<Duration>,
+    chains: Vec<ChainBuilder>,
+    daemon: DaemonConfig,
+    resync_line: Option<usize>,
+}
+
+/// Builds one [`ChainSpec`] of a config.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ChainBuilder {
+    table: At<String>,
+    chain: At<String>,
+    jumps: Vec<JumpBuilder>,
+}
+
+/// Builds one [`JumpSpec`] of a chain.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct JumpBuilder {
+    target: At<String>,
+    comment: At<String>,
+    after: Vec<At<String>>,
+    before: Vec<At<String>>,
+    create_chain: Option<bool>,
+    encoding: Option<CommentEncoding>,
+}
+
+impl ConfigBuilder {
+    /// `backend` (default `auto`).
+    pub fn backend(mut self, backend: BackendChoice) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// `families` (default `["ip"]`).
+    pub fn families(mut self, families: impl IntoIterator<Item = Family>) -> Self {
+        self.families = Some(At::new(families.into_iter().map(At::new).collect()));
+        self
+    }
+
+    /// `comment_encoding`: the default of every jump (default `xt`).
+    pub fn comment_encoding(mut self, encoding: CommentEncoding) -> Self {
+        self.comment_encoding = encoding;
+        self
+    }
+
+    /// `xtables_lock_timeout` (default 10 s; zero waits forever).
+    pub fn xtables_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.xtables_lock_timeout = Some(timeout);
+        self
+    }
+
+    /// A managed chain.
+    pub fn chain(mut self, chain: ChainBuilder) -> Self {
+        self.chains.push(chain);
+        self
+    }
+
+    /// The `[daemon]` table.
+    pub fn daemon(mut self, daemon: DaemonConfig) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Validate and build.
+    pub fn build(self) -> Result<Config, SpecError> {
+        validate(self)
+    }
+}
+
+impl ChainBuilder {
+    /// An owned jump of this chain.
+    pub fn jump(mut self, jump: JumpBuilder) -> Self {
+        self.jumps.push(jump);
+        self
+    }
+}
+
+impl JumpBuilder {
+    /// Target chains of rules this jump must follow (added to those given before).
+    pub fn after<S: Into<String>>(mut self, chains: impl IntoIterator<Item = S>) -> Self {
+        self.after
+            .extend(chains.into_iter().map(|c| At::new(c.into())));
+        self
+    }
+
+    /// Target chains of rules this jump must precede (added to those given before).
+    pub fn before<S: Into<String>>(mut self, chains: impl IntoIterator<Item = S>) -> Self {
+        self.before
+            .extend(chains.into_iter().map(|c| At::new(c.into())));
+        self
+    }
+
+    /// Create the (empty) target chain when it is missing (default true).
+    pub fn create_chain(mut self, create: bool) -> Self {
+        self.create_chain = Some(create);
+        self
+    }
+
+    /// How the comment is written (default: the config's `comment_encoding`).
+    pub fn encoding(mut self, encoding: CommentEncoding) -> Self {
+        self.encoding = Some(encoding);
+        self
+    }
+}
+
+// ---- the one validation ----
+
+fn validate(b: ConfigBuilder) -> Result<Config, SpecError> {
+    let mut families = Vec::new();
+    match &b.families {
+        None => families.push(Family::Ip),
+        Some(list) => {
+            if list.value.is_empty() {
+                return Err(err(
+                    "families",
+                    list.line,
+                    "must name at least one family: [\"ip\"], [\"ip6\"] or [\"ip\", \"ip6\"]",
+                ));
+            }
+            for f in &list.value {
+                if families.contains(&f.value) {
+                    return Err(err(
+                        "families",
+                        f.line,
+                        format!("{} is listed twice", f.value),
+                    ));
+                }
+                families.push(f.value);
+            }
+        }
+    }
+    if b.daemon.resync_interval.is_zero() {
+        return Err(err(
+            "daemon.resync_interval",
+            b.resync_line,
+            "must be longer than zero",
+        ));
+    }
+    let mut chains: Vec<ChainSpec> = Vec::new();
+    for (ci, rc) in b.chains.iter().enumerate() {
+        chains.push(validate_chain(ci, rc, b.comment_encoding, &chains)?);
+    }
+    Ok(Config {
+        backend: b.backend,
+        families,
+        xtables_lock_timeout: b.xtables_lock_timeout.unwrap_or(Duration::from_secs(10)),
+        chains,
+        daemon: b.daemon,
+    })
+}
+
+fn validate_chain(
+    ci: usize,
+    rc: &ChainBuilder,
+    default_encoding: CommentEncoding,
+    earlier: &[ChainSpec],
+) -> Result<ChainSpec, SpecError> {
+    let key = format!("chain[{ci}]");
+    let table = &rc.table.value;
+    let chain = &rc.chain.value;
+    let Some((_, builtins)) = BASE_CHAINS.iter().find(|(t, _)| t == table) else {
+        return Err(err(
+            format!("{key}.table"),
+            rc.table.line,
+            format!("unknown table {table:?}; use nat, filter, mangle or raw"),
+        ));
+    };
+    if base_chain(table, chain).is_none() {
+        let names: Vec<&str> = builtins.iter().map(|c| c.name).collect();
+        return Err(err(
+            format!("{key}.chain"),
+            rc.chain.line,
+            format!(
+                "{chain:?} is not a built-in chain of the {table} table; use one of {}",
+                names.join(", ")
+            ),
+        ));
+    }
+    if earlier
+        .iter()
+        .any(|c| &c.table == table && &c.chain == chain)
+    {
+        return Err(err(
+            format!("{key}.chain"),
+            rc.chain.line,
+            format!("{table} {chain} is declared twice; put all its jumps under one [[chain]]"),
+        ));
+    }
+    if rc.jumps.is_empty() {
+        return Err(err(
+            key,
+            rc.chain.line,
+            "declares no [[chain.jump]]: nothing to manage",
+        ));
+    }
+
+    let mut jumps: Vec<JumpSpec> = Vec::new();
+    let mut comments: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut targets: BTreeMap<&str, usize> = BTreeMap::new();
+    for (ji, rj) in rc.jumps.iter().enumerate() {
+        let jkey = format!("{key}.jump[{ji}]");
+        let target = &rj.target.value;
+        if let Some(p) = chain_name_problem(target) {
+            return Err(err(format!("{jkey}.target"), rj.target.line, p));
+        }
+        if let Some(prev) = targets.insert(target, ji) {
+            return Err(err(
+                format!("{jkey}.target"),
+                rj.target.line,
+                format!("{key}.jump[{prev}] already jumps to {target}; one jump per target"),
+            ));
+        }
+        let encoding = rj.encoding.unwrap_or(default_encoding);
+        let comment = &rj.comment.value;
+        let cline = rj.comment.line;
+        if comment.is_empty() {
+            return Err(err(
+                format!("{jkey}.comment"),
+                cline,
+                "the comment is the jump's identity and cannot be empty",
+            ));
+        }
+        if comment.len() > encoding.max_len() {
+            return Err(err(
+                format!("{jkey}.comment"),
+                cline,
+                format!(
+                    "is {} bytes; the {} encoding holds at most {}",
+                    comment.len(),
+                    encoding.name(),
+                    encoding.max_len()
+                ),
+            ));
+        }
+        if comment.contains('\0') {
+            return Err(err(
+                format!("{jkey}.comment"),
+                cline,
+                "cannot hold a NUL character",
+            ));
+        }
+        // iptables-save prints a comment as it is: a line break (or another control
+        // character) would break the save output every agent parses line by line, and
+        // iptables-restore would refuse it. A tab is quoted and round-trips.
+        if let Some(c) = comment.chars().find(|c| c.is_control() && *c != '\t') {
+            return Err(err(
+                format!("{jkey}.comment"),
+                cline,
+                format!(
+                    "cannot hold the control character {c:?}: iptables-save would print it raw and iptables-restore could not read the table back"
+                ),
+            ));
+        }
+        if let Some(prev) = comments.insert(comment, ji) {
+            return Err(err(
+                format!("{jkey}.comment"),
+                cline,
+                format!("{key}.jump[{prev}] has the same comment; each owned jump needs its own"),
+            ));
+        }
+        let names = |list: &[At<String>], what: &str| -> Result<Vec<String>, SpecError> {
+            let mut out: Vec<String> = Vec::new();
+            for n in list {
+                let name = &n.value;
+                if let Some(p) = chain_name_problem(name) {
+                    return Err(err(format!("{jkey}.{what}"), n.line, p));
+                }
+                if name == target {
+                    return Err(err(
+                        format!("{jkey}.{what}"),
+                        n.line,
+                        format!("the jump to {target} cannot be placed {what} itself"),
+                    ));
+                }
+                if !out.contains(name) {
+                    out.push(name.clone());
+                }
+            }
+            Ok(out)
+        };
+        let after = names(&rj.after, "after")?;
+        let before = names(&rj.before, "before")?;
+        if let Some(both) = after.iter().find(|a| before.contains(a)) {
+            return Err(err(
+                format!("{jkey}.before"),
+                rj.before.first().and_then(|b| b.line),
+                format!("{both} is both in after and in before"),
+            ));
+        }
+        jumps.push(JumpSpec {
+            target: target.clone(),
+            comment: comment.clone(),
+            after,
+            before,
+            create_chain: rj.create_chain.unwrap_or(true),
+            encoding,
+        });
+    }
+    if let Some(cycle) = find_cycle(&jumps) {
+        return Err(err(
+            key,
+            rc.chain.line,
+            format!(
+                "after/before constraints form a cycle: {} (each must come before the next)",
+                cycle.join(" -> ")
+            ),
+        ));
+    }
+    Ok(ChainSpec {
+        table: table.clone(),
+        chain: chain.clone(),
+        jumps,
+    })
+}
+
+// ---- the config file ----
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,110 +656,157 @@ struct RawDaemon {
     cleanup_on_exit: Option<bool>,
 }
 
-/// A built-in chain as iptables-nft defines it (`nft.c`, `xtables_ipv4[]`): what we
-/// create when it is missing, so that iptables-nft accepts the table as its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BaseChain {
-    /// Chain name.
-    pub name: &'static str,
-    /// Netfilter hook number (NF_INET_*).
-    pub hook: u32,
-    /// Priority.
-    pub priority: i32,
-    /// nf_tables chain type: `filter`, `nat` or `route`.
-    pub chain_type: &'static str,
-}
+/// Maps byte offsets to 1-based line numbers.
+struct Lines<'a>(&'a str);
 
-const fn bc(name: &'static str, hook: u32, priority: i32, chain_type: &'static str) -> BaseChain {
-    BaseChain {
-        name,
-        hook,
-        priority,
-        chain_type,
+impl Lines<'_> {
+    fn at_offset(&self, offset: usize) -> usize {
+        self.0[..offset.min(self.0.len())].matches('\n').count() + 1
+    }
+
+    fn of<T>(&self, s: &Spanned<T>) -> Option<usize> {
+        Some(self.at_offset(s.span().start))
+    }
+
+    fn at<T: Clone>(&self, s: &Spanned<T>) -> At<T> {
+        At {
+            value: s.get_ref().clone(),
+            line: self.of(s),
+        }
     }
 }
 
-/// The built-in chains of each iptables table, in hook order (same for ip and ip6).
-pub const BASE_CHAINS: &[(&str, &[BaseChain])] = &[
-    (
-        "nat",
-        &[
-            bc("PREROUTING", 0, -100, "nat"),
-            bc("INPUT", 1, 100, "nat"),
-            bc("OUTPUT", 3, -100, "nat"),
-            bc("POSTROUTING", 4, 100, "nat"),
-        ],
-    ),
-    (
-        "filter",
-        &[
-            bc("INPUT", 1, 0, "filter"),
-            bc("FORWARD", 2, 0, "filter"),
-            bc("OUTPUT", 3, 0, "filter"),
-        ],
-    ),
-    (
-        "mangle",
-        &[
-            bc("PREROUTING", 0, -150, "filter"),
-            bc("INPUT", 1, -150, "filter"),
-            bc("FORWARD", 2, -150, "filter"),
-            bc("OUTPUT", 3, -150, "route"),
-            bc("POSTROUTING", 4, -150, "filter"),
-        ],
-    ),
-    (
-        "raw",
-        &[
-            bc("PREROUTING", 0, -300, "filter"),
-            bc("OUTPUT", 3, -300, "filter"),
-        ],
-    ),
-];
+impl Config {
+    /// Read and validate a config file. A missing or unreadable file is an error too.
+    pub fn load(path: &Path) -> Result<Config, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                "",
+                None,
+                format!("cannot read config {}: {e}", path.display()),
+            )
+        })?;
+        Config::from_toml(&text).map_err(|mut e| {
+            e.message = format!("{}: {}", path.display(), e.message);
+            e
+        })
+    }
 
-/// The iptables-nft definition of `table`'s built-in chain `chain`, if it is one.
-pub fn base_chain(table: &str, chain: &str) -> Option<BaseChain> {
-    BASE_CHAINS
-        .iter()
-        .find(|(t, _)| *t == table)
-        .and_then(|(_, chains)| chains.iter().find(|c| c.name == chain).copied())
+    /// Parse and validate config text (the format of the config file).
+    pub fn from_toml(text: &str) -> Result<Config, SpecError> {
+        ConfigBuilder::from_toml(text)?.build()
+    }
 }
 
-/// Targets iptables reserves: a user chain cannot have these names.
-const RESERVED: &[&str] = &["ACCEPT", "DROP", "QUEUE", "RETURN", "ERROR", "CONTINUE"];
+impl ConfigBuilder {
+    /// The draft a config file describes, not yet validated: parse errors (syntax, unknown
+    /// keys, wrong types) name the key path and the line.
+    fn from_toml(text: &str) -> Result<ConfigBuilder, SpecError> {
+        let lines = Lines(text);
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let line = e.span().map(|s| lines.at_offset(s.start));
+            err("", line, e.message().trim_end().to_string())
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| lines.at_offset(s.start));
+            let key = if key == "." { String::new() } else { key };
+            err(key, line, inner.message().trim_end().to_string())
+        })?;
 
-/// Why `name` cannot be a user chain name for iptables, if it cannot.
-pub fn chain_name_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("a chain name cannot be empty".into());
-    }
-    if name.len() > MAX_CHAIN_NAME {
-        return Some(format!(
-            "chain name {name:?} is {} bytes; iptables allows at most {MAX_CHAIN_NAME}",
-            name.len()
-        ));
-    }
-    if name.starts_with('-') || name.starts_with('!') {
-        return Some(format!("chain name {name:?} cannot start with '-' or '!'"));
-    }
-    if name
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '\'' || c == '"')
-    {
-        return Some(format!(
-            "chain name {name:?} holds a space, quote or control character, which iptables cannot parse"
-        ));
-    }
-    if RESERVED.contains(&name)
-        || BASE_CHAINS
+        let families = match &raw.families {
+            None => None,
+            Some(list) => {
+                let mut out = Vec::new();
+                for f in list.get_ref() {
+                    let value = match f.get_ref().as_str() {
+                        "ip" => Family::Ip,
+                        "ip6" => Family::Ip6,
+                        other => {
+                            return Err(err(
+                                "families",
+                                lines.of(f),
+                                format!("unknown family {other:?}; use \"ip\" or \"ip6\""),
+                            ))
+                        }
+                    };
+                    out.push(At {
+                        value,
+                        line: lines.of(f),
+                    });
+                }
+                Some(At {
+                    value: out,
+                    line: lines.of(list),
+                })
+            }
+        };
+        let xtables_lock_timeout = match &raw.xtables_lock_timeout {
+            None => None,
+            Some(s) => Some(
+                parse_duration(s.get_ref())
+                    .map_err(|m| err("xtables_lock_timeout", lines.of(s), m))?,
+            ),
+        };
+        let mut daemon = DaemonConfig::default();
+        let mut resync_line = None;
+        if let Some(d) = &raw.daemon {
+            if let Some(s) = &d.resync_interval {
+                resync_line = lines.of(s);
+                daemon.resync_interval = parse_duration(s.get_ref())
+                    .map_err(|m| err("daemon.resync_interval", resync_line, m))?;
+            }
+            if let Some(s) = &d.metrics_listen {
+                daemon.metrics_listen = if s.get_ref().is_empty() {
+                    None
+                } else {
+                    Some(s.get_ref().parse().map_err(|_| {
+                        err(
+                            "daemon.metrics_listen",
+                            lines.of(s),
+                            format!(
+                                "{:?} is not \"host:port\" (e.g. \"127.0.0.1:9464\"); \"\" turns metrics off",
+                                s.get_ref()
+                            ),
+                        )
+                    })?)
+                };
+            }
+            if let Some(b) = d.cleanup_on_exit {
+                daemon.cleanup_on_exit = b;
+            }
+        }
+        let chains = raw
+            .chain
             .iter()
-            .any(|(_, cs)| cs.iter().any(|c| c.name == name))
-    {
-        return Some(format!(
-            "{name:?} is a built-in target or chain, not a user chain"
-        ));
+            .map(|rc| ChainBuilder {
+                table: lines.at(&rc.table),
+                chain: lines.at(&rc.chain),
+                jumps: rc
+                    .jump
+                    .iter()
+                    .map(|rj| JumpBuilder {
+                        target: lines.at(&rj.target),
+                        comment: lines.at(&rj.comment),
+                        after: rj.after.iter().map(|a| lines.at(a)).collect(),
+                        before: rj.before.iter().map(|b| lines.at(b)).collect(),
+                        create_chain: rj.create_chain,
+                        encoding: rj.comment_encoding,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(ConfigBuilder {
+            backend: raw.backend,
+            families,
+            comment_encoding: raw.comment_encoding,
+            xtables_lock_timeout,
+            chains,
+            daemon,
+            resync_line,
+        })
     }
-    None
 }
 
 /// Parse a duration: an integer with a unit `ms`, `s`, `m` or `h` (`"500ms"`, `"10s"`, `"2m"`).
@@ -301,313 +830,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
-/// Maps byte offsets to 1-based line numbers.
-struct Lines<'a>(&'a str);
-
-impl Lines<'_> {
-    fn of<T>(&self, s: &Spanned<T>) -> Option<usize> {
-        let start = s.span().start.min(self.0.len());
-        Some(self.0[..start].matches('\n').count() + 1)
-    }
-}
-
-fn err(key: impl Into<String>, line: Option<usize>, message: impl Into<String>) -> SpecError {
-    SpecError {
-        key: key.into(),
-        line,
-        message: message.into(),
-    }
-}
-
-impl Config {
-    /// Read and validate a config file. A missing or unreadable file is an error too.
-    pub fn load(path: &Path) -> Result<Config, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            err(
-                "",
-                None,
-                format!("cannot read config {}: {e}", path.display()),
-            )
-        })?;
-        Config::from_toml(&text).map_err(|mut e| {
-            e.message = format!("{}: {}", path.display(), e.message);
-            e
-        })
-    }
-
-    /// Parse and validate config text.
-    pub fn from_toml(text: &str) -> Result<Config, SpecError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            err("", line, e.message().trim_end().to_string())
-        })?;
-        let lines = Lines(text);
-
-        let mut families = Vec::new();
-        match &raw.families {
-            None => families.push(Family::Ip),
-            Some(list) => {
-                if list.get_ref().is_empty() {
-                    return Err(err(
-                        "families",
-                        lines.of(list),
-                        "must name at least one family: [\"ip\"], [\"ip6\"] or [\"ip\", \"ip6\"]",
-                    ));
-                }
-                for f in list.get_ref() {
-                    let fam = match f.get_ref().as_str() {
-                        "ip" => Family::Ip,
-                        "ip6" => Family::Ip6,
-                        other => {
-                            return Err(err(
-                                "families",
-                                lines.of(f),
-                                format!("unknown family {other:?}; use \"ip\" or \"ip6\""),
-                            ))
-                        }
-                    };
-                    if families.contains(&fam) {
-                        return Err(err(
-                            "families",
-                            lines.of(f),
-                            format!("{fam} is listed twice"),
-                        ));
-                    }
-                    families.push(fam);
-                }
-            }
-        }
-
-        let xtables_lock_timeout = match &raw.xtables_lock_timeout {
-            None => Duration::from_secs(10),
-            Some(s) => parse_duration(s.get_ref())
-                .map_err(|m| err("xtables_lock_timeout", lines.of(s), m))?,
-        };
-
-        let mut chains: Vec<ChainSpec> = Vec::new();
-        for (ci, rc) in raw.chain.iter().enumerate() {
-            chains.push(validate_chain(
-                ci,
-                rc,
-                raw.comment_encoding,
-                &lines,
-                &chains,
-            )?);
-        }
-
-        let mut daemon = DaemonConfig::default();
-        if let Some(d) = &raw.daemon {
-            if let Some(s) = &d.resync_interval {
-                let v = parse_duration(s.get_ref())
-                    .map_err(|m| err("daemon.resync_interval", lines.of(s), m))?;
-                if v.is_zero() {
-                    return Err(err(
-                        "daemon.resync_interval",
-                        lines.of(s),
-                        "must be longer than zero",
-                    ));
-                }
-                daemon.resync_interval = v;
-            }
-            if let Some(s) = &d.metrics_listen {
-                daemon.metrics_listen = if s.get_ref().is_empty() {
-                    None
-                } else {
-                    Some(s.get_ref().parse().map_err(|_| {
-                        err(
-                            "daemon.metrics_listen",
-                            lines.of(s),
-                            format!(
-                                "{:?} is not \"host:port\" (e.g. \"127.0.0.1:9464\"); \"\" turns metrics off",
-                                s.get_ref()
-                            ),
-                        )
-                    })?)
-                };
-            }
-            if let Some(b) = d.cleanup_on_exit {
-                daemon.cleanup_on_exit = b;
-            }
-        }
-
-        Ok(Config {
-            backend: raw.backend,
-            families,
-            xtables_lock_timeout,
-            chains,
-            daemon,
-        })
-    }
-}
-
-fn validate_chain(
-    ci: usize,
-    rc: &RawChain,
-    default_encoding: CommentEncoding,
-    lines: &Lines<'_>,
-    earlier: &[ChainSpec],
-) -> Result<ChainSpec, SpecError> {
-    let key = format!("chain[{ci}]");
-    let table = rc.table.get_ref();
-    let chain = rc.chain.get_ref();
-    let Some((_, builtins)) = BASE_CHAINS.iter().find(|(t, _)| t == table) else {
-        return Err(err(
-            format!("{key}.table"),
-            lines.of(&rc.table),
-            format!("unknown table {table:?}; use nat, filter, mangle or raw"),
-        ));
-    };
-    if base_chain(table, chain).is_none() {
-        let names: Vec<&str> = builtins.iter().map(|c| c.name).collect();
-        return Err(err(
-            format!("{key}.chain"),
-            lines.of(&rc.chain),
-            format!(
-                "{chain:?} is not a built-in chain of the {table} table; use one of {}",
-                names.join(", ")
-            ),
-        ));
-    }
-    if earlier
-        .iter()
-        .any(|c| &c.table == table && &c.chain == chain)
-    {
-        return Err(err(
-            format!("{key}.chain"),
-            lines.of(&rc.chain),
-            format!("{table} {chain} is declared twice; put all its jumps under one [[chain]]"),
-        ));
-    }
-    if rc.jump.is_empty() {
-        return Err(err(
-            key,
-            lines.of(&rc.chain),
-            "declares no [[chain.jump]]: nothing to manage",
-        ));
-    }
-
-    let mut jumps: Vec<JumpSpec> = Vec::new();
-    let mut comments: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut targets: BTreeMap<&str, usize> = BTreeMap::new();
-    for (ji, rj) in rc.jump.iter().enumerate() {
-        let jkey = format!("{key}.jump[{ji}]");
-        let target = rj.target.get_ref();
-        if let Some(p) = chain_name_problem(target) {
-            return Err(err(format!("{jkey}.target"), lines.of(&rj.target), p));
-        }
-        if let Some(prev) = targets.insert(target, ji) {
-            return Err(err(
-                format!("{jkey}.target"),
-                lines.of(&rj.target),
-                format!("{key}.jump[{prev}] already jumps to {target}; one jump per target"),
-            ));
-        }
-        let encoding = rj.comment_encoding.unwrap_or(default_encoding);
-        let comment = rj.comment.get_ref();
-        if comment.is_empty() {
-            return Err(err(
-                format!("{jkey}.comment"),
-                lines.of(&rj.comment),
-                "the comment is the jump's identity and cannot be empty",
-            ));
-        }
-        if comment.len() > encoding.max_len() {
-            return Err(err(
-                format!("{jkey}.comment"),
-                lines.of(&rj.comment),
-                format!(
-                    "is {} bytes; the {} encoding holds at most {}",
-                    comment.len(),
-                    encoding.name(),
-                    encoding.max_len()
-                ),
-            ));
-        }
-        if comment.contains('\0') {
-            return Err(err(
-                format!("{jkey}.comment"),
-                lines.of(&rj.comment),
-                "cannot hold a NUL character",
-            ));
-        }
-        // iptables-save prints a comment as it is: a line break (or another control
-        // character) would break the save output every agent parses line by line, and
-        // iptables-restore would refuse it. A tab is quoted and round-trips.
-        if let Some(c) = comment.chars().find(|c| c.is_control() && *c != '\t') {
-            return Err(err(
-                format!("{jkey}.comment"),
-                lines.of(&rj.comment),
-                format!(
-                    "cannot hold the control character {c:?}: iptables-save would print it raw and iptables-restore could not read the table back"
-                ),
-            ));
-        }
-        if let Some(prev) = comments.insert(comment, ji) {
-            return Err(err(
-                format!("{jkey}.comment"),
-                lines.of(&rj.comment),
-                format!("{key}.jump[{prev}] has the same comment; each owned jump needs its own"),
-            ));
-        }
-        let names = |list: &[Spanned<String>], what: &str| -> Result<Vec<String>, SpecError> {
-            let mut out: Vec<String> = Vec::new();
-            for n in list {
-                let name = n.get_ref();
-                if let Some(p) = chain_name_problem(name) {
-                    return Err(err(format!("{jkey}.{what}"), lines.of(n), p));
-                }
-                if name == target {
-                    return Err(err(
-                        format!("{jkey}.{what}"),
-                        lines.of(n),
-                        format!("the jump to {target} cannot be placed {what} itself"),
-                    ));
-                }
-                if !out.contains(name) {
-                    out.push(name.clone());
-                }
-            }
-            Ok(out)
-        };
-        let after = names(&rj.after, "after")?;
-        let before = names(&rj.before, "before")?;
-        if let Some(both) = after.iter().find(|a| before.contains(a)) {
-            return Err(err(
-                format!("{jkey}.before"),
-                rj.before.first().and_then(|b| lines.of(b)),
-                format!("{both} is both in after and in before"),
-            ));
-        }
-        jumps.push(JumpSpec {
-            target: target.clone(),
-            comment: comment.clone(),
-            after,
-            before,
-            create_chain: rj.create_chain.unwrap_or(true),
-            encoding,
-        });
-    }
-    if let Some(cycle) = find_cycle(&jumps) {
-        return Err(err(
-            key,
-            lines.of(&rc.chain),
-            format!(
-                "after/before constraints form a cycle: {} (each must come before the next)",
-                cycle.join(" -> ")
-            ),
-        ));
-    }
-    Ok(ChainSpec {
-        table: table.clone(),
-        chain: chain.clone(),
-        jumps,
-    })
-}
-
 /// The ordering edges the jumps declare, as (earlier target, later target) chain names.
-pub fn edges(jumps: &[JumpSpec]) -> Vec<(&str, &str)> {
+fn edges(jumps: &[JumpSpec]) -> Vec<(&str, &str)> {
     let mut out = Vec::new();
     for j in jumps {
         for a in &j.after {
@@ -745,10 +969,115 @@ cleanup_on_exit = true
     fn wrong_types_are_errors() {
         let e = load_err(&one_jump("after = \"cali-PREROUTING\""));
         assert!(e.to_string().contains("line 7"), "{e}");
+        assert_eq!(e.key, "chain[0].jump[0].after", "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("chain[0].jump[0].after (line 7): invalid type"),
+            "{e}"
+        );
         let e = load_err("backend = \"iptables\"\n");
         assert!(e.to_string().contains("iptables"), "{e}");
         let e = load_err(&one_jump("create_chain = \"yes\""));
         assert!(e.to_string().contains("line 7"), "{e}");
+        assert_eq!(e.key, "chain[0].jump[0].create_chain", "{e}");
+        let e = load_err("[daemon]\ncleanup_on_exit = 1\n");
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("daemon.cleanup_on_exit", Some(2)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_by_its_whole_path() {
+        let e = load_err(&one_jump("priority = 3"));
+        assert_eq!(e.key, "chain[0].jump[0].priority", "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    fn harvester_builder() -> ConfigBuilder {
+        Config::builder().chain(
+            ChainSpec::builder("nat", "PREROUTING").jump(
+                JumpSpec::builder("OVN-PREROUTING", "kube-ovn prerouting rules")
+                    .after(["cali-PREROUTING"])
+                    .before(["KUBE-SERVICES", "CNI-HOSTPORT-DNAT"]),
+            ),
+        )
+    }
+
+    #[test]
+    fn the_builder_makes_what_the_config_file_makes() {
+        assert_eq!(
+            harvester_builder().build().unwrap(),
+            Config::from_toml(HARVESTER).unwrap()
+        );
+        let c = harvester_builder()
+            .backend(BackendChoice::Legacy)
+            .families([Family::Ip6, Family::Ip])
+            .comment_encoding(CommentEncoding::Userdata)
+            .xtables_lock_timeout(Duration::ZERO)
+            .build()
+            .unwrap();
+        assert_eq!(c.backend(), BackendChoice::Legacy);
+        assert_eq!(c.families(), [Family::Ip6, Family::Ip]);
+        assert_eq!(c.xtables_lock_timeout(), Duration::ZERO);
+        assert_eq!(
+            c.chains()[0].jumps()[0].encoding(),
+            CommentEncoding::Userdata
+        );
+        assert!(c.chain("nat", "PREROUTING").is_some());
+        assert!(c.chain("nat", "OUTPUT").is_none());
+    }
+
+    #[test]
+    fn the_builder_is_validated_like_the_config_file() {
+        let chain = |j: JumpBuilder| {
+            Config::builder()
+                .chain(ChainSpec::builder("nat", "PREROUTING").jump(j))
+                .build()
+                .unwrap_err()
+        };
+        let e = chain(JumpSpec::builder("OVN-PREROUTING", ""));
+        assert_eq!((e.key.as_str(), e.line), ("chain[0].jump[0].comment", None));
+        let e = chain(JumpSpec::builder("bad name", "x"));
+        assert_eq!(e.key, "chain[0].jump[0].target");
+        let e = chain(JumpSpec::builder("A", "x").after(["B"]).before(["B"]));
+        assert_eq!(e.key, "chain[0].jump[0].before");
+        let e =
+            chain(JumpSpec::builder("A", &*"x".repeat(254)).encoding(CommentEncoding::Userdata));
+        assert!(e.message.contains("at most 253"), "{e}");
+        let e = Config::builder()
+            .chain(
+                ChainSpec::builder("nat", "PREROUTING")
+                    .jump(JumpSpec::builder("A", "a").before(["B"]))
+                    .jump(JumpSpec::builder("B", "b").before(["A"])),
+            )
+            .build()
+            .unwrap_err();
+        assert!(e.message.contains("cycle"), "{e}");
+        let e = Config::builder()
+            .chain(ChainSpec::builder("nat", "FORWARD").jump(JumpSpec::builder("A", "a")))
+            .build()
+            .unwrap_err();
+        assert_eq!(e.key, "chain[0].chain");
+        let e = harvester_builder().families([]).build().unwrap_err();
+        assert_eq!(e.key, "families");
+        let e = harvester_builder()
+            .families([Family::Ip, Family::Ip])
+            .build()
+            .unwrap_err();
+        assert!(e.message.contains("twice"), "{e}");
+        let d = DaemonConfig {
+            resync_interval: Duration::ZERO,
+            ..DaemonConfig::default()
+        };
+        let e = harvester_builder().daemon(d).build().unwrap_err();
+        assert_eq!(e.key, "daemon.resync_interval");
+        let e = Config::builder()
+            .chain(ChainSpec::builder("nat", "PREROUTING"))
+            .build()
+            .unwrap_err();
+        assert!(e.message.contains("nothing to manage"), "{e}");
     }
 
     #[test]

@@ -9,9 +9,39 @@
 pub mod legacy;
 pub mod nft;
 
+use crate::error::Error;
 use crate::plan::Plan;
 use crate::snapshot::{Family, Snapshot};
-use crate::spec::ChainSpec;
+use crate::spec::{BackendChoice, ChainSpec};
+use std::time::Duration;
+
+/// Open the backend `choice` in the calling thread's network namespace — the one place
+/// jumpset opens a backend: first the capabilities it needs are checked
+/// ([`crate::privilege::require`]); `Auto` then detects the host (read-only) and fails
+/// with [`Error::Undecided`] when it will not choose. `xtables_lock_timeout` is the legacy
+/// backend's wait for the xtables lock (zero: forever).
+pub fn open(
+    choice: BackendChoice,
+    xtables_lock_timeout: Duration,
+) -> Result<Box<dyn Backend>, Error> {
+    crate::privilege::require(choice)?;
+    match choice {
+        BackendChoice::Nft => Ok(Box::new(nft::NftBackend::open()?)),
+        BackendChoice::Legacy => Ok(Box::new(legacy::LegacyBackend::open(xtables_lock_timeout)?)),
+        BackendChoice::Auto => {
+            let verdict = crate::detect::detect_host()?;
+            match verdict.backend {
+                Some(crate::detect::Choice::Nft) => open(BackendChoice::Nft, xtables_lock_timeout),
+                Some(crate::detect::Choice::Legacy) => {
+                    open(BackendChoice::Legacy, xtables_lock_timeout)
+                }
+                None => Err(Error::Undecided {
+                    verdict: Box::new(verdict),
+                }),
+            }
+        }
+    }
+}
 
 /// What a committed transaction left behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

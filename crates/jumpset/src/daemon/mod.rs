@@ -39,7 +39,7 @@ pub mod privilege;
 use crate::backend::legacy::LegacyBackend;
 use crate::backend::nft::{self, NftBackend};
 use crate::backend::{Backend, BackendError};
-use crate::commands::{Selection, EXIT_KERNEL, EXIT_PRIVILEGE, EXIT_USAGE};
+use crate::exit::{KERNEL as EXIT_KERNEL, PRIVILEGE as EXIT_PRIVILEGE, USAGE as EXIT_USAGE};
 use crate::plan::Op;
 use crate::reconcile::{self, Goal, Outcome, ReconcileError};
 use crate::report;
@@ -123,6 +123,22 @@ pub fn termination() -> Result<impl Future<Output = ()>, DaemonError> {
             _ = int.recv() => info!("SIGINT: stopping"),
         }
     })
+}
+
+/// What to act on: the config with the command-line overrides applied.
+#[derive(Debug, Clone)]
+struct Selection {
+    backend: BackendChoice,
+    families: Vec<Family>,
+}
+
+impl Selection {
+    fn new(cfg: &Config, backend: Option<BackendChoice>, families: Option<Vec<Family>>) -> Self {
+        Selection {
+            backend: backend.unwrap_or(cfg.backend),
+            families: families.unwrap_or_else(|| cfg.families.clone()),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -580,7 +596,7 @@ impl Engine {
         let done = match res {
             Ok(o) => {
                 m.stale_retries.inc_by(u64::from(o.retries));
-                let conflicts = report::conflict_lines(&o.plan);
+                let conflicts = report::conflict_lines(&o.plan.conflicts);
                 let health = if conflicts.is_empty() {
                     Health::InOrder
                 } else {
@@ -598,44 +614,45 @@ impl Engine {
                 if !conflicts.is_empty() {
                     m.conflicts.get_or_create(&t.labels).inc();
                 }
-                let done = if o.committed {
-                    m.reconciles.get_or_create(&result("repaired")).inc();
-                    m.repairs.get_or_create(&t.labels).inc();
-                    let agents = moved_agents(&o, spec);
-                    if let Cause::Change(w) = &mut cause {
-                        for a in agents.iter().copied() {
-                            if !w.agents.contains(&a) {
-                                w.agents.push(a);
+                let done =
+                    if o.committed {
+                        m.reconciles.get_or_create(&result("repaired")).inc();
+                        m.repairs.get_or_create(&t.labels).inc();
+                        let agents = moved_agents(&o, spec);
+                        if let Cause::Change(w) = &mut cause {
+                            for a in agents.iter().copied() {
+                                if !w.agents.contains(&a) {
+                                    w.agents.push(a);
+                                }
                             }
+                        } else if cause == Cause::Resync {
+                            cause = Cause::Change(Writer {
+                                agents: agents.clone(),
+                                ..Writer::default()
+                            });
+                            // Still an undo of someone else's change, found by a re-read.
                         }
-                    } else if cause == Cause::Resync {
-                        cause = Cause::Change(Writer {
-                            agents: agents.clone(),
-                            ..Writer::default()
-                        });
-                        // Still an undo of someone else's change, found by a re-read.
-                    }
-                    let latency = changed_at.map(|c| ended.saturating_duration_since(c));
-                    if let (Some(l), Cause::Change(_)) = (latency, &cause) {
-                        m.repair_latency_seconds.observe(l.as_secs_f64());
-                    }
-                    let why = match &cause {
-                        Cause::Start => "at start".to_string(),
-                        Cause::Reload => "after a config reload".to_string(),
-                        Cause::Resync => "found by a re-read".to_string(),
-                        Cause::Change(w) if w.pid.is_none() && w.name.is_none() => {
-                            format!("found by a re-read, moving {} rules", w.agents_text())
+                        let latency = changed_at.map(|c| ended.saturating_duration_since(c));
+                        if let (Some(l), Cause::Change(_)) = (latency, &cause) {
+                            m.repair_latency_seconds.observe(l.as_secs_f64());
                         }
-                        Cause::Change(w) => format!(
-                            "undoing a change by {} to {} rules{}",
-                            w.describe(),
-                            w.agents_text(),
-                            latency
-                                .map(|l| format!(", {} after it was notified", ms(l)))
-                                .unwrap_or_default()
-                        ),
-                    };
-                    info!(
+                        let why = match &cause {
+                            Cause::Start => "at start".to_string(),
+                            Cause::Reload => "after a config reload".to_string(),
+                            Cause::Resync => "found by a re-read".to_string(),
+                            Cause::Change(w) if w.pid.is_none() && w.name.is_none() => {
+                                format!("found by a re-read, moving {} rules", w.agents_text())
+                            }
+                            Cause::Change(w) => format!(
+                                "undoing a change by {} to {} rules{}",
+                                w.describe(),
+                                w.agents_text(),
+                                latency
+                                    .map(|l| format!(", {} after it was notified", ms(l)))
+                                    .unwrap_or_default()
+                            ),
+                        };
+                        info!(
                         "{name}: repaired in one transaction (generation {} -> {}{}), {why}: {}",
                         o.generation_before,
                         o.generation_after,
@@ -643,20 +660,20 @@ impl Engine {
                             0 => String::new(),
                             n => format!(", re-planned {n} time(s) after concurrent writes"),
                         },
-                        report::plan_lines(&o.before, spec, &o.plan).join("; ")
+                        report::ChainPlan::new(&o.before, spec, &o.plan).lines().join("; ")
                     );
-                    Done::Repaired
-                } else {
-                    m.reconciles
-                        .get_or_create(&result(if conflicts.is_empty() {
-                            "noop"
-                        } else {
-                            "conflict"
-                        }))
-                        .inc();
-                    debug!("{name}: nothing to write");
-                    Done::Clean
-                };
+                        Done::Repaired
+                    } else {
+                        m.reconciles
+                            .get_or_create(&result(if conflicts.is_empty() {
+                                "noop"
+                            } else {
+                                "conflict"
+                            }))
+                            .inc();
+                        debug!("{name}: nothing to write");
+                        Done::Clean
+                    };
                 let t = &mut self.targets[i];
                 if conflicts != t.conflicts_logged {
                     for c in &conflicts {
@@ -956,7 +973,9 @@ impl Engine {
             match reconcile::reconcile(backend.as_mut(), t.family, spec, Goal::Remove) {
                 Ok(o) if o.committed => info!(
                     "{name}: cleanup_on_exit: removed the owned jumps: {}",
-                    report::plan_lines(&o.before, spec, &o.plan).join("; ")
+                    report::ChainPlan::new(&o.before, spec, &o.plan)
+                        .lines()
+                        .join("; ")
                 ),
                 Ok(_) => info!("{name}: cleanup_on_exit: no owned jump to remove"),
                 Err(e) => error!("{name}: cleanup_on_exit failed: {e}"),

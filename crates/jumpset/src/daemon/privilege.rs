@@ -3,48 +3,14 @@
 //! bounding). Capabilities are per thread and inherited by the threads a thread creates,
 //! so this must run in `main` before the tokio runtime (or anything else) starts a thread.
 
-use crate::commands::{CmdError, EXIT_PRIVILEGE};
+use crate::error::Error;
+use crate::privilege::why;
+pub use crate::privilege::{missing, needed};
 use crate::spec::BackendChoice;
 use caps::{CapSet, Capability, CapsHashSet};
 
-/// The capabilities the daemon keeps for `choice`: CAP_NET_ADMIN for nf_tables (reads,
-/// batches, the notification group, SO_RCVBUFFORCE), plus CAP_NET_RAW when it may use
-/// the legacy backend (x_tables is reached through a raw socket).
-pub fn needed(choice: BackendChoice) -> Vec<Capability> {
-    match choice {
-        BackendChoice::Nft => vec![Capability::CAP_NET_ADMIN],
-        BackendChoice::Legacy | BackendChoice::Auto => {
-            vec![Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW]
-        }
-    }
-}
-
-fn why(cap: Capability) -> &'static str {
-    match cap {
-        Capability::CAP_NET_RAW => {
-            "to open the raw socket iptables-legacy's tables (x_tables) are reached through"
-        }
-        _ => "to read and write nf_tables / x_tables and to subscribe to nf_tables change notifications",
-    }
-}
-
-/// The needed capabilities this thread cannot use (neither effective nor permitted).
-/// A needed capability that is permitted but not effective is raised.
-pub fn missing(choice: BackendChoice) -> Vec<Capability> {
-    needed(choice)
-        .into_iter()
-        .filter(|&c| {
-            if caps::has_cap(None, CapSet::Effective, c).unwrap_or(false) {
-                return false;
-            }
-            !(caps::has_cap(None, CapSet::Permitted, c).unwrap_or(false)
-                && caps::raise(None, CapSet::Effective, c).is_ok())
-        })
-        .collect()
-}
-
 /// Exit 3 naming each missing capability and how to grant it.
-pub fn check(choice: BackendChoice) -> Result<(), CmdError> {
+pub fn check(choice: BackendChoice) -> Result<(), Error> {
     let missing = missing(choice);
     if missing.is_empty() {
         return Ok(());
@@ -62,9 +28,9 @@ pub fn check(choice: BackendChoice) -> Result<(), CmdError> {
         .iter()
         .map(|c| c.to_string().trim_start_matches("CAP_").to_string())
         .collect();
-    Err(CmdError::new(
-        EXIT_PRIVILEGE,
-        format!(
+    Err(Error::Privilege {
+        missing: missing.iter().map(|c| c.to_string()).collect(),
+        message: format!(
             "jumpset daemon (backend {}) needs {}; this process does not hold it. Run it as root, or grant it: \
              AmbientCapabilities={} in the systemd unit, `setcap {}+ep` on the binary, or \
              securityContext.capabilities.add: [{}] in Kubernetes",
@@ -74,7 +40,7 @@ pub fn check(choice: BackendChoice) -> Result<(), CmdError> {
             lower.join(","),
             bare.join(", ")
         ),
-    ))
+    })
 }
 
 /// Keep only `keep` in every capability set of the calling thread. The bounding set
@@ -114,7 +80,7 @@ pub fn drop_all_but(keep: &[Capability]) -> Result<(), String> {
 /// `check`, then `drop_all_but(needed)`. A bounding set that cannot be lowered is
 /// reported as a warning (the process never executes a program, which is the only
 /// thing the bounding set limits); failing to lower the other sets is an error.
-pub fn restrict(choice: BackendChoice) -> Result<Option<String>, CmdError> {
+pub fn restrict(choice: BackendChoice) -> Result<Option<String>, Error> {
     check(choice)?;
     let keep = needed(choice);
     match drop_all_but(&keep) {
@@ -123,10 +89,10 @@ pub fn restrict(choice: BackendChoice) -> Result<Option<String>, CmdError> {
             let held: CapsHashSet = caps::read(None, CapSet::Permitted).unwrap_or_default();
             let extra = held.iter().any(|c| !keep.contains(c));
             if extra {
-                Err(CmdError::new(
-                    EXIT_PRIVILEGE,
-                    format!("cannot drop the capabilities jumpset does not need: {e}"),
-                ))
+                Err(Error::Privilege {
+                    missing: Vec::new(),
+                    message: format!("cannot drop the capabilities jumpset does not need: {e}"),
+                })
             } else {
                 Ok(Some(format!(
                     "capabilities: could not reduce every set ({e}); effective and permitted hold only what is needed"

@@ -15,9 +15,10 @@ pub mod codec;
 pub(crate) mod sys;
 
 use super::{Applied, Backend, BackendError};
+use crate::iptables;
 use crate::plan::{Op, Plan};
 use crate::snapshot::{Family, Rule, Snapshot, Verdict};
-use crate::spec::{self, ChainSpec};
+use crate::spec::ChainSpec;
 use codec::{Batch, Body, Message, Position};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use std::time::Duration;
@@ -46,7 +47,7 @@ pub struct NftCensus {
     /// Every table: (nfgen family, name).
     pub tables: Vec<(u8, String)>,
     /// The iptables tables of ip and ip6, counted.
-    pub iptables: Vec<(Family, crate::detect::TableCensus)>,
+    pub iptables: Vec<(Family, crate::snapshot::TableCensus)>,
 }
 
 /// The name `nft` uses for an nfgen family.
@@ -433,7 +434,7 @@ impl NftBackend {
             .iter()
             .filter(|(f, n)| {
                 (*f == codec::NFPROTO_IPV4 || *f == codec::NFPROTO_IPV6)
-                    && crate::detect::IPTABLES_TABLES.contains(&n.as_str())
+                    && crate::iptables::IPTABLES_TABLES.contains(&n.as_str())
             })
             .cloned()
             .collect();
@@ -443,7 +444,7 @@ impl NftBackend {
             } else {
                 Family::Ip6
             };
-            let mut c = crate::detect::TableCensus {
+            let mut c = crate::snapshot::TableCensus {
                 table: table.clone(),
                 ..Default::default()
             };
@@ -457,7 +458,7 @@ impl NftBackend {
                         None => c.user_chains.push(ch.name),
                         Some((hook, prio)) => {
                             // iptables-nft only accepts base chains exactly as it makes them.
-                            let ok = spec::base_chain(&table, &ch.name).is_some_and(|d| {
+                            let ok = iptables::base_chain(&table, &ch.name).is_some_and(|d| {
                                 d.hook == hook
                                     && d.priority == prio
                                     && ch.chain_type.as_deref() == Some(d.chain_type)
@@ -531,8 +532,8 @@ impl NftBackend {
     }
 }
 
-fn base_chain(table: &str, chain: &str) -> Result<spec::BaseChain, BackendError> {
-    spec::base_chain(table, chain).ok_or_else(|| {
+fn base_chain(table: &str, chain: &str) -> Result<iptables::BaseChain, BackendError> {
+    iptables::base_chain(table, chain).ok_or_else(|| {
         BackendError::Unsupported(format!(
             "{table} {chain} is not an iptables built-in chain; jumpset does not create it"
         ))

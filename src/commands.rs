@@ -1,0 +1,51 @@
+//! The commands over the library: each calls [`jumpset::Jumpset`] (or
+//! [`jumpset::detect`]) and renders the typed report as JSON (its serde form) and text.
+
+use crate::output::{CmdError, Output, EXIT_OK};
+use crate::render;
+use jumpset::report::{ExitCode, Report};
+use jumpset::Jumpset;
+use serde::Serialize;
+
+fn output<T: Serialize + ExitCode>(report: Report<T>, text: impl Fn(&T) -> String) -> Output {
+    Output {
+        json: serde_json::to_value(&report).unwrap_or_default(),
+        text: render::each(&report, text),
+        code: report.exit_code(),
+    }
+}
+
+/// `jumpset status`.
+pub fn status(js: &Jumpset) -> Result<Output, CmdError> {
+    Ok(output(js.status()?, render::status))
+}
+
+/// `jumpset check`.
+pub fn check(js: &Jumpset) -> Result<Output, CmdError> {
+    Ok(output(js.check()?, render::check))
+}
+
+/// `jumpset plan`: exit 0 either way (errors aside).
+pub fn plan(js: &Jumpset) -> Result<Output, CmdError> {
+    Ok(output(js.plan()?, render::plan))
+}
+
+/// `jumpset apply`.
+pub fn apply(js: &Jumpset) -> Result<Output, CmdError> {
+    Ok(output(js.apply()?, render::apply))
+}
+
+/// `jumpset cleanup`.
+pub fn cleanup(js: &Jumpset) -> Result<Output, CmdError> {
+    Ok(output(js.cleanup()?, render::apply))
+}
+
+/// `jumpset detect`.
+pub fn detect() -> Result<Output, CmdError> {
+    let host = jumpset::detect()?;
+    Ok(Output {
+        json: serde_json::to_value(&host).unwrap_or_default(),
+        text: render::detect(&host),
+        code: EXIT_OK,
+    })
+}
