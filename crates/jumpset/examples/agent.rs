@@ -73,7 +73,10 @@ fn main() {
         set_the_scene()?;
         let first = gateway_pass(&js).map_err(|e| e.to_string())?;
         let second = gateway_pass(&js).map_err(|e| e.to_string())?;
-        println!("check: exit {}", js.check().map_err(|e| e.to_string())?.exit_code());
+        println!(
+            "check: exit {}",
+            js.check().map_err(|e| e.to_string())?.exit_code()
+        );
         Ok(first.max(second))
     });
     match code {

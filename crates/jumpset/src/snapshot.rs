@@ -9,7 +9,9 @@ use serde::Serialize;
 use std::fmt;
 
 /// An address family of the iptables tables (`ip` = iptables, `ip6` = ip6tables).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// IPv4 (`iptables`, nf_tables family `ip`).

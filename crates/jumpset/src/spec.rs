@@ -287,10 +287,36 @@ impl<T> At<T> {
     }
 }
 
+/// How the keys of chains and jumps are spelled in error paths: `chain[0].jump[1]` as in
+/// the TOML file, `chains[0].jumps[1]` as in the JSON form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Keys {
+    #[default]
+    Toml,
+    Json,
+}
+
+impl Keys {
+    fn chain(self) -> &'static str {
+        match self {
+            Keys::Toml => "chain",
+            Keys::Json => "chains",
+        }
+    }
+
+    fn jump(self) -> &'static str {
+        match self {
+            Keys::Toml => "jump",
+            Keys::Json => "jumps",
+        }
+    }
+}
+
 /// Builds a [`Config`] in code. Every setter has the default of the config file.
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct ConfigBuilder {
+    keys: Keys,
     backend: BackendChoice,
     families: Option<At<Vec<At<Family>>>>,
     comment_encoding: CommentEncoding,
@@ -435,7 +461,7 @@ fn validate(b: ConfigBuilder) -> Result<Config, SpecError> {
     }
     let mut chains: Vec<ChainSpec> = Vec::new();
     for (ci, rc) in b.chains.iter().enumerate() {
-        chains.push(validate_chain(ci, rc, b.comment_encoding, &chains)?);
+        chains.push(validate_chain(b.keys, ci, rc, b.comment_encoding, &chains)?);
     }
     Ok(Config {
         backend: b.backend,
@@ -447,12 +473,14 @@ fn validate(b: ConfigBuilder) -> Result<Config, SpecError> {
 }
 
 fn validate_chain(
+    keys: Keys,
     ci: usize,
     rc: &ChainBuilder,
     default_encoding: CommentEncoding,
     earlier: &[ChainSpec],
 ) -> Result<ChainSpec, SpecError> {
-    let key = format!("chain[{ci}]");
+    let key = format!("{}[{ci}]", keys.chain());
+    let jump = keys.jump();
     let table = &rc.table.value;
     let chain = &rc.chain.value;
     let Some((_, builtins)) = BASE_CHAINS.iter().find(|(t, _)| t == table) else {
@@ -487,7 +515,7 @@ fn validate_chain(
         return Err(err(
             key,
             rc.chain.line,
-            "declares no [[chain.jump]]: nothing to manage",
+            format!("declares no {jump}: nothing to manage"),
         ));
     }
 
@@ -495,7 +523,7 @@ fn validate_chain(
     let mut comments: BTreeMap<&str, usize> = BTreeMap::new();
     let mut targets: BTreeMap<&str, usize> = BTreeMap::new();
     for (ji, rj) in rc.jumps.iter().enumerate() {
-        let jkey = format!("{key}.jump[{ji}]");
+        let jkey = format!("{key}.{jump}[{ji}]");
         let target = &rj.target.value;
         if let Some(p) = chain_name_problem(target) {
             return Err(err(format!("{jkey}.target"), rj.target.line, p));
@@ -504,7 +532,7 @@ fn validate_chain(
             return Err(err(
                 format!("{jkey}.target"),
                 rj.target.line,
-                format!("{key}.jump[{prev}] already jumps to {target}; one jump per target"),
+                format!("{key}.{jump}[{prev}] already jumps to {target}; one jump per target"),
             ));
         }
         let encoding = rj.encoding.unwrap_or(default_encoding);
@@ -552,7 +580,7 @@ fn validate_chain(
             return Err(err(
                 format!("{jkey}.comment"),
                 cline,
-                format!("{key}.jump[{prev}] has the same comment; each owned jump needs its own"),
+                format!("{key}.{jump}[{prev}] has the same comment; each owned jump needs its own"),
             ));
         }
         let names = |list: &[At<String>], what: &str| -> Result<Vec<String>, SpecError> {
@@ -698,6 +726,98 @@ impl Config {
     }
 }
 
+// ---- the JSON form (the C ABI's structured constructor, the daemon's API) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonConfig {
+    #[serde(default)]
+    backend: BackendChoice,
+    families: Option<Vec<Family>>,
+    #[serde(default)]
+    comment_encoding: CommentEncoding,
+    xtables_lock_timeout: Option<String>,
+    #[serde(default)]
+    chains: Vec<JsonChain>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonChain {
+    table: String,
+    chain: String,
+    #[serde(default)]
+    jumps: Vec<JsonJump>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonJump {
+    target: String,
+    comment: String,
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default)]
+    before: Vec<String>,
+    create_chain: Option<bool>,
+    comment_encoding: Option<CommentEncoding>,
+}
+
+impl Config {
+    /// Parse and validate the JSON form of a config: the keys of the config file, with
+    /// `chains` and `jumps` as lists (`{"backend": "nft", "chains": [{"table": "nat",
+    /// "chain": "PREROUTING", "jumps": [{"target": ..., "comment": ..., "after": [...]}]}]}`).
+    /// Errors name the key path in that form (`chains[0].jumps[1].after`).
+    pub fn from_json(text: &str) -> Result<Config, SpecError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let raw: JsonConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let key = if key == "." { String::new() } else { key };
+            let line = (inner.line() > 0).then_some(inner.line());
+            err(key, line, inner.to_string())
+        })?;
+        de.end()
+            .map_err(|e| err("", Some(e.line()), e.to_string()))?;
+        let xtables_lock_timeout = match &raw.xtables_lock_timeout {
+            None => None,
+            Some(s) => Some(parse_duration(s).map_err(|m| err("xtables_lock_timeout", None, m))?),
+        };
+        ConfigBuilder {
+            keys: Keys::Json,
+            backend: raw.backend,
+            families: raw
+                .families
+                .map(|f| At::new(f.into_iter().map(At::new).collect())),
+            comment_encoding: raw.comment_encoding,
+            xtables_lock_timeout,
+            chains: raw
+                .chains
+                .into_iter()
+                .map(|c| ChainBuilder {
+                    table: At::new(c.table),
+                    chain: At::new(c.chain),
+                    jumps: c
+                        .jumps
+                        .into_iter()
+                        .map(|j| JumpBuilder {
+                            target: At::new(j.target),
+                            comment: At::new(j.comment),
+                            after: j.after.into_iter().map(At::new).collect(),
+                            before: j.before.into_iter().map(At::new).collect(),
+                            create_chain: j.create_chain,
+                            encoding: j.comment_encoding,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            daemon: DaemonConfig::default(),
+            resync_line: None,
+        }
+        .build()
+    }
+}
+
 impl ConfigBuilder {
     /// The draft a config file describes, not yet validated: parse errors (syntax, unknown
     /// keys, wrong types) name the key path and the line.
@@ -798,6 +918,7 @@ impl ConfigBuilder {
             })
             .collect();
         Ok(ConfigBuilder {
+            keys: Keys::Toml,
             backend: raw.backend,
             families,
             comment_encoding: raw.comment_encoding,
@@ -986,6 +1107,46 @@ cleanup_on_exit = true
             ("daemon.cleanup_on_exit", Some(2)),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_json_form_is_the_config_file_with_lists() {
+        let json = r#"{"chains": [{"table": "nat", "chain": "PREROUTING", "jumps": [
+            {"target": "OVN-PREROUTING", "comment": "kube-ovn prerouting rules",
+             "after": ["cali-PREROUTING"], "before": ["KUBE-SERVICES", "CNI-HOSTPORT-DNAT"]}]}]}"#;
+        assert_eq!(
+            Config::from_json(json).unwrap(),
+            Config::from_toml(HARVESTER).unwrap()
+        );
+        let c = Config::from_json(
+            r#"{"backend": "legacy", "families": ["ip6"], "xtables_lock_timeout": "2s",
+                "chains": [{"table": "nat", "chain": "PREROUTING",
+                "jumps": [{"target": "X", "comment": "x", "create_chain": false,
+                           "comment_encoding": "userdata"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.backend(), BackendChoice::Legacy);
+        assert_eq!(c.families(), [Family::Ip6]);
+        assert_eq!(c.xtables_lock_timeout(), Duration::from_secs(2));
+        assert!(!c.chains()[0].jumps()[0].create_chain());
+        // Errors name the key in the JSON form, the line where serde_json knows it.
+        let e = Config::from_json(
+            "{\"chains\": [{\"table\": \"nat\", \"chain\": \"PREROUTING\",\n \"jumps\": [{\"target\": \"X\", \"comment\": \"x\", \"after\": \"Y\"}]}]}",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("chains[0].jumps[0].after", Some(2)),
+            "{e}"
+        );
+        let e = Config::from_json(r#"{"chains": [{"table": "nat", "chain": "PREROUTING", "jumps": [{"target": "X", "comment": "x", "priority": 1}]}]}"#).unwrap_err();
+        assert_eq!(e.key, "chains[0].jumps[0].priority", "{e}");
+        let e = Config::from_json(r#"{"chains": [{"table": "nat", "chain": "PREROUTING", "jumps": [{"target": "X", "comment": "x", "after": ["X"]}]}]}"#).unwrap_err();
+        assert_eq!(e.key, "chains[0].jumps[0].after", "{e}");
+        let e = Config::from_json(r#"{"families": ["inet"]}"#).unwrap_err();
+        assert_eq!(e.key, "families[0]", "{e}");
+        assert!(Config::from_json("{} {}").is_err());
+        assert!(Config::from_json("[").is_err());
     }
 
     #[test]

@@ -20,7 +20,15 @@ fn the_example_agent_reconciles_the_seed_chain_with_a_built_spec() {
     if !agent.exists() {
         // `cargo test` builds the examples; a run filtered to this test does not.
         let built = Command::new(env!("CARGO"))
-            .args(["build", "-p", "jumpset", "--features", "testing", "--example", "agent"])
+            .args([
+                "build",
+                "-p",
+                "jumpset",
+                "--features",
+                "testing",
+                "--example",
+                "agent",
+            ])
             .status()
             .expect("cargo runs");
         assert!(built.success(), "building the example failed");
@@ -46,6 +54,9 @@ fn the_example_agent_reconciles_the_seed_chain_with_a_built_spec() {
         2,
         "two duplicates deleted by handle:\n{stdout}"
     );
-    assert!(passes[1].contains("0 change(s), nothing committed"), "{stdout}");
+    assert!(
+        passes[1].contains("0 change(s), nothing committed"),
+        "{stdout}"
+    );
     assert!(stdout.contains("check: exit 0"), "{stdout}");
 }
