@@ -35,6 +35,10 @@ struct Cli {
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Let a write create the first iptables table of its backend for a family while the
+    /// other backend is in use for it, which makes the host mixed (refused by default).
+    #[arg(long, global = true)]
+    allow_mixed_backends: bool,
 }
 
 #[derive(Subcommand)]
@@ -114,7 +118,7 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
         .config
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let cfg = Config::load(&path).map_err(|e| CmdError::new(EXIT_USAGE, format!("config: {e}")))?;
-    let mut js = Jumpset::new(cfg);
+    let mut js = Jumpset::new(cfg).allow_mixed_backends(cli.allow_mixed_backends);
     if let Some(b) = backend {
         js = js.backend(b);
     }

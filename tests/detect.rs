@@ -177,3 +177,77 @@ fn other_nftables_tables_alone_do_not_count() {
         assert!(j["evidence"].to_string().contains("inet firewalld"));
     });
 }
+
+#[test]
+fn an_explicit_backend_never_makes_a_legacy_host_mixed() {
+    netns(|| {
+        ok(&format!(
+            "iptables-legacy-restore < {}",
+            fixture("harvester-broken.rules").display()
+        ));
+        let before = footprint();
+        let legacy_rules = ok("iptables-legacy-save -t nat | grep '^-A'");
+        let cfg = config(&harvester_config());
+        let run = jumpset(&["apply", "--backend", "nft", "--config", cfg.as_str()]);
+        assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stdout.contains("would become mixed")
+                && run.stdout.contains("--backend legacy")
+                && run.stdout.contains("iptables-legacy is in use for ip: nat"),
+            "the refusal names the evidence and what to pass:\n{}",
+            run.stdout
+        );
+        assert_eq!(footprint(), before, "nothing was created");
+        assert_eq!(ok("iptables-legacy-save -t nat | grep '^-A'"), legacy_rules);
+        // status, check and plan only read: they still work (the table does not exist).
+        let run = jumpset(&["plan", "--backend", "nft", "--config", cfg.as_str()]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(footprint(), before);
+        // The explicit override does what it says.
+        let run = jumpset(&[
+            "apply",
+            "--backend",
+            "nft",
+            "--allow-mixed-backends",
+            "--config",
+            cfg.as_str(),
+        ]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(verdict(&detect()), v("mixed", None));
+    });
+}
+
+#[test]
+fn an_explicit_backend_never_makes_an_nft_host_mixed() {
+    netns(|| {
+        ok(&format!(
+            "iptables-nft-restore < {}",
+            fixture("harvester-broken.rules").display()
+        ));
+        let before = footprint();
+        let cfg = config(&harvester_config());
+        let run = jumpset(&["apply", "--backend", "legacy", "--config", cfg.as_str()]);
+        assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stdout.contains("would become mixed")
+                && run.stdout.contains("--backend nft")
+                && run.stdout.contains("iptables-nft is in use for ip: nat"),
+            "{}",
+            run.stdout
+        );
+        // No x_tables table was instantiated (a single query would have).
+        assert_eq!(footprint(), before, "nothing was created");
+        assert!(!ok("cat /proc/net/ip_tables_names 2>/dev/null").contains("nat"));
+        // ip6 has nothing of either backend: an explicit backend may start it.
+        let run = jumpset(&[
+            "apply",
+            "--backend",
+            "legacy",
+            "--family",
+            "ip6",
+            "--config",
+            cfg.as_str(),
+        ]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    });
+}

@@ -24,6 +24,7 @@ pub struct Jumpset {
     backend: BackendChoice,
     families: Vec<Family>,
     netns: Option<Arc<OwnedFd>>,
+    allow_mixed: bool,
 }
 
 impl Jumpset {
@@ -35,7 +36,18 @@ impl Jumpset {
             families: config.families.clone(),
             config,
             netns: None,
+            allow_mixed: false,
         }
+    }
+
+    /// Let a write create the first iptables table of its backend for a family while the
+    /// other backend is in use for it, making the host mixed (`--allow-mixed-backends`).
+    /// Off by default: such a write fails with
+    /// [`BackendError::WouldMix`](crate::backend::BackendError::WouldMix) and changes nothing.
+    #[must_use]
+    pub fn allow_mixed_backends(mut self, allow: bool) -> Self {
+        self.allow_mixed = allow;
+        self
     }
 
     /// Use this backend instead of the config's (`--backend`).
@@ -148,7 +160,10 @@ impl Jumpset {
         f: impl FnOnce(&mut dyn Backend) -> T + Send,
     ) -> Result<T, Error> {
         let run = || -> Result<T, Error> {
-            let mut b = backend::open(self.backend, self.config.xtables_lock_timeout)?;
+            let mut options = backend::OpenOptions::default();
+            options.xtables_lock_timeout = self.config.xtables_lock_timeout;
+            options.allow_mixed = self.allow_mixed;
+            let mut b = backend::open(self.backend, options)?;
             Ok(f(b.as_mut()))
         };
         match &self.netns {

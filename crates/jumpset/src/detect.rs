@@ -260,11 +260,25 @@ pub fn combine(ip: FamilyVerdict, ip6: FamilyVerdict, other_nft: &[String]) -> H
 /// says it already exists (a query would instantiate it). Needs CAP_NET_ADMIN, and
 /// CAP_NET_RAW when legacy tables exist.
 pub fn detect_host() -> Result<HostVerdict, BackendError> {
+    let (ev, other) = gather(&[Family::Ip, Family::Ip6])?;
+    let [ip, ip6] = ev;
+    Ok(combine(
+        decide(Family::Ip, &ip),
+        decide(Family::Ip6, &ip6),
+        &other,
+    ))
+}
+
+/// The evidence of each family in `families` (the others are left empty), and the
+/// nf_tables tables that are not iptables'.
+fn gather(families: &[Family]) -> Result<([FamilyEvidence; 2], Vec<String>), BackendError> {
     let mut ev = [FamilyEvidence::default(), FamilyEvidence::default()];
     let slot = |f: Family| usize::from(f == Family::Ip6);
     let census = NftBackend::open()?.census()?;
     for (family, c) in census.iptables {
-        ev[slot(family)].nft.push(c);
+        if families.contains(&family) {
+            ev[slot(family)].nft.push(c);
+        }
     }
     let other: Vec<String> = census
         .tables
@@ -275,7 +289,7 @@ pub fn detect_host() -> Result<HostVerdict, BackendError> {
         })
         .map(|(f, n)| format!("{} {n}", nft::family_name(*f)))
         .collect();
-    for family in [Family::Ip, Family::Ip6] {
+    for &family in families {
         for table in legacy::existing_tables(family)? {
             if !IPTABLES_TABLES.contains(&table.as_str()) {
                 continue;
@@ -290,16 +304,46 @@ pub fn detect_host() -> Result<HostVerdict, BackendError> {
             });
         }
     }
-    let [ip, ip6] = ev;
-    Ok(combine(
-        decide(Family::Ip, &ip),
-        decide(Family::Ip6, &ip6),
-        &other,
-    ))
+    Ok((ev, other))
+}
+
+/// Whether `creating` would make `family` mixed by creating its first iptables table:
+/// none of its kind exists for the family while the other backend is in use. Returns the
+/// evidence then (for the refusal), `None` when creating the table is harmless.
+pub(crate) fn would_mix(
+    creating: Choice,
+    family: Family,
+) -> Result<Option<Vec<String>>, BackendError> {
+    let (ev, _) = gather(&[family])?;
+    let ev = &ev[usize::from(family == Family::Ip6)];
+    Ok(first_table_would_mix(creating, ev).then(|| decide(family, ev).evidence))
+}
+
+/// The pure part of [`would_mix`].
+fn first_table_would_mix(creating: Choice, ev: &FamilyEvidence) -> bool {
+    let (own, other) = match creating {
+        Choice::Nft => (&ev.nft, &ev.legacy),
+        Choice::Legacy => (&ev.legacy, &ev.nft),
+    };
+    own.is_empty() && other.iter().any(TableCensus::in_use)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_first_table_of_a_backend_beside_the_other_in_use_would_mix() {
+        let used = || t("nat", 3, &[]);
+        let empty = || t("filter", 0, &[]);
+        let would = |c, nft, legacy| first_table_would_mix(c, &ev(nft, legacy));
+        assert!(would(Choice::Nft, vec![], vec![used()]));
+        assert!(would(Choice::Legacy, vec![used()], vec![]));
+        // The other backend's tables exist but hold nothing: not in use, nothing to mix.
+        assert!(!would(Choice::Nft, vec![], vec![empty()]));
+        // A table of our own kind exists already: the host is what it is; not the first.
+        assert!(!would(Choice::Nft, vec![empty()], vec![used()]));
+        assert!(!would(Choice::Legacy, vec![], vec![]));
+    }
+
     use super::*;
 
     fn t(table: &str, rules: usize, chains: &[&str]) -> TableCensus {

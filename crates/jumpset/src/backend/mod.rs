@@ -15,26 +15,46 @@ use crate::snapshot::{Family, Snapshot};
 use crate::spec::{BackendChoice, ChainSpec};
 use std::time::Duration;
 
+/// How a backend is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenOptions {
+    /// The legacy backend's wait for the xtables lock (zero: forever, like `iptables -w`).
+    pub xtables_lock_timeout: Duration,
+    /// Let a backend create the first iptables table of its kind for a family while the
+    /// other backend is in use for it (which makes the host mixed: packets cross both).
+    /// Off by default: such a write is refused with [`BackendError::WouldMix`].
+    pub allow_mixed: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            xtables_lock_timeout: Duration::from_secs(10),
+            allow_mixed: false,
+        }
+    }
+}
+
 /// Open the backend `choice` in the calling thread's network namespace — the one place
 /// jumpset opens a backend: first the capabilities it needs are checked
 /// ([`crate::privilege::require`]); `Auto` then detects the host (read-only) and fails
-/// with [`Error::Undecided`] when it will not choose. `xtables_lock_timeout` is the legacy
-/// backend's wait for the xtables lock (zero: forever).
-pub fn open(
-    choice: BackendChoice,
-    xtables_lock_timeout: Duration,
-) -> Result<Box<dyn Backend>, Error> {
+/// with [`Error::Undecided`] when it will not choose.
+pub fn open(choice: BackendChoice, options: OpenOptions) -> Result<Box<dyn Backend>, Error> {
     crate::privilege::require(choice)?;
     match choice {
-        BackendChoice::Nft => Ok(Box::new(nft::NftBackend::open()?)),
-        BackendChoice::Legacy => Ok(Box::new(legacy::LegacyBackend::open(xtables_lock_timeout)?)),
+        BackendChoice::Nft => Ok(Box::new(
+            nft::NftBackend::open()?.allow_mixed(options.allow_mixed),
+        )),
+        BackendChoice::Legacy => Ok(Box::new(
+            legacy::LegacyBackend::open(options.xtables_lock_timeout)?
+                .allow_mixed(options.allow_mixed),
+        )),
         BackendChoice::Auto => {
             let verdict = crate::detect::detect_host()?;
             match verdict.backend {
-                Some(crate::detect::Choice::Nft) => open(BackendChoice::Nft, xtables_lock_timeout),
-                Some(crate::detect::Choice::Legacy) => {
-                    open(BackendChoice::Legacy, xtables_lock_timeout)
-                }
+                Some(crate::detect::Choice::Nft) => open(BackendChoice::Nft, options),
+                Some(crate::detect::Choice::Legacy) => open(BackendChoice::Legacy, options),
                 None => Err(Error::Undecided {
                     verdict: Box::new(verdict),
                 }),
@@ -135,14 +155,48 @@ pub enum BackendError {
     /// The table holds something we must not write into.
     #[error("{0}")]
     Unsupported(String),
+    /// The write would create the first iptables table of this backend for the family
+    /// while the other backend is in use for it: the host would become mixed.
+    #[error("{family}: refusing to create the first {backend} table for {family} while {other} is in use for it: the host would become mixed (packets would cross both backends); pass --backend {other} (the one in use), or --allow-mixed-backends if that is really meant. Nothing was written.\n  {}", .evidence.join("\n  "))]
+    WouldMix {
+        /// Family.
+        family: Family,
+        /// The backend that would create the table: `nft` or `legacy`.
+        backend: &'static str,
+        /// The backend in use: `legacy` or `nft`.
+        other: &'static str,
+        /// What detection found.
+        evidence: Vec<String>,
+    },
 }
 
 impl BackendError {
     /// The CLI exit code for this error (3: privilege, 4: kernel).
     pub fn exit_code(&self) -> i32 {
         match self {
-            BackendError::Permission { .. } => 3,
-            _ => 4,
+            BackendError::Permission { .. } => crate::exit::PRIVILEGE,
+            BackendError::WouldMix { .. } => crate::exit::USAGE,
+            _ => crate::exit::KERNEL,
+        }
+    }
+
+    /// [`BackendError::WouldMix`] when `creating` the first table of its kind for `family`
+    /// would make the host mixed; checked by each backend before it creates a table.
+    pub(crate) fn check_mixing(
+        creating: crate::detect::Choice,
+        family: Family,
+    ) -> Result<(), BackendError> {
+        match crate::detect::would_mix(creating, family)? {
+            None => Ok(()),
+            Some(evidence) => Err(BackendError::WouldMix {
+                family,
+                backend: creating.name(),
+                other: match creating {
+                    crate::detect::Choice::Nft => "legacy",
+                    crate::detect::Choice::Legacy => "nft",
+                },
+                evidence,
+            }),
         }
     }
 }

@@ -74,6 +74,7 @@ pub fn lock_file_from_env() -> PathBuf {
 pub struct LegacyBackend {
     lock_file: PathBuf,
     lock_timeout: Duration,
+    allow_mixed: bool,
     last_generation: u32,
     before_replace: Option<Box<dyn FnMut() + Send>>,
 }
@@ -193,11 +194,20 @@ impl LegacyBackend {
         Ok(Self::with_lock_file(lock_file_from_env(), lock_timeout))
     }
 
+    /// Whether this backend may create the first x_tables table of a family while
+    /// iptables-nft is in use for it (default: refused, [`BackendError::WouldMix`]).
+    #[must_use]
+    pub fn allow_mixed(mut self, allow: bool) -> Self {
+        self.allow_mixed = allow;
+        self
+    }
+
     /// A backend using the lock file `path`.
     pub fn with_lock_file(path: impl Into<PathBuf>, lock_timeout: Duration) -> Self {
         LegacyBackend {
             lock_file: path.into(),
             lock_timeout,
+            allow_mixed: false,
             last_generation: 0,
             before_replace: None,
         }
@@ -437,6 +447,9 @@ impl Backend for LegacyBackend {
                     chain: js.target.clone(),
                 });
             }
+        }
+        if !snap.table_exists && !self.allow_mixed {
+            BackendError::check_mixing(crate::detect::Choice::Legacy, family)?;
         }
         let _lock = self.lock()?;
 

@@ -77,6 +77,7 @@ pub struct NftBackend {
     portid: u32,
     seq: u32,
     buf: Vec<u8>,
+    allow_mixed: bool,
 }
 
 fn io_err(step: &str) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
@@ -128,7 +129,16 @@ impl NftBackend {
             portid: addr.port_number(),
             seq: 1,
             buf: Vec::with_capacity(RECV_BUF),
+            allow_mixed: false,
         })
+    }
+
+    /// Whether this backend may create the first nf_tables iptables table of a family
+    /// while iptables-legacy is in use for it (default: refused, [`BackendError::WouldMix`]).
+    #[must_use]
+    pub fn allow_mixed(mut self, allow: bool) -> Self {
+        self.allow_mixed = allow;
+        self
     }
 
     /// The socket's netlink port id: the `nlmsg_pid` of notifications about our commits.
@@ -714,6 +724,9 @@ impl Backend for NftBackend {
             }
         }
 
+        if !snap.table_exists && !self.allow_mixed {
+            BackendError::check_mixing(crate::detect::Choice::Nft, snap.family)?;
+        }
         let begin = self.take_seq(0);
         let mut b = Batch::begin(snap.generation, begin);
         let mut steps: Vec<(u32, String)> = Vec::new();
