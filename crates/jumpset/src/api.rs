@@ -160,9 +160,10 @@ impl Jumpset {
         f: impl FnOnce(&mut dyn Backend) -> T + Send,
     ) -> Result<T, Error> {
         let run = || -> Result<T, Error> {
-            let mut options = backend::OpenOptions::default();
-            options.xtables_lock_timeout = self.config.xtables_lock_timeout;
-            options.allow_mixed = self.allow_mixed;
+            let options = backend::OpenOptions {
+                xtables_lock_timeout: self.config.xtables_lock_timeout,
+                allow_mixed: self.allow_mixed,
+            };
             let mut b = backend::open(self.backend, options)?;
             Ok(f(b.as_mut()))
         };
