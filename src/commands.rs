@@ -49,3 +49,39 @@ pub fn detect() -> Result<Output, CmdError> {
         code: EXIT_OK,
     })
 }
+
+/// `jumpset validate`: the config as loaded (main file, drop-ins, claims), or the error
+/// (exit 2, before this is reached).
+pub fn validate(cfg: &jumpset::spec::Config) -> Output {
+    let mut text = String::new();
+    let mut chains = Vec::new();
+    for c in cfg.chains() {
+        text.push_str(&format!("{} {}:\n", c.table(), c.chain()));
+        let mut jumps = Vec::new();
+        for j in c.jumps() {
+            let by = j.origin().agent();
+            text.push_str(&format!(
+                "  -j {} ({}){}\n",
+                j.target(),
+                j.comment(),
+                by.map(|a| format!(", declared by {a} in {}", j.origin()))
+                    .unwrap_or_default()
+            ));
+            jumps.push(serde_json::json!({
+                "target": j.target(),
+                "comment": j.comment(),
+                "after": j.after(),
+                "before": j.before(),
+                "declared_by": by,
+                "origin": j.origin(),
+            }));
+        }
+        chains.push(serde_json::json!({ "table": c.table(), "chain": c.chain(), "jumps": jumps }));
+    }
+    text.push_str("valid\n");
+    Output {
+        json: serde_json::json!({ "valid": true, "chains": chains }),
+        text,
+        code: EXIT_OK,
+    }
+}

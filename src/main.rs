@@ -45,6 +45,9 @@ struct Cli {
 enum Command {
     /// Host mode: nft | legacy | mixed | none, with evidence.
     Detect,
+    /// Check the config, its drop-ins and the persisted API claims without touching the
+    /// kernel: exit 0 valid, 2 invalid (systemd's ExecReload= runs it before the reload).
+    Validate,
     /// The chain as the kernel has it: each rule, its owner, in place or not.
     Status,
     /// Exit 0 when converged, 1 on drift, 5 on a conflict, >= 2 on error.
@@ -126,6 +129,7 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
         js = js.families(f);
     }
     match cli.command {
+        Command::Validate => Ok(commands::validate(js.config())),
         Command::Status => commands::status(&js),
         Command::Check => commands::check(&js),
         Command::Plan => commands::plan(&js),

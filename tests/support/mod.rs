@@ -186,7 +186,8 @@ pub mod tempfile_path {
 
     static N: AtomicUsize = AtomicUsize::new(0);
 
-    /// A file removed on drop.
+    /// A config file in a directory of its own (so its `jumpset.d/` is its own), removed
+    /// with the directory on drop.
     pub struct TempPath(PathBuf);
 
     impl TempPath {
@@ -200,18 +201,21 @@ pub mod tempfile_path {
 
     impl Drop for TempPath {
         fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
 
-    /// Write `text` to a fresh file under the target directory.
+    /// Write `text` to `jumpset.toml` in a fresh directory under the target directory.
     pub fn write(text: &str) -> TempPath {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let p = dir.join(format!(
-            "jumpset-{}-{}.toml",
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "jumpset-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("jumpset.toml");
         std::fs::write(&p, text).unwrap();
         TempPath(p)
     }

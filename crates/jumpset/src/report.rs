@@ -137,6 +137,9 @@ pub struct RuleStatus {
     pub owner: String,
     /// One of jumpset's (owned, duplicate, misplaced or stale).
     pub owned: bool,
+    /// For one of jumpset's: the agent that declared the jump (a drop-in's or an API
+    /// claim's), `None` for the main config's.
+    pub declared_by: Option<String>,
     /// What it is to jumpset.
     pub role: RuleRole,
     /// Owned and in place, or foreign.
@@ -223,6 +226,10 @@ impl ChainStatus {
                     comment_encoding: r.comment.as_ref().map(|c| c.encoding),
                     owner: if owned { "jumpset" } else { agent_of(r) }.to_string(),
                     owned,
+                    declared_by: role
+                        .jump()
+                        .and_then(|j| spec.jumps[j].origin.agent())
+                        .map(str::to_string),
                     role: role.into(),
                     in_place: matches!(role, Role::Owned(_) | Role::Foreign),
                     counters: r.counters,
