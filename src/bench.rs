@@ -1,5 +1,5 @@
 //! `jumpset bench`: how fast jumpset keeps a shared chain right, side by side with the
-//! exec-based ways agents work today (DESIGN.md, "`jumpset bench --json`"; issue 7).
+//! exec-based ways agents work today (the contract: `docs/contracts.md#bench`).
 //!
 //! Everything happens in a throwaway network namespace ([`jumpset_testkit::netns::in_new_netns`]):
 //! the Harvester jumps of `nat PREROUTING` plus N kube-proxy-style rules (the same table
@@ -22,8 +22,8 @@
 //! - `repair_reconcile_us`: the owned jump is deleted (by jumpset, a `cleanup` of the
 //!   spec, outside the timed region), then after 50 ms — the kernel's deferred cleanup
 //!   is done — one full reconcile puts it back (read, plan, one transaction, read back).
-//! - `repair_backtoback_us`: the same, the repair right after the deletion (DESIGN.md,
-//!   "A kernel cost that shapes the design").
+//! - `repair_backtoback_us`: the same, the repair right after the deletion (the kernel's
+//!   deferred xt destructors: `docs/architecture.md#xt-destructor-cost`).
 //! - `reconciles_per_sec`: no-op reconciles back to back for one second.
 //! - `exec_baselines_us`: p50s of the binaries of the same backend in the same namespace,
 //!   stdout read as an agent would: `-t nat -S PREROUTING`, `-save -t nat`, and
@@ -677,7 +677,7 @@ impl Drop for PrivateLock {
     }
 }
 
-/// One ratio the issue's targets speak of.
+/// One ratio of the bench, with its target if it has one (`docs/contracts.md#bench`).
 struct Target {
     name: &'static str,
     what: &'static str,
@@ -694,7 +694,8 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
 }
 
 /// Run the benchmark: build the namespace, measure, and return the JSON object of
-/// DESIGN.md (plus parameters, sample counts, ratios and targets) and a text table.
+/// `docs/contracts.md#bench` (timings, parameters, sample counts, ratios and targets)
+/// and a text table.
 pub fn run(opts: &BenchOptions) -> Result<Output, CmdError> {
     let backend = match opts.backend {
         BackendChoice::Nft | BackendChoice::Legacy => opts.backend,

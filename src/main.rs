@@ -1,5 +1,6 @@
 //! The `jumpset` command: parses arguments, calls the library, prints, exits with the
-//! codes of DESIGN.md (0 ok, 1 drift, 2 usage/config, 3 privilege, 4 kernel, 5 conflict).
+//! codes of `docs/contracts.md#exit-codes` (0 ok, 1 drift, 2 usage/config, 3 privilege,
+//! 4 kernel, 5 conflict).
 
 use clap::{Parser, Subcommand, ValueEnum};
 mod bench;

@@ -1,5 +1,5 @@
 //! `jumpset bench --json` end to end, as root (each run builds its own throwaway network
-//! namespace): every field of DESIGN.md's contract is there with sane values. No timing
+//! namespace): every field of `docs/contracts.md#bench` is there with sane values. No timing
 //! thresholds: the figures depend on the machine.
 
 mod support;

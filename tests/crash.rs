@@ -1,4 +1,4 @@
-//! Crash safety (issue 8): jumpset is killed with SIGKILL at random points of a burst of
+//! Crash safety (`docs/contracts.md#crash-safety`): jumpset is killed with SIGKILL at random points of a burst of
 //! reconciles against a chain that another writer keeps disrupting — the daemon, and a
 //! loop of `jumpset apply` processes — with no hook in the product: only timing and many
 //! iterations. After a restart the chain converges, and at no time does the chain hold a

@@ -1,5 +1,5 @@
 //! The deployment files under docker/: the systemd unit passes `systemd-analyze verify`
-//! and carries the hardening DESIGN.md requires; the DaemonSet has the properties a node
+//! and carries the hardening `docs/contracts.md#deployment` requires; the DaemonSet has the properties a node
 //! operator relies on; the Dockerfile builds a release binary onto a small runtime image
 //! without iptables; every shipped config is one jumpset accepts.
 

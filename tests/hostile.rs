@@ -1,8 +1,8 @@
-//! Hostile and odd input (issue 8), each test in a fresh network namespace: comments with
-//! quotes, spaces, UTF-8, non-UTF-8 bytes and 255 bytes; rules with expressions jumpset
-//! has never seen; chains and tables iptables calls incompatible (written by `nft`
-//! directly); base chains with a non-default policy or priority; tables of other
-//! families; a table owned by another process. Everything is read without error, every
+//! Hostile and odd input (`docs/contracts.md#hostile-input`), each test in a fresh
+//! network namespace: comments with quotes, spaces, UTF-8, non-UTF-8 bytes and 255 bytes;
+//! rules with expressions jumpset has never seen; chains and tables iptables calls
+//! incompatible (written by `nft` directly); base chains with a non-default policy or
+//! priority; tables of other families; a table owned by another process. Everything is read without error, every
 //! rule jumpset does not own is preserved byte for byte, and jumpset's writes never make a
 //! table unreadable for iptables-nft.
 //!

@@ -83,8 +83,9 @@ int jumpset_check(jumpset_t *js);
 // kernel transaction per chain and family. Returns 0 (converged, written or not) or the
 // command's exit code (5 conflict, 4 kernel, 3 privilege, 2 usage). `*report_json_out`
 // is always set: the report (`{ops, conflicts, committed, generation_before,
-// generation_after, retries}`, see DESIGN.md) or `{"error": ..., "exit_code": ...}`;
-// free it with `jumpset_string_free`. Any non-zero code sets `jumpset_last_error()`.
+// generation_after, retries}`: the JSON of `docs/contracts.md#json`) or
+// `{"error": ..., "exit_code": ...}`; free it with `jumpset_string_free`. Any non-zero
+// code sets `jumpset_last_error()`.
 //
 // # Safety
 // `js` is NULL (an error) or a handle from `jumpset_new` not yet freed.

@@ -2,7 +2,7 @@
 //! broken host: packets cross both), or neither — and which backend `--backend auto`
 //! should use.
 //!
-//! Rules (DESIGN.md, "`jumpset detect --json`"): a backend is *in use* for a family when
+//! Rules (`docs/contracts.md#detection`): a backend is *in use* for a family when
 //! one of the iptables tables it holds (nat, filter, mangle, raw, security — what
 //! `iptables-save` prints) has a rule or a user chain; other nf_tables tables (firewalld's
 //! inet table, kube-proxy's nftables mode, Docker's) are evidence only. kubelet's hint

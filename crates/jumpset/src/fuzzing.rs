@@ -8,7 +8,7 @@ use crate::snapshot::Family;
 
 /// The x_tables blob decoder: byte 0 picks the family (even: ip, odd: ip6), the next 84
 /// bytes are `ipt_getinfo`, the rest the entries (the layout of
-/// `src/backend/legacy/testdata/*.bin`, with the family byte in front). A table that
+/// `crates/jumpset/testdata/legacy/*.bin`, with the family byte in front). A table that
 /// decodes must also encode, and the encoding must decode again.
 pub fn legacy_blob(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else {

@@ -1,7 +1,8 @@
 //! What iptables is, as the rest of jumpset relies on it: its tables, the built-in (base)
 //! chains of each with the hook, priority and type iptables-nft gives them, the names a
 //! user chain may have, and kubelet's hint chains. One module, so the backends, detection
-//! and the spec agree; the sources are named in `docs/architecture.md`.
+//! and the spec agree; the sources are named in `docs/architecture.md#tables-and-base-chains`
+//! and `#how-other-tools-choose`.
 
 /// The iptables tables, as `iptables-save` prints them.
 pub const IPTABLES_TABLES: &[&str] = &["raw", "mangle", "nat", "filter", "security"];

@@ -403,7 +403,7 @@ fn classify(rules: &[Rule], jumps: &[JumpSpec]) -> (Vec<Role>, Vec<Vec<usize>>) 
 }
 
 /// The declared jump whose identity this rule carries, if it is a bare jump with an
-/// owned comment (DESIGN.md, "Identity"); the comment's encoding does not matter.
+/// owned comment (`docs/contracts.md#identity`); the comment's encoding does not matter.
 pub fn owned_jump(rule: &Rule, jumps: &[JumpSpec]) -> Option<usize> {
     if !rule.is_bare_jump() {
         return None;

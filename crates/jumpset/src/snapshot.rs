@@ -240,7 +240,7 @@ impl Rule {
     }
 
     /// True when the rule is a comment, at most a counter, and a jump or goto — nothing
-    /// else. Only such a rule can be one of ours (DESIGN.md, "Identity").
+    /// else. Only such a rule can be one of ours (`docs/contracts.md#identity`).
     pub fn is_bare_jump(&self) -> bool {
         self.comment.is_some()
             && self.matches.is_empty()

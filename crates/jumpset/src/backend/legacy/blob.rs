@@ -1,6 +1,6 @@
 //! The x_tables table blob, as `IPT_SO_GET_ENTRIES` returns it and `IPT_SO_SET_REPLACE`
-//! takes it: a pure codec, bytes in and bytes out, no I/O (reference/kernel-interface.md
-//! D.3, D.4).
+//! takes it: a pure codec, bytes in and bytes out, no I/O (the layouts:
+//! `docs/architecture.md#x_tables-structures` and `#x_tables-table-layout`).
 //!
 //! [`Table::decode`] splits a blob into chains — the built-in chains found through the
 //! table's `hook_entry`/`underflow` offsets, the user chains through their `ERROR` heads —
@@ -136,7 +136,8 @@ fn put_u32(bytes: &mut [u8], off: usize, v: u32) {
     bytes[off..off + 4].copy_from_slice(&v.to_ne_bytes());
 }
 
-/// Where the fields of `struct ipt_entry` / `ip6t_entry` are (D.3).
+/// Where the fields of `struct ipt_entry` / `ip6t_entry` are
+/// (`docs/architecture.md#x_tables-structures`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     /// The family.

@@ -5,7 +5,7 @@
 //! between: the pair is not atomic), decoded by the pure
 //! [`blob`] codec; a write replaces the whole table with one `IPT_SO_SET_REPLACE` and then
 //! puts the counters of every entry it kept back with `IPT_SO_SET_ADD_COUNTERS`, the same
-//! two calls iptables-legacy makes (reference/kernel-interface.md D.5).
+//! two calls iptables-legacy makes (`docs/architecture.md#x_tables-replace-and-counters`).
 //!
 //! - **No side effects when reading.** A single GET_INFO instantiates a missing table
 //!   (and registers its hooks), so [`LegacyBackend::read`] first looks the table up in

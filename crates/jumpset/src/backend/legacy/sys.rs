@@ -94,8 +94,8 @@ pub struct XtCountersInfo {
     _pad: u32,
 }
 
-// The layouts the kernel expects (reference/kernel-interface.md D.3), checked at compile
-// time on the 64-bit targets we support.
+// The layouts the kernel expects (`docs/architecture.md#x_tables-structures`), checked at
+// compile time on the 64-bit targets we support.
 #[cfg(target_pointer_width = "64")]
 const _: () = {
     assert!(size_of::<IptGetinfo>() == INFO_SIZE);
