@@ -22,8 +22,11 @@ pub mod detect;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod notification;
 pub mod plan;
 pub mod reconcile;
 pub mod report;
 pub mod snapshot;
 pub mod spec;
+#[cfg(feature = "testing")]
+pub mod testing;
