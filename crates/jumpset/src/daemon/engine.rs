@@ -639,9 +639,12 @@ impl<H: Host> Engine<H> {
                     c.generation
                 )
             });
-            self.targets[i]
+            if let Some(ev) = self.targets[i]
                 .sched
-                .changed(now, writer.clone(), &self.opts.tuning);
+                .changed(now, writer.clone(), &self.opts.tuning)
+            {
+                self.on_fight(i, ev);
+            }
         }
     }
 

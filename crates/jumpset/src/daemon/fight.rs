@@ -270,12 +270,13 @@ impl Sched {
     }
 
     /// Another writer changed the chain at `now`: reconcile after the debounce (and
-    /// whatever the fight policy holds off).
-    pub fn changed(&mut self, now: Instant, writer: Writer, t: &Tuning) {
-        self.policy.changed(now, &writer);
+    /// whatever the fight policy holds off). Returns the policy's event, if any.
+    pub fn changed(&mut self, now: Instant, writer: Writer, t: &Tuning) -> Option<FightEvent> {
+        let ev = self.policy.changed(now, &writer);
         self.mark(Cause::Change(writer));
         self.changed_at.get_or_insert(now);
         self.debounce.poke(now, t.debounce, t.debounce_max);
+        ev
     }
 
     /// Reconcile as soon as any hold-off allows (start, reload, resync, poll, overflow).

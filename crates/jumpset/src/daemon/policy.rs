@@ -30,8 +30,9 @@ use tracing::Level;
 /// [`next_check`](FightPolicy::next_check)); it never starts a repair before
 /// [`not_before`](FightPolicy::not_before).
 pub trait FightPolicy: fmt::Debug {
-    /// `writer` changed the chain at `now` (a repair will follow once allowed).
-    fn changed(&mut self, now: Instant, writer: &Writer);
+    /// `writer` changed the chain at `now` (a repair will follow once allowed). Returns
+    /// the event to report, if any.
+    fn changed(&mut self, now: Instant, writer: &Writer) -> Option<FightEvent>;
 
     /// A repair committed at `now` undid `writer`'s change (an unidentified writer for a
     /// change found by a re-read). Returns the event to report, if any.
@@ -192,7 +193,9 @@ impl Backoff {
 }
 
 impl FightPolicy for Backoff {
-    fn changed(&mut self, _now: Instant, _writer: &Writer) {}
+    fn changed(&mut self, _now: Instant, _writer: &Writer) -> Option<FightEvent> {
+        None
+    }
 
     fn undone(&mut self, now: Instant, writer: &Writer, rng: &mut Jitter) -> Option<FightEvent> {
         let continues = self
