@@ -34,7 +34,7 @@
 //! - **Stop**: remove the owned jumps when `cleanup_on_exit` is set, `STOPPING=1`, exit 0.
 //!
 //! Errors back off exponentially with jitter (capped) and never end the daemon. Fights
-//! are paced by the fight policy ([`policy`](super::policy)).
+//! are paced by the fight policy ([`super::policy`]).
 
 use super::fight::{Backoff, Cause, Done, Jitter, Sched, Tuning, Writer};
 use super::metrics::{ChainLabels, InfoLabels, ResultLabel, Shared, SourceLabel};
