@@ -127,14 +127,16 @@ pub(crate) fn ms(d: Duration) -> String {
     }
 }
 
-/// Emit one of the engine's log records.
+/// Emit one of the engine's log records (under the engine's target, which decides which
+/// debug records it builds).
 fn emit(level: Level, msg: &str) {
+    const T: &str = "jumpset::daemon::engine";
     match level {
-        Level::ERROR => error!("{msg}"),
-        Level::WARN => warn!("{msg}"),
-        Level::INFO => info!("{msg}"),
-        Level::DEBUG => debug!("{msg}"),
-        _ => trace!("{msg}"),
+        Level::ERROR => error!(target: T, "{msg}"),
+        Level::WARN => warn!(target: T, "{msg}"),
+        Level::INFO => info!(target: T, "{msg}"),
+        Level::DEBUG => debug!(target: T, "{msg}"),
+        _ => trace!(target: T, "{msg}"),
     }
 }
 

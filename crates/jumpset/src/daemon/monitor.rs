@@ -30,7 +30,15 @@ const RECV_BUF: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct Classifier {
     /// Batches seen in part, by port id: what they touched so far.
-    pending: HashMap<u32, Commit>,
+    pending: HashMap<u32, Pending>,
+}
+
+/// A batch in progress, with an index of what it touched (a kube-proxy restore touches
+/// thousands of chains in one batch).
+#[derive(Debug)]
+struct Pending {
+    commit: Commit,
+    index: HashMap<(Family, String, Option<String>), usize>,
 }
 
 fn family(nfproto: u8) -> Option<Family> {
@@ -62,10 +70,26 @@ impl Classifier {
         let Some(fam) = family(m.family) else {
             return;
         };
-        self.pending
-            .entry(m.portid)
-            .or_insert_with(|| Commit::new(0, m.portid, None, None))
-            .touch(fam, table, chain, agent);
+        let p = self.pending.entry(m.portid).or_insert_with(|| Pending {
+            commit: Commit::new(0, m.portid, None, None),
+            index: HashMap::new(),
+        });
+        let key = (fam, table.to_string(), chain.map(str::to_string));
+        let i = match p.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                p.commit.touch(fam, table, chain, None);
+                let i = p.commit.touched.len() - 1;
+                p.index.insert(key, i);
+                i
+            }
+        };
+        let agents = &mut p.commit.touched[i].agents;
+        if let Some(a) = agent.filter(|a| *a != "unknown") {
+            if !agents.contains(&a) {
+                agents.push(a);
+            }
+        }
     }
 
     /// Feed one message; returns the commit when `m` is the NEWGEN closing a batch that
@@ -86,7 +110,7 @@ impl Classifier {
                 None
             }
             Body::Gen(g) => {
-                let mut c = self.pending.remove(&m.portid)?;
+                let mut c = self.pending.remove(&m.portid)?.commit;
                 c.generation = g.id;
                 c.pid = g.proc_pid;
                 c.comm = g.proc_name.clone();
@@ -384,5 +408,27 @@ mod tests {
         );
         c.reset();
         assert!(c.feed(&gen(msgs[0].portid, 5, "x")).is_none());
+    }
+
+    #[test]
+    fn a_batch_over_thousands_of_chains_names_each_once() {
+        // As a kube-proxy restore: every chain written twice in one batch.
+        let mut c = Classifier::new();
+        for round in 0..2 {
+            for i in 0..1000 {
+                let mut r = rule("nat", &format!("KUBE-SVC-{i}"));
+                r.handle = round * 10_000 + i;
+                c.feed(&msg(3, NFPROTO_IPV4, Body::NewRule(r)));
+            }
+        }
+        c.feed(&msg(
+            3,
+            NFPROTO_IPV4,
+            Body::DelRule(rule("nat", "PREROUTING")),
+        ));
+        let commit = c.feed(&gen(3, 9, "iptables-nft-re")).unwrap();
+        assert_eq!(commit.touched.len(), 1001);
+        assert_eq!(commit.touched[999].chain.as_deref(), Some("KUBE-SVC-999"));
+        assert!(ip_nat_prerouting(&commit));
     }
 }
