@@ -995,7 +995,7 @@ fn report(
             }
         }
     }
-    let _ = writeln!(t, "\ntargets (issue 7):");
+    let _ = writeln!(t, "\ntargets:");
     for x in &targets {
         let verdict = match (x.bound, met(x)) {
             (None, _) => "info",

@@ -1,4 +1,4 @@
-//! Multi-agent torture (issue 8): the real `jumpset daemon` keeps nat PREROUTING in order
+//! Multi-agent torture (`docs/contracts.md#crash-safety`): the real `jumpset daemon` keeps nat PREROUTING in order
 //! while scripted agents behave as the real ones do, through the real iptables binaries,
 //! each test in a fresh network namespace:
 //!

@@ -6,7 +6,7 @@
 //! change and commits it as ONE kernel transaction guarded by the ruleset generation. It
 //! never runs `iptables` and never touches a rule it does not own.
 //!
-//! ```no_run
+//! ```
 //! use jumpset::spec::{ChainSpec, Config, JumpSpec};
 //! use jumpset::Jumpset;
 //!
@@ -17,8 +17,20 @@
 //!             .before(["KUBE-SERVICES"]),
 //!     ))
 //!     .build()?;
-//! let report = Jumpset::new(config).apply()?; // as root, in this thread's namespace
+//! let js = Jumpset::new(config);
+//! # #[cfg(feature = "testing")] {
+//! // Without root, against the in-memory kernel of the `testing` feature; as root,
+//! // `js.apply()` does the same against the real kernel, in this thread's namespace.
+//! let mut kernel = jumpset::testing::FakeKernel::new();
+//! let report = js.apply_with(&mut kernel);
 //! assert_eq!(report.exit_code(), 0);
+//! assert_eq!(kernel.listing(jumpset::snapshot::Family::Ip, "nat", "PREROUTING"),
+//!     [r#"-A PREROUTING -m comment --comment "kube-ovn prerouting rules" -j OVN-PREROUTING"#]);
+//! // Converged: the next apply reads and commits nothing.
+//! let generation = kernel.current_generation();
+//! assert!(js.apply_with(&mut kernel).ok().all(|chain| !chain.committed));
+//! assert_eq!(kernel.current_generation(), generation);
+//! # }
 //! # Ok::<(), jumpset::Error>(())
 //! ```
 //!
@@ -49,12 +61,15 @@ mod error;
 pub mod fuzzing;
 pub mod iptables;
 mod netns;
+pub mod notification;
 pub mod plan;
 pub mod privilege;
 pub mod reconcile;
 pub mod report;
 pub mod snapshot;
 pub mod spec;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use api::{detect, Jumpset};
 pub use error::{exit, Error};

@@ -95,6 +95,12 @@ pub trait Backend {
 
     /// The current generation (nf_tables genid), after a commit.
     fn generation(&mut self) -> Result<u32, BackendError>;
+
+    /// The netlink port id this backend commits from, when the kernel names it in its
+    /// change notifications (nf_tables): how a watcher tells our own commits apart.
+    fn commit_portid(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// A failure talking to the kernel.

@@ -1,23 +1,23 @@
-//! nf_tables change notifications (NFNLGRP_NFTABLES) and what the daemon makes of them.
+//! nf_tables change notifications (NFNLGRP_NFTABLES), decoded into [`Commit`]s.
 //!
 //! Per committed batch the kernel multicasts one message per changed object (NEWRULE,
 //! DELRULE, DELCHAIN, DELTABLE, ...) and then one NEWGEN carrying the new generation and
 //! the committing task's pid and comm; every message of a batch carries, as `nlmsg_pid`,
-//! the port id of the socket that sent it (reference C.2, C.3). The [`Classifier`] is pure:
-//! it collects, per port id, which watched chains a batch touched and hands out one
-//! [`Commit`] when that batch's NEWGEN arrives. Telling our own commits from others' is the
-//! caller's business: it compares [`Commit::portid`] with the port id of the socket it
-//! commits from (not this one's: the monitor never writes).
+//! the port id of the socket that sent it. The [`Classifier`] is pure: it collects, per
+//! port id, which ip/ip6 chains a batch touched (and whose rules moved there) and hands
+//! out one [`Commit`] when that batch's NEWGEN arrives. Which chains matter, and telling
+//! our own commits from others' (by the port id of the socket we commit from, not this
+//! one's: the monitor never writes), is the engine's business.
 //!
 //! [`Monitor`] is the socket: subscribed to group 7, with a large receive buffer
 //! (SO_RCVBUFFORCE), non-blocking under tokio. When the queue overflows, `recv` fails
-//! with ENOBUFS and the caller re-reads everything (reference C.4).
+//! with ENOBUFS and the caller re-reads everything.
 
-use super::fight::Writer;
-use crate::backend::nft::codec::{self, Body, Message};
-use crate::snapshot::agent_of;
+use crate::backend::nft::codec::{self, Body, Message, NFPROTO_IPV4, NFPROTO_IPV6};
+use crate::notification::Commit;
+use crate::snapshot::{agent_of, Family};
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io;
 
 /// The nf_tables multicast group.
@@ -26,50 +26,33 @@ pub const NFNLGRP_NFTABLES: u32 = 7;
 /// kernel never sends one larger than a page plus its headers, but be generous).
 const RECV_BUF: usize = 64 * 1024;
 
-/// A watched chain: (nfgen family, table, chain).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Watched {
-    /// `NFPROTO_IPV4` or `NFPROTO_IPV6`.
-    pub nfproto: u8,
-    /// Table name.
-    pub table: String,
-    /// Chain name.
-    pub chain: String,
-}
-
-/// A committed batch that touched watched chains.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Commit {
-    /// Port id of the socket that sent the batch.
-    pub portid: u32,
-    /// The generation the commit produced.
-    pub generation: u32,
-    /// Who committed (NEWGEN's pid and comm) and whose rules the batch touched.
-    pub writer: Writer,
-    /// Indices (into the watch list) of the chains it touched.
-    pub targets: Vec<usize>,
-}
-
+/// Turns notification messages into [`Commit`]s touching ip/ip6 chains.
 #[derive(Debug, Default)]
-struct Pending {
-    targets: BTreeSet<usize>,
-    agents: Vec<&'static str>,
-}
-
-/// Turns notification messages into [`Commit`]s touching the watched chains.
-#[derive(Debug)]
 pub struct Classifier {
-    watch: Vec<Watched>,
+    /// Batches seen in part, by port id: what they touched so far.
     pending: HashMap<u32, Pending>,
 }
 
+/// A batch in progress, with an index of what it touched (a kube-proxy restore touches
+/// thousands of chains in one batch).
+#[derive(Debug)]
+struct Pending {
+    commit: Commit,
+    index: HashMap<(Family, String, Option<String>), usize>,
+}
+
+fn family(nfproto: u8) -> Option<Family> {
+    match nfproto {
+        NFPROTO_IPV4 => Some(Family::Ip),
+        NFPROTO_IPV6 => Some(Family::Ip6),
+        _ => None,
+    }
+}
+
 impl Classifier {
-    /// Watch these chains; a commit's `targets` index into this list.
-    pub fn new(watch: Vec<Watched>) -> Self {
-        Classifier {
-            watch,
-            pending: HashMap::new(),
-        }
+    /// Nothing seen yet.
+    pub fn new() -> Self {
+        Classifier::default()
     }
 
     /// Forget half-seen batches (after an overflow: their NEWGEN may be lost).
@@ -77,60 +60,61 @@ impl Classifier {
         self.pending.clear();
     }
 
-    fn touch(&mut self, portid: u32, hit: impl Fn(&Watched) -> bool, agent: Option<&'static str>) {
-        let idx: Vec<usize> = (0..self.watch.len())
-            .filter(|&i| hit(&self.watch[i]))
-            .collect();
-        if idx.is_empty() {
+    fn touch(
+        &mut self,
+        m: &Message,
+        table: &str,
+        chain: Option<&str>,
+        agent: Option<&'static str>,
+    ) {
+        let Some(fam) = family(m.family) else {
             return;
-        }
-        let p = self.pending.entry(portid).or_default();
-        p.targets.extend(idx);
+        };
+        let p = self.pending.entry(m.portid).or_insert_with(|| Pending {
+            commit: Commit::new(0, m.portid, None, None),
+            index: HashMap::new(),
+        });
+        let key = (fam, table.to_string(), chain.map(str::to_string));
+        let i = match p.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                p.commit.touch(fam, table, chain, None);
+                let i = p.commit.touched.len() - 1;
+                p.index.insert(key, i);
+                i
+            }
+        };
+        let agents = &mut p.commit.touched[i].agents;
         if let Some(a) = agent.filter(|a| *a != "unknown") {
-            if !p.agents.contains(&a) {
-                p.agents.push(a);
+            if !agents.contains(&a) {
+                agents.push(a);
             }
         }
     }
 
     /// Feed one message; returns the commit when `m` is the NEWGEN closing a batch that
-    /// touched a watched chain.
+    /// touched an ip/ip6 chain.
     pub fn feed(&mut self, m: &Message) -> Option<Commit> {
-        let fam = m.family;
         match &m.body {
             Body::NewRule(r) | Body::DelRule(r) => {
                 let agent = agent_of(&codec::to_rule(r));
-                self.touch(
-                    m.portid,
-                    |w| w.nfproto == fam && w.table == r.table && w.chain == r.chain,
-                    Some(agent),
-                );
+                self.touch(m, &r.table, Some(&r.chain), Some(agent));
                 None
             }
             Body::DelChain(c) => {
-                self.touch(
-                    m.portid,
-                    |w| w.nfproto == fam && w.table == c.table && w.chain == c.name,
-                    None,
-                );
+                self.touch(m, &c.table, Some(&c.name), None);
                 None
             }
             Body::DelTable(t) => {
-                self.touch(m.portid, |w| w.nfproto == fam && w.table == t.name, None);
+                self.touch(m, &t.name, None, None);
                 None
             }
             Body::Gen(g) => {
-                let p = self.pending.remove(&m.portid)?;
-                Some(Commit {
-                    portid: m.portid,
-                    generation: g.id,
-                    writer: Writer {
-                        pid: g.proc_pid,
-                        name: g.proc_name.clone(),
-                        agents: p.agents,
-                    },
-                    targets: p.targets.into_iter().collect(),
-                })
+                let mut c = self.pending.remove(&m.portid)?.commit;
+                c.generation = g.id;
+                c.pid = g.proc_pid;
+                c.comm = g.proc_name.clone();
+                Some(c)
             }
             _ => None,
         }
@@ -205,9 +189,7 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::nft::codec::{
-        parse, ChainInfo, GenInfo, NftRule, TableInfo, NFPROTO_IPV4, NFPROTO_IPV6,
-    };
+    use crate::backend::nft::codec::{parse, ChainInfo, GenInfo, NftRule, TableInfo};
 
     macro_rules! fixture {
         ($name:literal) => {
@@ -221,19 +203,25 @@ mod tests {
         };
     }
 
-    fn watch() -> Vec<Watched> {
-        vec![
-            Watched {
-                nfproto: NFPROTO_IPV4,
-                table: "nat".into(),
-                chain: "PREROUTING".into(),
-            },
-            Watched {
-                nfproto: NFPROTO_IPV6,
-                table: "nat".into(),
-                chain: "PREROUTING".into(),
-            },
-        ]
+    /// (chain or `*` for a whole table, agents) of each touched ip/ip6 chain.
+    fn touched(c: &Commit) -> Vec<(Family, String, String, Vec<&'static str>)> {
+        c.touched
+            .iter()
+            .map(|t| {
+                (
+                    t.family,
+                    t.table.clone(),
+                    t.chain.clone().unwrap_or_else(|| "*".into()),
+                    t.agents.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn ip_nat_prerouting(c: &Commit) -> bool {
+        c.touched
+            .iter()
+            .any(|t| t.covers(Family::Ip, "nat", "PREROUTING"))
     }
 
     fn msg(portid: u32, family: u8, body: Body) -> Message {
@@ -279,18 +267,23 @@ mod tests {
         let rule_msgs = parse(fixture!("rx_notify_basechain_rule")).unwrap();
         let mut g = parse(fixture!("rx_notify_newgen")).unwrap().remove(0);
         g.portid = rule_msgs[1].portid;
-        let mut c = Classifier::new(watch());
+        let mut c = Classifier::new();
         for m in &rule_msgs {
             assert!(c.feed(m).is_none(), "nothing before the NEWGEN");
         }
         let commit = c.feed(&g).expect("a commit touching ip nat PREROUTING");
-        assert_eq!(commit.targets, vec![0]);
-        assert_eq!(commit.writer.name.as_deref(), Some("iptables-nft"));
-        assert!(commit.writer.pid.is_some());
+        assert!(ip_nat_prerouting(&commit), "{commit:?}");
+        assert_eq!(commit.touched.len(), 1, "{commit:?}");
+        assert_eq!(commit.comm.as_deref(), Some("iptables-nft"));
+        assert!(commit.pid.is_some());
         assert_eq!(commit.portid, rule_msgs[1].portid);
+        let Body::Gen(newgen) = &g.body else {
+            panic!("not a NEWGEN: {g:?}")
+        };
+        assert_eq!(commit.generation, newgen.id);
 
-        // A batch that only created the table and a user chain touches nothing watched.
-        let mut c = Classifier::new(watch());
+        // A batch that only created the table and a user chain touches no chain's rules.
+        let mut c = Classifier::new();
         let msgs = parse(fixture!("rx_notify_newtable_userchain")).unwrap();
         for m in &msgs {
             assert!(c.feed(m).is_none());
@@ -301,8 +294,8 @@ mod tests {
     }
 
     #[test]
-    fn other_tables_chains_and_families_are_ignored() {
-        let mut c = Classifier::new(watch());
+    fn only_ip_and_ip6_chains_count_and_each_is_named() {
+        let mut c = Classifier::new();
         for m in [
             msg(9, NFPROTO_IPV4, Body::NewRule(rule("filter", "PREROUTING"))),
             msg(9, NFPROTO_IPV4, Body::NewRule(rule("nat", "OUTPUT"))),
@@ -323,12 +316,34 @@ mod tests {
         ] {
             assert!(c.feed(&m).is_none());
         }
-        assert!(c.feed(&gen(9, 3, "kube-proxy")).is_none());
+        let commit = c.feed(&gen(9, 3, "kube-proxy")).unwrap();
+        assert_eq!(
+            touched(&commit),
+            [
+                (Family::Ip, "filter".into(), "PREROUTING".into(), vec![]),
+                (Family::Ip, "nat".into(), "OUTPUT".into(), vec![]),
+            ]
+        );
+        assert!(
+            !ip_nat_prerouting(&commit),
+            "inet nat PREROUTING is not ip's"
+        );
+        // A batch of nothing but a new table: no commit.
+        c.feed(&msg(
+            5,
+            NFPROTO_IPV4,
+            Body::NewTable(TableInfo {
+                name: "nat".into(),
+                flags: 0,
+                handle: 1,
+            }),
+        ));
+        assert!(c.feed(&gen(5, 4, "nft")).is_none());
     }
 
     #[test]
     fn commits_are_kept_apart_by_port_id_and_deletions_count() {
-        let mut c = Classifier::new(watch());
+        let mut c = Classifier::new();
         let del_chain = Body::DelChain(ChainInfo {
             table: "nat".into(),
             name: "PREROUTING".into(),
@@ -354,28 +369,66 @@ mod tests {
             }),
         ));
         let a = c.feed(&gen(2, 10, "a")).unwrap();
+        assert_eq!((a.portid, a.generation), (2, 10));
         assert_eq!(
-            (a.portid, a.targets.clone(), a.generation),
-            (2, vec![0], 10)
+            touched(&a),
+            [(Family::Ip, "nat".into(), "PREROUTING".into(), vec![])]
         );
         let b = c.feed(&gen(1, 11, "b")).unwrap();
-        assert_eq!(b.targets, vec![1]);
+        assert_eq!(
+            touched(&b),
+            [(Family::Ip6, "nat".into(), "PREROUTING".into(), vec![])]
+        );
         let d = c.feed(&gen(3, 12, "nft")).unwrap();
-        assert_eq!(d.targets, vec![0]);
+        assert_eq!(
+            touched(&d),
+            [(Family::Ip, "nat".into(), "*".into(), vec![])]
+        );
+        assert!(ip_nat_prerouting(&d), "a table deletion covers its chains");
         assert!(c.feed(&gen(3, 13, "nft")).is_none(), "consumed");
     }
 
     #[test]
     fn the_agent_whose_rule_moved_is_named() {
         let msgs = parse(fixture!("rx_notify_insert_before")).unwrap();
-        let mut c = Classifier::new(watch());
+        let mut c = Classifier::new();
         for m in &msgs {
             c.feed(m);
         }
         let commit = c.feed(&gen(msgs[0].portid, 4, "iptables-nft")).unwrap();
         // That capture inserts `-g KUBE-SERVICES`.
-        assert_eq!(commit.writer.agents, vec!["kube-proxy"]);
+        assert_eq!(
+            touched(&commit),
+            [(
+                Family::Ip,
+                "nat".into(),
+                "PREROUTING".into(),
+                vec!["kube-proxy"]
+            )]
+        );
         c.reset();
         assert!(c.feed(&gen(msgs[0].portid, 5, "x")).is_none());
+    }
+
+    #[test]
+    fn a_batch_over_thousands_of_chains_names_each_once() {
+        // As a kube-proxy restore: every chain written twice in one batch.
+        let mut c = Classifier::new();
+        for round in 0..2 {
+            for i in 0..1000 {
+                let mut r = rule("nat", &format!("KUBE-SVC-{i}"));
+                r.handle = round * 10_000 + i;
+                c.feed(&msg(3, NFPROTO_IPV4, Body::NewRule(r)));
+            }
+        }
+        c.feed(&msg(
+            3,
+            NFPROTO_IPV4,
+            Body::DelRule(rule("nat", "PREROUTING")),
+        ));
+        let commit = c.feed(&gen(3, 9, "iptables-nft-re")).unwrap();
+        assert_eq!(commit.touched.len(), 1001);
+        assert_eq!(commit.touched[999].chain.as_deref(), Some("KUBE-SVC-999"));
+        assert!(ip_nat_prerouting(&commit));
     }
 }

@@ -563,6 +563,10 @@ fn hook_name(hook: u32) -> String {
 }
 
 impl Backend for NftBackend {
+    fn commit_portid(&self) -> Option<u32> {
+        Some(self.portid)
+    }
+
     fn name(&self) -> &'static str {
         "nft"
     }

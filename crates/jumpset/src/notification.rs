@@ -1,0 +1,127 @@
+//! What the kernel announces about a committed transaction: nf_tables multicasts, per
+//! committed batch, one message per changed object (NEWRULE, DELRULE, DELCHAIN, DELTABLE,
+//! ...) and then one NEWGEN carrying the new generation and the committing task's pid and
+//! comm; every message of the batch carries, as `nlmsg_pid`, the port id of the socket
+//! that sent it.
+//!
+//! [`Commit`] is that batch, reduced to what a watcher of iptables chains needs: which
+//! (family, table, chain) it touched, whose rules moved, and who committed it. The daemon
+//! builds them from the notification socket (`daemon::monitor`); the fake kernel
+//! (`testing::FakeKernel`, feature `testing`) produces the same for every commit it makes.
+
+use crate::snapshot::Family;
+
+/// One committed transaction, as announced to listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Commit {
+    /// The generation the commit produced.
+    pub generation: u32,
+    /// Port id of the netlink socket that sent the batch (ours tell our commits apart).
+    pub portid: u32,
+    /// PID of the committing task (initial PID namespace), when the kernel says.
+    pub pid: Option<u32>,
+    /// Its comm (at most 15 characters), when the kernel says.
+    pub comm: Option<String>,
+    /// The iptables chains (ip and ip6 families) the batch changed, in order of first
+    /// change.
+    pub touched: Vec<Touched>,
+}
+
+/// A chain (or a whole table) one commit changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Touched {
+    /// Address family.
+    pub family: Family,
+    /// Table.
+    pub table: String,
+    /// The chain whose rules were added or deleted, or that was deleted; `None` when the
+    /// whole table was deleted.
+    pub chain: Option<String>,
+    /// The agents whose rules were added or deleted there (`snapshot::agent_of`), in
+    /// order of first appearance, `unknown` left out.
+    pub agents: Vec<&'static str>,
+}
+
+impl Touched {
+    /// A change to `chain` of `table`; `None` for the whole table.
+    pub fn new(family: Family, table: &str, chain: Option<&str>) -> Self {
+        Touched {
+            family,
+            table: table.to_string(),
+            chain: chain.map(str::to_string),
+            agents: Vec::new(),
+        }
+    }
+
+    /// Whether this change reaches `family` `table` `chain`.
+    pub fn covers(&self, family: Family, table: &str, chain: &str) -> bool {
+        self.family == family
+            && self.table == table
+            && self.chain.as_deref().is_none_or(|c| c == chain)
+    }
+}
+
+impl Commit {
+    /// A commit with nothing touched yet.
+    pub fn new(generation: u32, portid: u32, pid: Option<u32>, comm: Option<String>) -> Self {
+        Commit {
+            generation,
+            portid,
+            pid,
+            comm,
+            touched: Vec::new(),
+        }
+    }
+
+    /// Record that the batch touched `family` `table` `chain` (`None`: the table), moving
+    /// a rule of `agent` (if any) there.
+    pub fn touch(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: Option<&str>,
+        agent: Option<&'static str>,
+    ) {
+        let i = match self
+            .touched
+            .iter()
+            .position(|t| t.family == family && t.table == table && t.chain.as_deref() == chain)
+        {
+            Some(i) => i,
+            None => {
+                self.touched.push(Touched::new(family, table, chain));
+                self.touched.len() - 1
+            }
+        };
+        if let Some(a) = agent.filter(|a| *a != "unknown") {
+            let t = &mut self.touched[i];
+            if !t.agents.contains(&a) {
+                t.agents.push(a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touches_merge_per_chain_and_a_table_deletion_covers_its_chains() {
+        let mut c = Commit::new(7, 42, Some(1), Some("iptables-nft".into()));
+        c.touch(Family::Ip, "nat", Some("PREROUTING"), Some("kube-proxy"));
+        c.touch(Family::Ip, "nat", Some("PREROUTING"), Some("unknown"));
+        c.touch(Family::Ip, "nat", Some("PREROUTING"), Some("kube-proxy"));
+        c.touch(Family::Ip, "nat", Some("PREROUTING"), Some("calico"));
+        c.touch(Family::Ip6, "nat", None, None);
+        assert_eq!(c.touched.len(), 2);
+        assert_eq!(c.touched[0].agents, vec!["kube-proxy", "calico"]);
+        assert!(c.touched[0].covers(Family::Ip, "nat", "PREROUTING"));
+        assert!(!c.touched[0].covers(Family::Ip, "nat", "OUTPUT"));
+        assert!(!c.touched[0].covers(Family::Ip6, "nat", "PREROUTING"));
+        assert!(c.touched[1].covers(Family::Ip6, "nat", "OUTPUT"));
+        assert!(!c.touched[1].covers(Family::Ip6, "filter", "OUTPUT"));
+    }
+}
