@@ -73,3 +73,8 @@ pub mod testing;
 
 pub use api::{detect, Jumpset};
 pub use error::{exit, Error};
+
+/// The crate README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
