@@ -40,6 +40,29 @@ pub fn cleanup(js: &Jumpset) -> Result<Output, CmdError> {
     Ok(output(js.cleanup()?, render::apply))
 }
 
+/// `jumpset wait`: `check` every 100 ms until every chain has converged (exit 0) or
+/// `timeout` has passed (the last check's output, exit 1 — or its error). A conflict is
+/// as converged as the foreign rules allow: it ends the wait (exit 5).
+pub fn wait(js: &Jumpset, timeout: std::time::Duration) -> Result<Output, CmdError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let report = js.check()?;
+        let code = report.exit_code();
+        let done = code != jumpset::exit::DRIFT;
+        if done || std::time::Instant::now() >= deadline {
+            let mut out = output(report, render::check);
+            if !done {
+                out.text.push_str(&format!(
+                    "not converged after {} s\n",
+                    timeout.as_secs_f64()
+                ));
+            }
+            return Ok(out);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// `jumpset detect`.
 pub fn detect() -> Result<Output, CmdError> {
     let host = jumpset::detect()?;

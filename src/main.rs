@@ -62,6 +62,13 @@ enum Command {
     /// Keep the chains reconciled: react to nf_tables change notifications (legacy: poll
     /// every `resync_interval`), back off from fights, notify systemd, serve metrics.
     Daemon,
+    /// Wait until every managed chain has converged (for node bootstrap scripts): exit 0
+    /// then, 1 if it has not by the timeout; reads only, never writes.
+    Wait {
+        /// How long to wait (`"30s"`, `"2m"`, `"500ms"`).
+        #[arg(long, default_value = "60s", value_name = "DURATION")]
+        timeout: String,
+    },
     /// The Harvester incident and its repair, in a throwaway network namespace.
     Demo,
     /// Reconcile timings against the exec baselines, in a throwaway network namespace
@@ -136,6 +143,11 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
         Command::Plan => commands::plan(&js),
         Command::Apply => commands::apply(&js),
         Command::Cleanup => commands::cleanup(&js),
+        Command::Wait { ref timeout } => {
+            let timeout = jumpset::spec::parse_duration(timeout)
+                .map_err(|e| CmdError::new(EXIT_USAGE, format!("--timeout: {e}")))?;
+            commands::wait(&js, timeout)
+        }
         Command::Demo | Command::Detect | Command::Bench { .. } | Command::Daemon => {
             unreachable!("handled before the config is read")
         }

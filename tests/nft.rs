@@ -617,3 +617,37 @@ fn our_decoder_and_netlink_packet_netfilter_agree_on_a_live_dump() {
         assert_eq!(ours, nft_handles("ip", "nat", "PREROUTING"));
     });
 }
+
+#[test]
+fn wait_returns_once_the_chains_converge_and_fails_at_its_timeout() {
+    netns(|| {
+        ok(&format!(
+            "iptables-nft-restore < {}",
+            fixture("harvester-broken.rules").display()
+        ));
+        let cfg = config(&harvester_config());
+        let run = jumpset(&["wait", "--timeout", "300ms", "--config", cfg.as_str()]);
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stdout.contains("not converged after 0.3 s"),
+            "{}",
+            run.stdout
+        );
+        // A bootstrap script waits while someone else (the daemon, here `apply`) repairs.
+        let waiter = std::process::Command::new(bin())
+            .args(["wait", "--timeout", "20s", "--config", cfg.as_str()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        assert_eq!(jumpset(&["apply", "--config", cfg.as_str()]).code, 0);
+        let out = waiter.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("converged"));
+        // Reads only: the wait itself never wrote (one commit: apply's).
+        let (_, commits) = count_commits(|| jumpset(&["wait", "--config", cfg.as_str()]));
+        assert_eq!(commits, 0);
+    });
+}
