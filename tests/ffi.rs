@@ -368,6 +368,79 @@ fn go_agent_built_without_cgo_says_the_in_process_transport_is_missing() {
     );
 }
 
+/// The C snippet of the README's "Embedding (C ABI)" section.
+fn readme_c_snippet() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Embedding (C ABI)")
+        .expect("the README's C ABI section")..];
+    let body = &section[section.find("```c\n").expect("a C snippet") + 5..];
+    body[..body.find("\n```").unwrap()].to_string()
+}
+
+#[test]
+fn the_readme_c_snippet_inserts_the_jump_and_reports_its_handle() {
+    require("cc", "gcc");
+    let dir = out_dir().join("readme-c");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("snippet.c"), readme_c_snippet()).unwrap();
+    std::fs::write(
+        dir.join("main.c"),
+        "int repair(const char *spec_json);\nint main(int argc, char **argv) { return argc == 2 ? repair(argv[1]) : 2; }\n",
+    )
+    .unwrap();
+    let bin = dir.join("repair");
+    let libdir = installed().join("lib");
+    build(
+        Command::new("cc")
+            .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&bin)
+            .arg(dir.join("snippet.c"))
+            .arg(dir.join("main.c"))
+            .args(pkg_config(&["--cflags", "--libs"]))
+            .arg(format!("-Wl,-rpath,{}", libdir.display())),
+        "cc (the README's C snippet)",
+    );
+    netns(|| {
+        ok_stdin("iptables-nft-restore", &without_kube_ovn());
+        let out = Command::new(&bin).arg(HARVESTER_JSON).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("repairing: ip nat PREROUTING: drift: 1 change(s) needed"),
+            "{stderr}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let handle = report["ops"][0]["handle"]
+            .as_u64()
+            .expect("the insert's handle");
+        let listed = ok("nft -a list chain ip nat PREROUTING");
+        let line = listed
+            .lines()
+            .find(|l| l.contains("jump OVN-PREROUTING "))
+            .unwrap();
+        assert!(
+            line.trim_end().ends_with(&format!("# handle {handle}")),
+            "{handle}: {line}"
+        );
+        assert_eq!(
+            saved_chain("iptables-nft-save", "PREROUTING"),
+            fixture_chain("harvester-healthy.rules", "PREROUTING")
+        );
+        // A bad spec: the message names the key, the code is the usage one.
+        let out = Command::new(&bin)
+            .arg(HARVESTER_JSON.replace("\"after\"", "\"afterwards\""))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("jumpset: config: chains[0].jumps[0].afterwards"),
+            "{stderr}"
+        );
+    });
+}
+
 #[test]
 fn the_install_step_lays_out_a_library_pkg_config_finds() {
     let prefix = installed();
