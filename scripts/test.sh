@@ -7,14 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for bin in iptables-nft iptables-legacy nft strace setpriv systemd-analyze cc go valgrind; do
+for bin in iptables-nft iptables-legacy nft strace setpriv systemd-analyze cc go valgrind pkg-config readelf; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test dependencies (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq iptables nftables strace util-linux systemd gcc golang-go valgrind >/dev/null
+    apt-get install -y -qq iptables nftables strace util-linux systemd gcc golang-go valgrind \
+        pkg-config binutils >/dev/null
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "the integration tests need root (they create network namespaces)" >&2
@@ -25,6 +26,30 @@ fi
 figures=target/tmp/figures.txt
 rm -f "$figures"
 cargo test --locked --workspace "$@"
+
+# The Go package (go/): its in-process transport links the C library through cgo and
+# pkg-config, so the library is installed into a scratch prefix first, exactly as
+# ffi/install.sh installs it for an operator. No Go module is fetched.
+echo "== the Go package (go/)"
+target=${CARGO_TARGET_DIR:-$PWD/target}
+cargo build --locked --quiet -p jumpset-ffi
+prefix=$target/go-prefix
+rm -rf "$prefix"
+LDCONFIG='' JUMPSET_LIB_DIR=$target/debug ffi/install.sh "$prefix" >/dev/null
+export PKG_CONFIG_PATH=$prefix/lib/pkgconfig LD_LIBRARY_PATH=$prefix/lib GOPROXY=off GOTOOLCHAIN=local
+unformatted=$(gofmt -l go ffi/examples/go)
+if [ -n "$unformatted" ]; then
+    echo "gofmt would change: $unformatted (run gofmt -w)" >&2
+    exit 1
+fi
+(
+    cd go
+    go vet ./...
+    go test -count=1 ./...
+    CGO_ENABLED=0 go vet ./...
+    CGO_ENABLED=0 go build ./...
+    CGO_ENABLED=0 go test -count=1 ./...
+)
 if [ -s "$figures" ]; then
     echo "== figures measured by the tests"
     cat "$figures"

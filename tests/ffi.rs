@@ -1,8 +1,12 @@
-//! The C ABI (`ffi/`) as embedders use it, each test in a fresh network namespace: the C
-//! example built against the header (shared and static) and the Go example (cgo) repair
-//! the broken seed chain, `iptables-nft-save` confirms it, valgrind finds no leak; and the
-//! built `libjumpset.so`, loaded with dlopen, is driven directly: bad arguments, NULL
-//! handles, and one handle used from threads in different network namespaces.
+//! The C ABI (`ffi/`) as embedders use it, each test in a fresh network namespace: the
+//! library installed by `ffi/install.sh` (SONAME, links, header, pkg-config file); the C
+//! example built with `pkg-config jumpset` (shared) and against `libjumpset.a` (static)
+//! repairs the broken seed chain, `iptables-nft-save` confirms it, valgrind finds no
+//! leak; the Go example agent (the package in `go/`, cgo) inserts its jump and reports the
+//! handle `nft -a` lists; the README's C snippet runs; and the built `libjumpset.so`,
+//! loaded with dlopen, is driven directly: bad arguments, NULL handles, the JSON
+//! constructor, handles in reports, and one handle used from threads in different network
+//! namespaces.
 //!
 //! Needs `cc`, `go` (Debian's golang-go) and `valgrind` on the PATH; a missing one fails
 //! the test that needs it, with the package to install.
@@ -62,6 +66,45 @@ fn lib_dir() -> &'static Path {
     })
 }
 
+/// The library installed by `ffi/install.sh` into a prefix of this test run (once), as
+/// the README tells an operator to; returns the prefix.
+fn installed() -> &'static Path {
+    static PREFIX: OnceLock<PathBuf> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let prefix = out_dir().join("prefix");
+        let _ = std::fs::remove_dir_all(&prefix);
+        build(
+            Command::new(root().join("ffi/install.sh"))
+                .arg(&prefix)
+                .env("JUMPSET_LIB_DIR", lib_dir())
+                .env("LDCONFIG", ""),
+            "ffi/install.sh",
+        );
+        prefix
+    })
+}
+
+/// `pkg-config ARGS jumpset` against the installed prefix.
+fn pkg_config(args: &[&str]) -> Vec<String> {
+    require("pkg-config", "pkg-config");
+    let out = Command::new("pkg-config")
+        .args(args)
+        .arg("jumpset")
+        .env("PKG_CONFIG_PATH", installed().join("lib/pkgconfig"))
+        .output()
+        .expect("pkg-config runs");
+    assert!(
+        out.status.success(),
+        "pkg-config {args:?} jumpset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 /// A tool the test needs, or a clear failure naming the package that provides it.
 fn require(tool: &str, package: &str) {
     let found = Command::new("sh")
@@ -85,8 +128,9 @@ fn build(cmd: &mut Command, what: &str) {
     );
 }
 
-/// The C example, linked against the shared library (`static_link = false`, with an
-/// rpath) or the static one, as the README says.
+/// The C example, linked against the installed shared library as `pkg-config` says (with
+/// an rpath to the prefix; `static_link = false`) or against the static one, as the
+/// README says.
 fn c_agent(static_link: bool) -> PathBuf {
     static SHARED: OnceLock<PathBuf> = OnceLock::new();
     static STATIC: OnceLock<PathBuf> = OnceLock::new();
@@ -115,10 +159,9 @@ fn c_agent(static_link: bool) -> PathBuf {
                 "-ldl",
             ]);
         } else {
-            cc.arg("-L")
-                .arg(lib)
-                .arg("-ljumpset")
-                .arg(format!("-Wl,-rpath,{}", lib.display()));
+            let libdir = installed().join("lib");
+            cc.args(pkg_config(&["--cflags", "--libs"]))
+                .arg(format!("-Wl,-rpath,{}", libdir.display()));
         }
         build(&mut cc, "cc agent.c");
         bin
@@ -126,30 +169,42 @@ fn c_agent(static_link: bool) -> PathBuf {
     .clone()
 }
 
-/// The Go example, built with cgo against the shared library.
-fn go_agent() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        require("go", "golang-go");
-        let lib = lib_dir();
-        let bin = out_dir().join("ffi-agent-go");
-        let cache = out_dir().join("go");
+/// The environment of a Go build in this test run: no module is fetched (the package
+/// and the example need only the standard library), the library found by pkg-config in
+/// the installed prefix, and an rpath to it.
+fn go_env(cmd: &mut Command) -> &mut Command {
+    require("go", "golang-go");
+    let cache = out_dir().join("go");
+    let libdir = installed().join("lib");
+    cmd.env("PKG_CONFIG_PATH", libdir.join("pkgconfig"))
+        .env("CGO_LDFLAGS", format!("-Wl,-rpath,{}", libdir.display()))
+        .env("GOCACHE", cache.join("cache"))
+        .env("GOPATH", cache.join("path"))
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+}
+
+/// The Go example agent (ffi/examples/go, which imports the package in go/), built with
+/// cgo (`cgo = true`) or without (CGO_ENABLED=0).
+fn go_agent(cgo: bool) -> PathBuf {
+    static CGO: OnceLock<PathBuf> = OnceLock::new();
+    static PURE: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if cgo { &CGO } else { &PURE };
+    cell.get_or_init(|| {
+        let bin = out_dir().join(if cgo {
+            "ffi-agent-go"
+        } else {
+            "ffi-agent-go-nocgo"
+        });
         build(
-            Command::new("go")
-                .current_dir(root().join("ffi/examples/go"))
-                .args(["build", "-o"])
-                .arg(&bin)
-                .arg(".")
-                .env("CGO_ENABLED", "1")
-                .env(
-                    "CGO_LDFLAGS",
-                    format!("-L{0} -Wl,-rpath,{0}", lib.display()),
-                )
-                .env("GOCACHE", cache.join("cache"))
-                .env("GOPATH", cache.join("path"))
-                // No module is fetched: the example has no dependencies.
-                .env("GOPROXY", "off")
-                .env("GOTOOLCHAIN", "local"),
+            go_env(
+                Command::new("go")
+                    .current_dir(root().join("ffi/examples/go"))
+                    .args(["build", "-o"])
+                    .arg(&bin)
+                    .arg("."),
+            )
+            .env("CGO_ENABLED", if cgo { "1" } else { "0" }),
             "go build (ffi/examples/go)",
         );
         bin
@@ -242,9 +297,198 @@ fn c_agent_linked_static_repairs_the_broken_chain() {
     repairs_the_broken_chain(&agent, &[]);
 }
 
+/// The healthy seed chain without Kube-OVN's jump: where the agent inserts it.
+fn without_kube_ovn() -> String {
+    std::fs::read_to_string(fixture("harvester-healthy.rules"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("kube-ovn"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 #[test]
-fn go_agent_repairs_the_broken_chain() {
-    repairs_the_broken_chain(&go_agent(), &[]);
+fn go_agent_inserts_its_jump_in_process_and_reports_the_handle() {
+    let agent = go_agent(true);
+    netns(|| {
+        ok_stdin("iptables-nft-restore", &without_kube_ovn());
+        let out = Command::new(&agent).output().expect("the agent runs");
+        let run = AgentRun {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        assert_eq!(run.values("transport"), ["in-process"]);
+        assert_eq!(run.values("version"), [env!("CARGO_PKG_VERSION")]);
+        assert_eq!(
+            run.values("check"),
+            ["drift", "converged"],
+            "{}",
+            run.stdout
+        );
+        assert_eq!(run.values("reconcile"), ["ok"]);
+        let ops = run.values("op");
+        assert_eq!(ops.len(), 1, "{}", run.stdout);
+        assert!(
+            ops[0].starts_with("insert ip nat PREROUTING handle="),
+            "{}",
+            ops[0]
+        );
+        // The handle the agent printed is the one nft lists for its rule.
+        let handle = ops[0]
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("handle="))
+            .unwrap();
+        let listed = ok("nft -a list chain ip nat PREROUTING");
+        let line = listed
+            .lines()
+            .find(|l| l.contains("jump OVN-PREROUTING "))
+            .unwrap_or_else(|| panic!("{listed}"));
+        assert!(
+            line.trim_end().ends_with(&format!("# handle {handle}")),
+            "agent says {handle}, nft: {line}"
+        );
+        assert_eq!(
+            saved_chain("iptables-nft-save", "PREROUTING"),
+            fixture_chain("harvester-healthy.rules", "PREROUTING")
+        );
+    });
+}
+
+#[test]
+fn go_agent_built_without_cgo_says_the_in_process_transport_is_missing() {
+    let agent = go_agent(false);
+    let out = Command::new(&agent).output().expect("the agent runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("built without cgo") && stderr.contains("use NewSocket"),
+        "{stderr}"
+    );
+}
+
+/// The C snippet of the README's "Embedding (C ABI)" section.
+fn readme_c_snippet() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Embedding (C ABI)")
+        .expect("the README's C ABI section")..];
+    let body = &section[section.find("```c\n").expect("a C snippet") + 5..];
+    body[..body.find("\n```").unwrap()].to_string()
+}
+
+#[test]
+fn the_readme_c_snippet_inserts_the_jump_and_reports_its_handle() {
+    require("cc", "gcc");
+    let dir = out_dir().join("readme-c");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("snippet.c"), readme_c_snippet()).unwrap();
+    std::fs::write(
+        dir.join("main.c"),
+        "int repair(const char *spec_json);\nint main(int argc, char **argv) { return argc == 2 ? repair(argv[1]) : 2; }\n",
+    )
+    .unwrap();
+    let bin = dir.join("repair");
+    let libdir = installed().join("lib");
+    build(
+        Command::new("cc")
+            .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&bin)
+            .arg(dir.join("snippet.c"))
+            .arg(dir.join("main.c"))
+            .args(pkg_config(&["--cflags", "--libs"]))
+            .arg(format!("-Wl,-rpath,{}", libdir.display())),
+        "cc (the README's C snippet)",
+    );
+    netns(|| {
+        ok_stdin("iptables-nft-restore", &without_kube_ovn());
+        let out = Command::new(&bin).arg(HARVESTER_JSON).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("repairing: ip nat PREROUTING: drift: 1 change(s) needed"),
+            "{stderr}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let handle = report["ops"][0]["handle"]
+            .as_u64()
+            .expect("the insert's handle");
+        let listed = ok("nft -a list chain ip nat PREROUTING");
+        let line = listed
+            .lines()
+            .find(|l| l.contains("jump OVN-PREROUTING "))
+            .unwrap();
+        assert!(
+            line.trim_end().ends_with(&format!("# handle {handle}")),
+            "{handle}: {line}"
+        );
+        assert_eq!(
+            saved_chain("iptables-nft-save", "PREROUTING"),
+            fixture_chain("harvester-healthy.rules", "PREROUTING")
+        );
+        // A bad spec: the message names the key, the code is the usage one.
+        let out = Command::new(&bin)
+            .arg(HARVESTER_JSON.replace("\"after\"", "\"afterwards\""))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("jumpset: config: chains[0].jumps[0].afterwards"),
+            "{stderr}"
+        );
+    });
+}
+
+#[test]
+fn the_install_step_lays_out_a_library_pkg_config_finds() {
+    let prefix = installed();
+    let lib = prefix.join("lib");
+    let link = |name: &str| std::fs::read_link(lib.join(name)).unwrap();
+    assert_eq!(link("libjumpset.so"), Path::new("libjumpset.so.1"));
+    assert_eq!(link("libjumpset.so.1"), Path::new("libjumpset.so.1.1"));
+    assert!(lib.join("libjumpset.so.1.1").is_file());
+    assert!(lib.join("libjumpset.a").is_file());
+    assert_eq!(
+        std::fs::read(prefix.join("include/jumpset.h")).unwrap(),
+        std::fs::read(root().join("ffi/include/jumpset.h")).unwrap()
+    );
+    require("readelf", "binutils");
+    let dynamic = ok(&format!(
+        "readelf -d {}",
+        lib.join("libjumpset.so.1.1").display()
+    ));
+    assert!(
+        dynamic.contains("Library soname: [libjumpset.so.1]"),
+        "{dynamic}"
+    );
+    let include = prefix.join("include");
+    assert_eq!(
+        pkg_config(&["--cflags", "--libs"]),
+        [
+            format!("-I{}", include.display()),
+            format!("-L{}", lib.display()),
+            "-ljumpset".to_string()
+        ]
+    );
+    assert_eq!(pkg_config(&["--modversion"]), [env!("CARGO_PKG_VERSION")]);
+    assert!(pkg_config(&["--static", "--libs"]).contains(&"-lpthread".to_string()));
+    // A program linked with -ljumpset asks for the SONAME and finds the installed file.
+    let agent = c_agent(false);
+    let needed = ok(&format!("readelf -d {}", agent.display()));
+    assert!(
+        needed.contains("Shared library: [libjumpset.so.1]"),
+        "{needed}"
+    );
+    let ldd = ok(&format!("ldd {}", agent.display()));
+    assert!(
+        ldd.contains(&format!(
+            "libjumpset.so.1 => {}",
+            lib.join("libjumpset.so.1").display()
+        )),
+        "{ldd}"
+    );
 }
 
 #[test]
@@ -331,7 +575,11 @@ struct Abi {
     version: FnStr,
     last_error: FnStr,
     new: FnNew,
+    new_json: FnNew,
+    last_error_json: FnStr,
     check: FnCode,
+    check_json: FnReconcile,
+    cleanup: FnReconcile,
     reconcile: FnReconcile,
     status_json: FnJson,
     detect_json: FnDetect,
@@ -362,7 +610,11 @@ fn abi() -> &'static Abi {
                 version: cast::<*mut c_void, FnStr>(sym("jumpset_version")),
                 last_error: cast::<*mut c_void, FnStr>(sym("jumpset_last_error")),
                 new: cast::<*mut c_void, FnNew>(sym("jumpset_new")),
+                new_json: cast::<*mut c_void, FnNew>(sym("jumpset_new_json")),
+                last_error_json: cast::<*mut c_void, FnStr>(sym("jumpset_last_error_json")),
                 check: cast::<*mut c_void, FnCode>(sym("jumpset_check")),
+                check_json: cast::<*mut c_void, FnReconcile>(sym("jumpset_check_json")),
+                cleanup: cast::<*mut c_void, FnReconcile>(sym("jumpset_cleanup")),
                 reconcile: cast::<*mut c_void, FnReconcile>(sym("jumpset_reconcile")),
                 status_json: cast::<*mut c_void, FnJson>(sym("jumpset_status_json")),
                 detect_json: cast::<*mut c_void, FnDetect>(sym("jumpset_detect_json")),
@@ -390,10 +642,18 @@ impl Drop for Handle {
 
 impl Handle {
     fn new(config: &[u8]) -> Result<Handle, String> {
+        Handle::made_by(abi().new, config)
+    }
+
+    fn new_json(spec: &str) -> Result<Handle, String> {
+        Handle::made_by(abi().new_json, spec.as_bytes())
+    }
+
+    fn made_by(constructor: FnNew, config: &[u8]) -> Result<Handle, String> {
         let c = CString::new(config).unwrap();
         let mut err = std::ptr::null_mut();
         // SAFETY: a NUL-terminated config and a writable out-pointer.
-        let h = unsafe { (abi().new)(c.as_ptr(), &mut err) };
+        let h = unsafe { constructor(c.as_ptr(), &mut err) };
         if h.is_null() {
             let msg = take(err).expect("*err_out is set on error");
             assert_eq!(last_error().as_deref(), Some(msg.as_str()));
@@ -410,9 +670,21 @@ impl Handle {
     }
 
     fn reconcile(&self) -> (i32, serde_json::Value) {
+        self.reported(abi().reconcile)
+    }
+
+    fn check_json(&self) -> (i32, serde_json::Value) {
+        self.reported(abi().check_json)
+    }
+
+    fn cleanup(&self) -> (i32, serde_json::Value) {
+        self.reported(abi().cleanup)
+    }
+
+    fn reported(&self, call: FnReconcile) -> (i32, serde_json::Value) {
         let mut out = std::ptr::null_mut();
         // SAFETY: a live handle and a writable out-pointer.
-        let code = unsafe { (abi().reconcile)(self.0, &mut out) };
+        let code = unsafe { call(self.0, &mut out) };
         let report = take(out).expect("*report_json_out is always set");
         (code, serde_json::from_str(&report).expect("JSON report"))
     }
@@ -441,6 +713,89 @@ fn last_error() -> Option<String> {
     let p = unsafe { (abi().last_error)() };
     // SAFETY: non-NULL: a NUL-terminated string, copied at once.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+fn last_error_json() -> Option<serde_json::Value> {
+    // SAFETY: no arguments; the result is NULL or a string valid until the next call.
+    let p = unsafe { (abi().last_error_json)() };
+    // SAFETY: non-NULL: a NUL-terminated string, copied at once.
+    (!p.is_null())
+        .then(|| serde_json::from_str(&unsafe { CStr::from_ptr(p) }.to_string_lossy()).unwrap())
+}
+
+/// The Harvester spec in the JSON form, on the nft backend.
+const HARVESTER_JSON: &str = r#"{"backend": "nft", "chains": [{"table": "nat", "chain": "PREROUTING",
+    "jumps": [{"target": "OVN-PREROUTING", "comment": "kube-ovn prerouting rules",
+               "after": ["cali-PREROUTING"], "before": ["KUBE-SERVICES", "CNI-HOSTPORT-DNAT"]}]}]}"#;
+
+#[test]
+fn the_json_constructor_checks_inserts_with_handles_and_cleans_up() {
+    let h = Handle::new_json(HARVESTER_JSON).unwrap();
+    netns(|| {
+        ok_stdin("iptables-nft-restore", &without_kube_ovn());
+        let (code, check) = h.check_json();
+        assert_eq!(code, 1, "{check}");
+        assert_eq!(check["verdict"], "drift", "{check}");
+        assert_eq!(check["ops"][0]["op"], "insert", "{check}");
+        assert_eq!(
+            check["ops"][0]["handle"],
+            serde_json::Value::Null,
+            "a check inserts nothing"
+        );
+        assert!(last_error().unwrap().contains("drift: 1 change(s) needed"));
+        assert_eq!(last_error_json().unwrap()["exit_code"], 1);
+
+        let (code, report) = h.reconcile();
+        assert_eq!(code, 0, "{report}");
+        assert_eq!(last_error_json(), None);
+        let handle = report["ops"][0]["handle"]
+            .as_u64()
+            .expect("the insert's handle");
+        let listed = ok("nft -a list chain ip nat PREROUTING");
+        let line = listed
+            .lines()
+            .find(|l| l.contains("jump OVN-PREROUTING "))
+            .unwrap();
+        assert!(
+            line.trim_end().ends_with(&format!("# handle {handle}")),
+            "{handle}: {line}"
+        );
+
+        let (code, check) = h.check_json();
+        assert_eq!(
+            (code, &check["verdict"]),
+            (0, &"converged".into()),
+            "{check}"
+        );
+
+        let (code, cleaned) = h.cleanup();
+        assert_eq!(code, 0, "{cleaned}");
+        assert_eq!(cleaned["ops"][0]["op"], "delete");
+        assert_eq!(cleaned["ops"][0]["handle"].as_u64(), Some(handle));
+        assert_eq!(cleaned["ops"][0]["reason"], "cleanup");
+        assert_eq!(
+            saved_chain("iptables-nft-save", "PREROUTING"),
+            fixture_chain("harvester-healthy.rules", "PREROUTING")
+                .into_iter()
+                .filter(|l| !l.contains("kube-ovn"))
+                .collect::<Vec<_>>()
+        );
+    });
+}
+
+#[test]
+fn a_bad_json_spec_is_null_with_its_key_in_the_last_error_json() {
+    let msg = Handle::new_json(&HARVESTER_JSON.replace("\"nat\"", "\"security\""))
+        .err()
+        .expect("rejected");
+    assert!(
+        msg.starts_with("config: chains[0].table: unknown table"),
+        "{msg}"
+    );
+    let j = last_error_json().unwrap();
+    assert_eq!(j["key"], "chains[0].table");
+    assert_eq!(j["exit_code"], 2);
+    assert_eq!(j["error"].as_str(), Some(msg.as_str()));
 }
 
 #[test]

@@ -1036,3 +1036,32 @@ fn capture_testdata() {
         println!("{name}: {} entries, {} bytes", info.num_entries, info.size);
     }
 }
+
+#[test]
+fn an_insert_reports_its_position_after_the_commit_as_its_handle() {
+    netns(|| {
+        load_broken("iptables-legacy-restore");
+        let text = legacy_config()
+            + "\n  [[chain.jump]]\n  target = \"AGENT-PREROUTING\"\n  comment = \"agent prerouting rules\"\n  after = [\"KUBE-SERVICES\"]\n";
+        let cfg = config(&text);
+        let run = jumpset(&["apply", "--config", cfg.as_str(), "--json"]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let j = run.json();
+        let handles: Vec<u64> = j["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|op| op["op"] == "insert")
+            .map(|op| op["handle"].as_u64().expect("the insert has a handle"))
+            .collect();
+        // The oracle: the rule's 1-based position as iptables-legacy numbers it
+        // (`iptables -D PREROUTING N`).
+        let chain = saved_chain("iptables-legacy-save", "PREROUTING");
+        let position = chain
+            .iter()
+            .position(|l| l.contains("agent prerouting rules"))
+            .expect("the new rule is saved")
+            + 1;
+        assert_eq!(handles, [position as u64], "{chain:#?}");
+    });
+}

@@ -651,3 +651,44 @@ fn wait_returns_once_the_chains_converge_and_fails_at_its_timeout() {
         assert_eq!(commits, 0);
     });
 }
+
+/// The Harvester spec plus a jump the broken chain lacks (so `apply` inserts one).
+fn with_missing_jump(config: String) -> String {
+    config
+        + "\n  [[chain.jump]]\n  target = \"AGENT-PREROUTING\"\n  comment = \"agent prerouting rules\"\n  after = [\"KUBE-SERVICES\"]\n"
+}
+
+#[test]
+fn an_insert_reports_the_handle_nft_lists_for_the_new_rule() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let cfg = config(&with_missing_jump(harvester_config()));
+        let run = jumpset(&["apply", "--config", cfg.as_str(), "--json"]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let j = run.json();
+        let inserts: Vec<&serde_json::Value> = j["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|op| op["op"] == "insert")
+            .collect();
+        assert_eq!(inserts.len(), 1, "{j}");
+        let handle = inserts[0]["handle"]
+            .as_u64()
+            .expect("the insert has a handle");
+        // The oracle: nft's own listing, by the rule's target (nft does not print an xt
+        // comment match).
+        let listed = ok("nft -a list chain ip nat PREROUTING");
+        let line = listed
+            .lines()
+            .find(|l| l.contains("jump AGENT-PREROUTING "))
+            .unwrap_or_else(|| panic!("the new rule is listed:\n{listed}"));
+        assert!(
+            line.trim_end().ends_with(&format!("# handle {handle}")),
+            "report says handle {handle}, nft lists: {line}"
+        );
+        // Converged: nothing more to plan.
+        let plan = jumpset(&["plan", "--config", cfg.as_str(), "--json"]);
+        assert!(plan.json()["ops"].as_array().unwrap().is_empty());
+    });
+}

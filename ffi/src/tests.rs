@@ -49,7 +49,7 @@ fn version_is_the_crate_version() {
 
 #[test]
 fn a_good_config_gives_a_handle_and_clears_the_last_error() {
-    set_last_error("left over");
+    set_last_error(&CmdError::new(4, "left over"));
     let (js, err) = new(CONFIG.as_bytes());
     assert!(!js.is_null());
     assert_eq!(err, None);
@@ -175,6 +175,28 @@ fn a_panic_in_any_entry_point_is_caught_and_reported() {
     assert!(jumpset_detect_json().is_null());
     caught("jumpset_detect_json");
 
+    for (name, f) in [
+        (
+            "jumpset_check_json",
+            jumpset_check_json as unsafe extern "C" fn(_, _) -> _,
+        ),
+        ("jumpset_cleanup", jumpset_cleanup),
+    ] {
+        arm(name);
+        let mut report = ptr::null_mut();
+        // SAFETY: a live handle; `report` is writable.
+        assert_eq!(unsafe { f(js, &mut report) }, JUMPSET_EXIT_PANIC);
+        caught(name);
+        let report: serde_json::Value = serde_json::from_str(&take(report)).unwrap();
+        assert_eq!(report["exit_code"], JUMPSET_EXIT_PANIC);
+    }
+
+    arm("jumpset_new_json");
+    let (other, err) = new_json(SPEC_JSON);
+    assert!(other.is_null() && err.unwrap().contains("panic"));
+    caught("jumpset_new_json");
+    assert_eq!(last_error_json().unwrap()["exit_code"], JUMPSET_EXIT_PANIC);
+
     PANIC_IN.with(|p| p.set(None));
     // SAFETY: a live handle, freed once.
     unsafe { jumpset_free(js) };
@@ -193,6 +215,123 @@ fn the_last_error_is_per_thread() {
 
 #[test]
 fn messages_with_nul_bytes_survive_as_c_strings() {
-    set_last_error("a\0b");
+    set_last_error(&CmdError::new(4, "a\0b"));
     assert_eq!(last_error().unwrap(), "ab");
+    assert_eq!(last_error_json().unwrap()["error"], "a\u{0}b");
+}
+
+#[test]
+fn the_soname_is_the_abi_major_version() {
+    assert_eq!(
+        env!("JUMPSET_SONAME"),
+        format!("libjumpset.so.{JUMPSET_ABI_MAJOR}")
+    );
+}
+
+fn new_json(text: &str) -> (*mut jumpset_t, Option<String>) {
+    let c = CString::new(text).unwrap();
+    let mut err = ptr::null_mut();
+    // SAFETY: `c` is a NUL-terminated string alive for the call; `err` is writable.
+    let js = unsafe { jumpset_new_json(c.as_ptr(), &mut err) };
+    (js, (!err.is_null()).then(|| take(err)))
+}
+
+fn last_error_json() -> Option<serde_json::Value> {
+    let p = jumpset_last_error_json();
+    // SAFETY: a non-NULL pointer from `jumpset_last_error_json` is a NUL-terminated string
+    // valid until the next call on this thread.
+    (!p.is_null())
+        .then(|| serde_json::from_str(unsafe { CStr::from_ptr(p) }.to_str().unwrap()).unwrap())
+}
+
+const SPEC_JSON: &str = r#"{"backend": "nft", "chains": [{"table": "nat", "chain": "PREROUTING",
+    "jumps": [{"target": "OVN-PREROUTING", "comment": "kube-ovn prerouting rules",
+               "after": ["cali-PREROUTING"]}]}]}"#;
+
+#[test]
+fn the_json_constructor_makes_the_handle_the_toml_one_makes() {
+    let (a, err) = new_json(SPEC_JSON);
+    assert_eq!(err, None);
+    assert_eq!(last_error(), None);
+    assert_eq!(last_error_json(), None);
+    let (b, _) = new(CONFIG.as_bytes());
+    // SAFETY: two live handles, read, then freed once each.
+    unsafe {
+        assert_eq!((*a).js.config(), (*b).js.config());
+        jumpset_free(a);
+        jumpset_free(b);
+    }
+}
+
+#[test]
+fn a_bad_json_spec_names_its_key_and_line_in_the_last_error_json() {
+    let bad = "{\"chains\": [{\"table\": \"nat\", \"chain\": \"PREROUTING\",\n \"jumps\": [{\"target\": \"X\", \"comment\": \"x\", \"after\": [\"X\"]}]}]}";
+    let (js, err) = new_json(bad);
+    assert!(js.is_null());
+    let err = err.expect("*err_out is set");
+    assert!(err.starts_with("config: chains[0].jumps[0].after"), "{err}");
+    assert_eq!(last_error().as_deref(), Some(err.as_str()));
+    let j = last_error_json().expect("the JSON error");
+    assert_eq!(j["error"], err.as_str());
+    assert_eq!(j["exit_code"], JUMPSET_EXIT_USAGE);
+    assert_eq!(j["key"], "chains[0].jumps[0].after");
+    assert_eq!(
+        j["line"],
+        serde_json::Value::Null,
+        "validation knows no line"
+    );
+    // A type error is found by the parser, which knows the line.
+    let (_, _) = new_json("{\"chains\": [{\"table\": \"nat\", \"chain\": \"PREROUTING\",\n \"jumps\": [{\"target\": \"X\", \"comment\": \"x\", \"after\": \"Y\"}]}]}");
+    let j = last_error_json().unwrap();
+    assert_eq!(
+        (&j["key"], &j["line"]),
+        (&"chains[0].jumps[0].after".into(), &2.into())
+    );
+    // TOML keeps its own key spelling.
+    let (_, _) = new(b"[[chain]]\ntable = \"nat\"\nchain = \"FORWARD\"\n");
+    let j = last_error_json().unwrap();
+    assert_eq!(
+        (&j["key"], &j["line"]),
+        (&"chain[0].chain".into(), &3.into())
+    );
+    // Errors that are not about the config have no key.
+    // SAFETY: a NULL handle is allowed (an error).
+    let code = unsafe { jumpset_check(ptr::null_mut()) };
+    assert_eq!(code, JUMPSET_EXIT_USAGE);
+    let j = last_error_json().unwrap();
+    assert!(j.get("key").is_none(), "{j}");
+    assert_eq!(j["error"].as_str(), last_error().as_deref());
+    // NULL and non-UTF-8 specs are errors too.
+    let mut e = ptr::null_mut();
+    // SAFETY: a NULL spec is allowed (an error); `e` is writable.
+    assert!(unsafe { jumpset_new_json(ptr::null(), &mut e) }.is_null());
+    assert_eq!(take(e), "jumpset_new_json: spec_json is NULL");
+}
+
+#[test]
+fn check_json_and_cleanup_refuse_null_arguments_and_always_report() {
+    let null = ptr::null_mut();
+    for (name, f) in [
+        (
+            "jumpset_check_json",
+            jumpset_check_json as unsafe extern "C" fn(_, _) -> _,
+        ),
+        ("jumpset_cleanup", jumpset_cleanup),
+    ] {
+        let mut report = ptr::null_mut();
+        // SAFETY: a NULL handle is allowed (an error); `report` is writable.
+        assert_eq!(unsafe { f(null, &mut report) }, JUMPSET_EXIT_USAGE);
+        let r: serde_json::Value = serde_json::from_str(&take(report)).unwrap();
+        assert_eq!(r["exit_code"], 2, "{name}");
+        assert!(last_error().unwrap().contains("handle is NULL"), "{name}");
+        let (js, _) = new(CONFIG.as_bytes());
+        // SAFETY: a live handle; a NULL out-pointer is allowed (an error).
+        assert_eq!(unsafe { f(js, null.cast()) }, JUMPSET_EXIT_USAGE);
+        assert_eq!(
+            last_error().unwrap(),
+            format!("{name}: report_json_out is NULL; pass the address of a char * for the report")
+        );
+        // SAFETY: a live handle, freed once.
+        unsafe { jumpset_free(js) };
+    }
 }

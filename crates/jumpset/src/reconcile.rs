@@ -3,7 +3,7 @@
 //! generation.
 
 use crate::backend::{Backend, BackendError};
-use crate::plan::{self, Plan};
+use crate::plan::{self, Plan, Role};
 use crate::snapshot::{Family, Snapshot};
 use crate::spec::ChainSpec;
 
@@ -42,6 +42,13 @@ pub struct Outcome {
     pub generation_after: u32,
     /// Stale writes re-planned.
     pub retries: u32,
+    /// The kernel handle of each jump the plan inserted, found in the chain read back
+    /// right after the commit: `(index of the jump in the chain spec, handle)`. nf_tables:
+    /// the rule's handle (`nft -a list chain`); legacy: its 1-based position in the chain
+    /// at the read-back (`iptables -D CHAIN N` numbering), valid until the chain next
+    /// changes. A jump is left out when the read-back holds no copy of it, or more than
+    /// one (another writer changed the chain between the commit and the read-back).
+    pub inserted: Vec<(usize, u64)>,
 }
 
 /// A reconcile that failed.
@@ -105,26 +112,26 @@ pub fn reconcile(
                     generation_before: g,
                     generation_after: g,
                     retries,
+                    inserted: Vec::new(),
                 });
             }
             Ok(applied) => {
                 // Read back and verify. Only a chain nobody else touched since our commit
                 // (still at the generation our commit produced) can be held to the plan.
                 let after = backend.read(family, &spec.table, &spec.chain)?;
-                if Some(after.generation) == applied.expected_generation {
-                    let pending = plan_for(goal, &after, spec).ops.len();
-                    if pending > 0 {
-                        return Err(ReconcileError::Verify {
-                            family,
-                            table: spec.table.clone(),
-                            chain: spec.chain.clone(),
-                            pending,
-                        });
-                    }
+                let replan = plan_for(goal, &after, spec);
+                if Some(after.generation) == applied.expected_generation && !replan.is_noop() {
+                    return Err(ReconcileError::Verify {
+                        family,
+                        table: spec.table.clone(),
+                        chain: spec.chain.clone(),
+                        pending: replan.ops.len(),
+                    });
                 }
                 return Ok(Outcome {
                     generation_before: snap.generation,
                     generation_after: after.generation,
+                    inserted: inserted_handles(&plan, &after, &replan),
                     before: snap,
                     plan,
                     committed: true,
@@ -141,5 +148,241 @@ pub fn reconcile(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// The handle each jump `plan` inserted has in `after`, the chain read back after the
+/// commit (`replan` is the plan made from it, for its roles): the one copy of the jump
+/// there that really jumps to its target (a stale copy never counts). None for a jump with
+/// no such copy or several — then which one is ours cannot be told.
+fn inserted_handles(plan: &Plan, after: &Snapshot, replan: &Plan) -> Vec<(usize, u64)> {
+    plan.ops
+        .iter()
+        .filter_map(|op| match *op {
+            plan::Op::Insert { jump, .. } => Some(jump),
+            plan::Op::Delete { .. } => None,
+        })
+        .filter_map(|jump| {
+            let mut copies = after.rules.iter().zip(&replan.roles).filter(|(_, role)| {
+                matches!(role, Role::Owned(j) | Role::Duplicate(j) | Role::Misplaced(j) if *j == jump)
+            });
+            match (copies.next(), copies.next()) {
+                (Some((rule, _)), None) => Some((jump, rule.handle)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Applied;
+    use crate::plan::Slot;
+    use crate::report::{ChainApply, PlannedOp};
+    use crate::snapshot::{Comment, CommentEncoding, Rule, Verdict};
+    use crate::spec::Config;
+
+    /// Another writer's change to the chain.
+    type Writer = Box<dyn FnMut(&mut Chain)>;
+
+    /// An in-memory chain that applies a plan the way the kernel does: kept rules keep
+    /// their handles, new rules get the next handle, each commit bumps the generation.
+    struct Chain {
+        rules: Vec<Rule>,
+        generation: u32,
+        next_handle: u64,
+        /// Another writer, run right after our commit (before the read-back).
+        after_commit: Option<Writer>,
+    }
+
+    fn rule(handle: u64, comment: Option<&str>, target: &str) -> Rule {
+        Rule {
+            handle,
+            comment: comment.map(|c| Comment {
+                bytes: c.as_bytes().to_vec(),
+                encoding: CommentEncoding::Xt,
+            }),
+            matches: vec![],
+            counters: None,
+            verdict: Verdict::Jump(target.into()),
+        }
+    }
+
+    const OVN: &str = "kube-ovn prerouting rules";
+
+    /// Kube-OVN's jump at position 1, ahead of Calico's: a delete and an insert.
+    fn misplaced() -> Chain {
+        Chain {
+            rules: vec![
+                rule(2, Some(OVN), "OVN-PREROUTING"),
+                rule(3, Some("cali:6gwbT8clXdHdC1b1"), "cali-PREROUTING"),
+                rule(5, Some("kubernetes service portals"), "KUBE-SERVICES"),
+                rule(7, None, "CNI-HOSTPORT-DNAT"),
+            ],
+            generation: 10,
+            next_handle: 20,
+            after_commit: None,
+        }
+    }
+
+    impl Backend for Chain {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+
+        fn read(
+            &mut self,
+            family: Family,
+            table: &str,
+            chain: &str,
+        ) -> Result<Snapshot, BackendError> {
+            Ok(Snapshot {
+                family,
+                table: table.into(),
+                chain: chain.into(),
+                generation: self.generation,
+                table_exists: true,
+                chain_exists: true,
+                rules: self.rules.clone(),
+            })
+        }
+
+        fn apply(
+            &mut self,
+            snap: &Snapshot,
+            spec: &ChainSpec,
+            plan: &Plan,
+        ) -> Result<Applied, BackendError> {
+            if plan.is_noop() {
+                return Ok(Applied {
+                    committed: false,
+                    changes: 0,
+                    expected_generation: None,
+                });
+            }
+            if snap.generation != self.generation {
+                return Err(BackendError::Stale {
+                    planned: snap.generation,
+                });
+            }
+            self.rules = plan
+                .result
+                .iter()
+                .map(|slot| match *slot {
+                    Slot::Existing(i) => snap.rules[i].clone(),
+                    Slot::New(j) => {
+                        self.next_handle += 1;
+                        let js = &spec.jumps[j];
+                        rule(self.next_handle, Some(&js.comment), &js.target)
+                    }
+                })
+                .collect();
+            self.generation += 1;
+            let expected = self.generation;
+            if let Some(mut other) = self.after_commit.take() {
+                other(self);
+            }
+            Ok(Applied {
+                committed: true,
+                changes: plan.ops.len(),
+                expected_generation: Some(expected),
+            })
+        }
+
+        fn generation(&mut self) -> Result<u32, BackendError> {
+            Ok(self.generation)
+        }
+    }
+
+    fn harvester() -> ChainSpec {
+        Config::from_toml(include_str!("../testdata/harvester.toml"))
+            .unwrap()
+            .chains
+            .remove(0)
+    }
+
+    fn insert_handles(report: &ChainApply) -> Vec<Option<u64>> {
+        report
+            .plan
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                PlannedOp::Insert { handle, .. } => Some(*handle),
+                PlannedOp::Delete { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_inserted_jump_reports_the_handle_it_got_in_the_kernel() {
+        let spec = harvester();
+        let mut chain = misplaced();
+        let o = reconcile(&mut chain, Family::Ip, &spec, Goal::Converge).unwrap();
+        assert!(o.committed);
+        // The jump now sits after Calico's with the handle the "kernel" gave it.
+        let placed = chain
+            .rules
+            .iter()
+            .find(|r| r.target() == Some("OVN-PREROUTING"))
+            .unwrap();
+        assert_eq!(placed.handle, 21);
+        assert_eq!(o.inserted, [(0, 21)]);
+        let report = ChainApply::new(&o, &spec);
+        assert_eq!(insert_handles(&report), [Some(21)]);
+        let json = serde_json::to_value(&report).unwrap();
+        let insert = json["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["op"] == "insert")
+            .unwrap();
+        assert_eq!(insert["handle"], 21, "{json}");
+    }
+
+    #[test]
+    fn a_plan_and_a_noop_carry_no_handle() {
+        let spec = harvester();
+        let mut chain = misplaced();
+        let snap = chain.read(Family::Ip, "nat", "PREROUTING").unwrap();
+        let plan = plan_for(Goal::Converge, &snap, &spec);
+        let planned = crate::report::ChainPlan::new(&snap, &spec, &plan);
+        assert!(planned
+            .ops
+            .iter()
+            .any(|op| matches!(op, PlannedOp::Insert { handle: None, .. })));
+        reconcile(&mut chain, Family::Ip, &spec, Goal::Converge).unwrap();
+        let again = reconcile(&mut chain, Family::Ip, &spec, Goal::Converge).unwrap();
+        assert!(!again.committed);
+        assert!(again.inserted.is_empty());
+        let removed = reconcile(&mut chain, Family::Ip, &spec, Goal::Remove).unwrap();
+        assert!(removed.committed && removed.inserted.is_empty());
+    }
+
+    #[test]
+    fn when_another_writer_adds_a_copy_before_the_read_back_no_handle_is_guessed() {
+        let spec = harvester();
+        let mut chain = misplaced();
+        chain.after_commit = Some(Box::new(|c: &mut Chain| {
+            c.rules.push(rule(99, Some(OVN), "OVN-PREROUTING"));
+            c.generation += 1;
+        }));
+        let o = reconcile(&mut chain, Family::Ip, &spec, Goal::Converge).unwrap();
+        assert!(o.committed);
+        assert!(o.inserted.is_empty(), "{:?}", o.inserted);
+        assert_eq!(insert_handles(&ChainApply::new(&o, &spec)), [None]);
+    }
+
+    #[test]
+    fn a_stale_copy_written_by_another_writer_does_not_hide_the_new_rule() {
+        let spec = harvester();
+        let mut chain = misplaced();
+        // Our comment on a rule that jumps elsewhere: stale, never the inserted rule.
+        chain.after_commit = Some(Box::new(|c: &mut Chain| {
+            c.rules.push(rule(98, Some(OVN), "ELSEWHERE"));
+            c.generation += 1;
+        }));
+        let o = reconcile(&mut chain, Family::Ip, &spec, Goal::Converge).unwrap();
+        assert_eq!(o.inserted, [(0, 21)]);
     }
 }

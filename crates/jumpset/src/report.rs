@@ -286,7 +286,9 @@ pub enum PlannedOp {
     },
     /// Insert a declared jump.
     Insert {
-        /// The new rule's kernel handle, once committed and read back (`None` in a plan).
+        /// The new rule's kernel handle, once committed and read back
+        /// ([`Outcome::inserted`]); `None` in a plan and `check`, and when the read-back
+        /// could not tell which copy is the new one.
         handle: Option<u64>,
         /// Handle of the nearest existing rule above it (`None`: nothing above).
         after_handle: Option<u64>,
@@ -518,10 +520,18 @@ impl ExitCode for ChainApply {
 }
 
 impl ChainApply {
-    /// The report of a reconcile of `spec`.
+    /// The report of a reconcile of `spec`; each insert carries the handle the new rule
+    /// got (see [`Outcome::inserted`]).
     pub fn new(o: &Outcome, spec: &ChainSpec) -> Self {
+        let mut plan = ChainPlan::new(&o.before, spec, &o.plan);
+        // `ChainPlan::new` maps the plan's ops one to one, in order.
+        for (op, planned) in o.plan.ops.iter().zip(plan.ops.iter_mut()) {
+            if let (Op::Insert { jump, .. }, PlannedOp::Insert { handle, .. }) = (op, planned) {
+                *handle = o.inserted.iter().find(|(j, _)| j == jump).map(|&(_, h)| h);
+            }
+        }
         ChainApply {
-            plan: ChainPlan::new(&o.before, spec, &o.plan),
+            plan,
             committed: o.committed,
             generation_before: o.generation_before,
             generation_after: o.generation_after,

@@ -3,13 +3,13 @@
  * check -> reconcile -> check, then print the status and detect JSON objects.
  * SPDX-License-Identifier: Apache-2.0 OR MIT
  *
- * Build the library, then the agent, shared or static (from the repository root):
+ * Install the library (ffi/install.sh builds and installs it with its pkg-config file),
+ * then build the agent, shared or static (from the repository root):
  *
- *   cargo build --release -p jumpset-ffi
- *   cc -Wall -Iffi/include ffi/examples/c/agent.c -Ltarget/release -ljumpset \
- *      -Wl,-rpath,"$PWD/target/release" -o agent
- *   cc -Wall -Iffi/include ffi/examples/c/agent.c target/release/libjumpset.a \
- *      -lgcc_s -lutil -lrt -lpthread -lm -ldl -o agent-static
+ *   sudo ffi/install.sh /usr/local
+ *   cc -Wall ffi/examples/c/agent.c $(pkg-config --cflags --libs jumpset) -o agent
+ *   cc -Wall ffi/examples/c/agent.c $(pkg-config --cflags jumpset) \
+ *      /usr/local/lib/libjumpset.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -o agent-static
  *
  * Run it as root (CAP_NET_ADMIN) in the network namespace whose chains it should fix:
  *

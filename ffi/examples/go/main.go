@@ -1,78 +1,127 @@
-// The agent: check -> reconcile -> check, then print the status and detect JSON objects,
-// one `key=value` line per step (the same output as ffi/examples/c/agent.c).
+// A Go agent that hands its jump over to jumpset instead of running iptables: the shape
+// of Kube-OVN's gateway pass (its `ensureNatPreroutingRule`) as one Reconcile.
 //
-// Build (from the repository root, after `cargo build --release -p jumpset-ffi`):
+// It declares Kube-OVN's jump in nat PREROUTING — after Calico's, before kube-proxy's
+// and the CNI portmap's — and makes one pass: check, reconcile, check again. Through
+// the daemon's socket with -socket (pure Go: builds with CGO_ENABLED=0), or in-process
+// (cgo, the library found with pkg-config) on a node without the daemon.
 //
-//	cd ffi/examples/go
-//	CGO_LDFLAGS="-L$PWD/../../../target/release -Wl,-rpath,$PWD/../../../target/release" go build -o agent-go .
+// Build (after ffi/install.sh has put the library where pkg-config finds it):
 //
-// Run as root (CAP_NET_ADMIN) in the network namespace to manage: ./agent-go CONFIG.toml
+//	cd ffi/examples/go && go build -o agent .
+//
+// Run as root (CAP_NET_ADMIN) in the network namespace to manage:
+//
+//	./agent                                 # in-process, backend = the node's iptables
+//	./agent -socket /run/jumpset/jumpset.sock  # through the daemon
+//
+// It prints one `key=value` line per step and exits 0 when the chain ends converged.
 //
 // SPDX-License-Identifier: Apache-2.0 OR MIT
 package main
 
 import (
-	"encoding/json"
+	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"os"
+
+	"github.com/jumpset/jumpset/go"
 )
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintf(os.Stderr, "usage: %s CONFIG.toml\n", os.Args[0])
-		os.Exit(2)
+	socket := flag.String("socket", "", "hand the jump to the daemon at this socket (default: in-process)")
+	backend := flag.String("backend", string(jumpset.BackendIptables), "in-process backend: iptables (whatever the node's iptables is), nft, legacy or auto")
+	flag.Parse()
+
+	spec := jumpset.Spec{
+		Backend: jumpset.Backend(*backend),
+		Chains: []jumpset.Chain{{
+			Table: "nat",
+			Chain: "PREROUTING",
+			Jumps: []jumpset.Jump{{
+				Target:  "OVN-PREROUTING",
+				Comment: "kube-ovn prerouting rules",
+				After:   []string{"cali-PREROUTING"},
+				Before:  []string{"KUBE-SERVICES", "CNI-HOSTPORT-DNAT"},
+			}},
+		}},
 	}
-	config, err := os.ReadFile(os.Args[1])
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+
+	var client jumpset.Client
+	var err error
+	if *socket != "" {
+		client, err = jumpset.NewSocket(*socket, "kube-ovn")
+		fmt.Println("transport=socket")
+	} else {
+		var p *jumpset.InProcess
+		p, err = jumpset.NewInProcess()
+		if err == nil {
+			fmt.Printf("transport=in-process\nversion=%s\n", p.LibraryVersion())
+			client = p
+		}
 	}
-	fmt.Printf("version=%s\n", Version())
-	js, err := New(string(config))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "agent: %v\n", err)
 		os.Exit(2)
 	}
-	code := run(js)
-	js.Close() // before os.Exit, which runs no deferred calls
-	os.Exit(code)
+	os.Exit(pass(context.Background(), client, spec))
 }
 
-func run(js *Jumpset) int {
-	code, err := js.Check()
-	fmt.Printf("check=%d\n", code)
-	if err != nil {
+// pass is one gateway pass: what Kube-OVN's ensureNatPreroutingRule becomes.
+func pass(ctx context.Context, client jumpset.Client, spec jumpset.Spec) int {
+	if check, err := client.Check(ctx, spec); err != nil {
 		fmt.Fprintf(os.Stderr, "agent: check: %v\n", err)
+	} else {
+		fmt.Printf("check=%s\n", verdict(check))
 	}
-	code, report, err := js.Reconcile()
-	fmt.Printf("reconcile=%d\nreport=%s\n", code, report)
-	if err != nil {
+
+	report, err := client.Reconcile(ctx, spec)
+	switch {
+	case err == nil:
+		fmt.Println("reconcile=ok")
+	case errors.Is(err, jumpset.ErrConflict) && report != nil:
+		// Placed as close as the foreign rules allow: worth a warning, not a retry.
+		fmt.Println("reconcile=conflict")
+		fmt.Fprintf(os.Stderr, "agent: %v\n", err)
+	case errors.Is(err, jumpset.ErrHeld):
+		// The daemon stored the claim and applies it when it resumes.
+		fmt.Println("reconcile=held")
+	default:
+		var e *jumpset.Error
+		if errors.As(err, &e) && e.Key != "" {
+			fmt.Fprintf(os.Stderr, "agent: bad spec at %s\n", e.Key)
+		}
 		fmt.Fprintf(os.Stderr, "agent: reconcile: %v\n", err)
+		return 1
 	}
-	after, err := js.Check()
-	fmt.Printf("check=%d\n", after)
+	if report != nil {
+		for _, c := range report.Chains {
+			for _, op := range c.Ops {
+				fmt.Printf("op=%s %s %s %s handle=%d position=%d\n", op.Op, c.Family, c.Table, c.Chain, op.Handle, op.Position)
+			}
+		}
+	}
+
+	check, err := client.Check(ctx, spec)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "agent: check: %v\n", err)
+		return 1
 	}
-	ok := after == ExitOK
-	for _, step := range []struct {
-		name string
-		get  func() (string, error)
-	}{{"status", js.StatusJSON}, {"detect", DetectJSON}} {
-		s, err := step.get()
-		var obj map[string]any
-		if err == nil {
-			err = json.Unmarshal([]byte(s), &obj)
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "agent: %s: %v\n", step.name, err)
-			ok = false
-			continue
-		}
-		fmt.Printf("%s=%s\n", step.name, s)
-	}
-	if !ok {
+	fmt.Printf("check=%s\n", verdict(check))
+	if !check.Converged() {
 		return 1
 	}
 	return 0
+}
+
+func verdict(r *jumpset.CheckReport) string {
+	switch {
+	case !r.Converged():
+		return "drift"
+	case r.ExitCode() == 5:
+		return "conflict"
+	}
+	return "converged"
 }

@@ -1,0 +1,3 @@
+module github.com/jumpset/jumpset/go
+
+go 1.19
