@@ -22,9 +22,11 @@
 //! invalid). The shutdown future (SIGTERM/SIGINT in `main`) stops the loop with `Ok`,
 //! after the engine removed the owned jumps when `cleanup_on_exit` is set.
 
+pub mod anchors;
 pub mod engine;
 pub mod fight;
 pub mod host;
+pub mod ident;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
