@@ -526,12 +526,24 @@ fn a_foreign_change_is_repaired_once_its_writer_is_quiet_and_a_burst_is_read_onc
         1.0
     );
 
-    // A burst of three commits 1 ms apart by the same writer, now known (its bursts are
-    // one commit): one read, one repair, the margin after the last.
+    // A burst of three commits 1 ms apart by a writer /proc shows, known from before
+    // (its bursts are one commit): one read, one repair, the margin after the last.
+    sim.engine
+        .host_mut()
+        .processes
+        .insert(4343, iptables_of(4343, 4300, "kube-ovn-daemon", false));
+    let known = k.connect(4343, "iptables");
+    known
+        .insert(IP, "nat", "PREROUTING", 1, jump(OVN, "OVN-PREROUTING"))
+        .unwrap();
+    sim.deliver();
+    sim.run_for(settle);
+    assert_eq!(sim.our_commits(), 2, "first seen: the settle");
     sim.run_for(secs(2));
     let reads = sim.our_reads();
     for _ in 0..3 {
-        ovn.insert(IP, "nat", "PREROUTING", 1, jump(OVN, "OVN-PREROUTING"))
+        known
+            .insert(IP, "nat", "PREROUTING", 1, jump(OVN, "OVN-PREROUTING"))
             .unwrap();
         sim.deliver();
         sim.run_for(ms(1));
@@ -544,7 +556,16 @@ fn a_foreign_change_is_repaired_once_its_writer_is_quiet_and_a_burst_is_read_onc
     );
     sim.run_for(ms(1));
     assert_eq!(sim.listing(), healthy());
-    assert_eq!(sim.our_commits(), 2, "one repair for the burst");
+    assert_eq!(sim.our_commits(), 3, "one repair for the burst");
+    // A burst by a writer not known (gone before /proc was read): the settle after it.
+    let reads = sim.our_reads();
+    ovn.insert(IP, "nat", "PREROUTING", 1, jump(OVN, "OVN-PREROUTING"))
+        .unwrap();
+    sim.deliver();
+    sim.run_for(settle - ms(1));
+    assert_eq!(sim.our_reads(), reads);
+    sim.run_for(ms(1));
+    assert_eq!(sim.listing(), healthy());
     // One read for the plan and one to verify the commit.
     assert_eq!(sim.our_reads() - reads, 2);
 }

@@ -13,13 +13,15 @@
 //! So after a foreign commit the repair waits until that writer has gone quiet long enough
 //! for such a sequence of its own to have finished. Writers are told apart by
 //! [`Writer::key`] (the container, else the parent process — each `iptables` run is a new
-//! process —, else the unit, else the comm). Each writer's commits closer than
+//! process —, else the unit); a process gone before `/proc` was read is taken for the
+//! writer last found under its name less than `burst_gap` before, else it is an unknown
+//! writer keyed by its name. Each writer's commits closer than
 //! [`FightParams::burst_gap`] form a *burst*; the policy learns the span of its bursts
 //! (first to last commit, the longest of its last 8). After a commit by a writer whose
 //! bursts it knows, the repair waits until that burst's start plus the longest span plus
 //! a margin (half the span, at least [`FightParams::settle_margin`]), and at least
-//! `settle_margin` after the commit; for a writer never seen finishing a burst,
-//! [`FightParams::settle_unknown`] after its last commit. Never more than
+//! `settle_margin` after the commit; for a writer never seen finishing a burst, or one
+//! not known, [`FightParams::settle_unknown`] after its last commit. Never more than
 //! [`FightParams::settle_cap`] (2 s) after the first change not yet repaired: a writer
 //! that never pauses gets its repair then (and soon a fight). **Property** (tested): a repair triggered by a
 //! writer never lands inside one of its bursts, nor within the margin after it, when the
@@ -343,6 +345,9 @@ pub struct Yield {
     pending: bool,
     /// The first change not yet reconciled: no hold lasts beyond it + `settle_cap`.
     pending_since: Option<Instant>,
+    /// The latest identified writer of each process name and when it committed (the
+    /// commits of processes gone before `/proc` was read are taken for its).
+    recent: Vec<(String, String, Instant)>,
     episode: Option<Episode>,
 }
 
@@ -359,8 +364,33 @@ impl Yield {
             undos: VecDeque::new(),
             pending: false,
             pending_since: None,
+            recent: Vec::new(),
             episode: None,
         }
+    }
+
+    /// The key `w` is told apart by, and whether it is known: found in `/proc`, or taken
+    /// for the writer found last under the same process name less than `burst_gap` before
+    /// (each `iptables` run of an agent is a new process, and one that exited before
+    /// `/proc` was read is most likely the next command of the agent seen just before).
+    /// Unknown writers are keyed by their process name and never get the short wait.
+    fn resolve(&mut self, w: &Writer, now: Instant) -> (String, bool) {
+        let name = w.name.clone().unwrap_or_default();
+        if let Some(key) = w.process.key() {
+            self.recent.retain(|(n, _, _)| *n != name);
+            if self.recent.len() >= WRITERS_KEPT {
+                self.recent.remove(0);
+            }
+            self.recent.push((name, key.clone(), now));
+            return (key, true);
+        }
+        if let Some((_, key, at)) = self.recent.iter_mut().find(|(n, _, _)| *n == name) {
+            if now.saturating_duration_since(*at) <= self.p.burst_gap {
+                *at = now;
+                return (key.clone(), true);
+            }
+        }
+        (w.key(), false)
     }
 
     fn seen_mut(&mut self, key: &str, now: Instant) -> &mut Seen {
@@ -423,11 +453,10 @@ impl Yield {
         &mut self,
         now: Instant,
         started: Instant,
-        writer: &Writer,
+        (writer, key): (&Writer, String),
         undos: u32,
         rng: &mut Jitter,
     ) -> FightEvent {
-        let key = writer.key();
         let quiet = self.quiet(&key, rng);
         let commits: VecDeque<Instant> = self
             .undos
@@ -461,7 +490,7 @@ impl FightPolicy for Yield {
 
         // Do no harm: wait for this writer's burst to be over.
         let p = self.p.clone();
-        let key = writer.key();
+        let (key, known) = self.resolve(writer, now);
         let fresh = !self.writers.iter().any(|s| s.key == key);
         let seen = self.seen_mut(&key, now);
         if !fresh {
@@ -480,7 +509,7 @@ impl FightPolicy for Yield {
             seen.burst_start = now;
         }
         seen.last = now;
-        let hold = match seen.learned() {
+        let hold = match seen.learned().filter(|_| known) {
             Some(span) => (seen.burst_start + span + p.margin(span)).max(now + p.settle_margin),
             None => now + p.settle_unknown,
         }
@@ -533,7 +562,8 @@ impl FightPolicy for Yield {
             return Some(FightEvent::Retried { quiet: e.quiet });
         }
         let gap = self.p.gap;
-        let seen = self.seen_mut(&w.key(), now);
+        let (key, _) = self.resolve(w, now);
+        let seen = self.seen_mut(&key, now);
         if seen
             .last_undo
             .is_some_and(|l| now.saturating_duration_since(l) < gap)
@@ -552,10 +582,10 @@ impl FightPolicy for Yield {
             .filter(|t| now.saturating_duration_since(*t) < self.p.crowd_window)
             .collect();
         if streak >= self.p.threshold {
-            Some(self.start_episode(now, streak_start, w, streak, rng))
+            Some(self.start_episode(now, streak_start, (w, key), streak, rng))
         } else if crowd.len() >= self.p.crowd as usize {
             let first = crowd[0];
-            Some(self.start_episode(now, first, w, crowd.len() as u32, rng))
+            Some(self.start_episode(now, first, (w, key), crowd.len() as u32, rng))
         } else {
             None
         }
@@ -637,6 +667,27 @@ mod tests {
             name: Some(name.into()),
             agents: vec!["kube-ovn"],
             ..Writer::default()
+        }
+    }
+
+    /// A writer `/proc` showed: an `iptables` run by the agent `parent`.
+    fn known(parent: &str) -> Writer {
+        use crate::daemon::ident::{Cgroup, Found, Identity, Proc};
+        Writer {
+            process: Identity::Found(Box::new(Found {
+                process: Proc {
+                    pid: 4242,
+                    name: "iptables".into(),
+                    cmdline: None,
+                },
+                parent: Some(Proc {
+                    pid: 100 + parent.len() as u32,
+                    name: parent.into(),
+                    cmdline: None,
+                }),
+                cgroup: Cgroup::default(),
+            })),
+            ..writer("iptables")
         }
     }
 
@@ -802,11 +853,37 @@ mod tests {
         assert!(s
             .finish(t0 + p.settle_unknown, c, Done::Repaired, &t, &mut rng)
             .is_none());
-        // Seen again later (its first burst, one commit, is now known): the margin only.
+        // Not known (gone before /proc was read): always settle_unknown.
         let t1 = t0 + secs(30);
         s.changed(t1, writer("admin"), &t, &mut rng);
-        assert!(!s.due(t1 + p.settle_margin - ms(1)));
-        assert!(s.due(t1 + p.settle_margin));
+        assert!(!s.due(t1 + p.settle_unknown - ms(1)));
+        let (c, _) = s.begin().unwrap();
+        s.finish(t1 + p.settle_unknown, c, Done::Repaired, &t, &mut rng);
+        // A writer /proc showed, seen again after its first burst (one commit): the margin
+        // only.
+        let t2 = t1 + secs(30);
+        s.changed(t2, known("kube-ovn-daemon"), &t, &mut rng);
+        assert!(
+            !s.due(t2 + p.settle_unknown - ms(1)),
+            "never seen: the settle"
+        );
+        let (c, _) = s.begin().unwrap();
+        s.finish(t2 + p.settle_unknown, c, Done::Repaired, &t, &mut rng);
+        let t3 = t2 + secs(30);
+        s.changed(t3, known("kube-ovn-daemon"), &t, &mut rng);
+        assert!(!s.due(t3 + p.settle_margin - ms(1)));
+        assert!(s.due(t3 + p.settle_margin), "known: the margin only");
+        // Its next command gone before /proc was read is taken for its: still the margin.
+        let (c, _) = s.begin().unwrap();
+        s.finish(t3 + p.settle_margin, c, Done::Repaired, &t, &mut rng);
+        let t4 = t3 + secs(30);
+        s.changed(t4, known("kube-ovn-daemon"), &t, &mut rng);
+        s.changed(t4 + ms(5), writer("iptables"), &t, &mut rng);
+        assert!(
+            !s.due(t4 + ms(5) + p.settle_margin - ms(1)),
+            "its burst lasts (5 ms)"
+        );
+        assert!(s.due(t4 + ms(5) + p.settle_margin.max(ms(5) / 2) + ms(5)));
         assert!(p.settle_unknown <= ms(100) && p.settle_margin <= ms(25));
     }
 
