@@ -22,9 +22,10 @@
 //!   after a conflict or an error too, so systemd never restart-loops it.
 //! - **Notifications**: only commits that touched a managed (family, table, chain), or
 //!   deleted its chain or table, count; commits whose port id is the backend's (the socket
-//!   we commit from) are our own and ignored. A foreign commit marks its chains dirty;
-//!   after the debounce they are reconciled. A converged chain is only read, never
-//!   written. An overflow (ENOBUFS) or an undecodable datagram re-reads every chain; a
+//!   we commit from) are our own and ignored. The writer of a foreign commit is looked
+//!   up at once ([`Host::identify`]); the commit marks its chains dirty and updates their
+//!   anchors ([`super::anchors`]); they are reconciled after the debounce and whatever
+//!   the fight policy holds. A converged chain is only read, never written. An overflow (ENOBUFS) or an undecodable datagram re-reads every chain; a
 //!   failed socket is reopened with the backend.
 //! - **Tick**: the resync timer (every `resync_interval` every chain is re-read; legacy
 //!   has no notifications, so that is its poll; `auto` on an undecided host detects
@@ -33,8 +34,9 @@
 //!   old one kept; a valid one replaces the chains and re-reads them all.
 //! - **Stop**: remove the owned jumps when `cleanup_on_exit` is set, `STOPPING=1`, exit 0.
 //!
-//! Errors back off exponentially with jitter (capped) and never end the daemon. Fights
-//! are paced by the fight policy ([`super::policy`]).
+//! Errors back off exponentially with jitter (capped) and never end the daemon. When a
+//! repair may run beside other writers, and what happens in a fight, is the fight
+//! policy's ([`super::policy`]).
 
 use super::anchors::{self, Anchors};
 use super::fight::{Backoff, Cause, Done, Jitter, Sched, Tuning, Writer};

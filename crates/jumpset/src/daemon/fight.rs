@@ -8,8 +8,9 @@
 //!   burst of commits is read once);
 //! - a resync, a poll, the start and a reload mark it dirty with no debounce;
 //! - after a failed reconcile it waits an **error backoff** (exponential, jittered, capped);
-//! - while another writer keeps undoing the placement, its **fight policy**
-//!   ([`policy`](super::policy)) holds repairs off.
+//! - its **fight policy** ([`policy`](super::policy)) holds a repair until the writer
+//!   that triggered it is quiet, and while a writer keeps undoing the placement yields the
+//!   chain to it.
 
 use super::ident::{self, Identity};
 use super::policy::{FightEvent, FightParams, FightPolicy};
