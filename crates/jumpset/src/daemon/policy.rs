@@ -23,12 +23,13 @@
 //! `settle_margin` after the commit; for a writer never seen finishing a burst, or one
 //! not known, [`FightParams::settle_unknown`] after its last commit. Never more than
 //! [`FightParams::settle_cap`] (2 s) after the first change not yet repaired: a writer
-//! that never pauses gets its repair then (and soon a fight). **Property** (tested): a repair triggered by a
-//! writer never lands inside one of its bursts, nor within the margin after it, when the
-//! burst is no longer than its longest observed burst (or, for a writer not yet learned,
-//! than `settle_unknown`). A one-shot change by a writer seen before is repaired
-//! `settle_margin` (25 ms) after it, by a writer never seen `settle_unknown` (100 ms)
-//! after it.
+//! that never pauses gets its repair then (and soon a fight). **Property** (tested): a
+//! repair never lands inside a burst of a writer it waited for, nor within
+//! `settle_margin` after it, when the burst is no longer than that writer's longest seen
+//! (or, for a writer not learned, when its commits are less than `settle_unknown` apart).
+//! A one-shot change by a known writer seen committing one change at a time is repaired
+//! `settle_margin` (25 ms) after it; by a writer never seen, or not known,
+//! `settle_unknown` (100 ms) after it.
 //!
 //! **Fights end.** A repair that undid a writer's change is an *undo* of that writer.
 //! [`FightParams::threshold`] (3) undos of one writer, each less than
@@ -41,21 +42,25 @@
 //! [`FightParams::quiet_min`] (100 ms) and [`FightParams::quiet_max`] (20 s); a writer
 //! that undoes each retry sees its intervals, and so the quiet time, grow. The episode
 //! ends when nothing is pending and nothing wrote the chain for
-//! [`FightParams::end_quiet`] (40 s). On top of that, a budget no episode
-//! exceeds: at most [`FightParams::first_budget`] (8) commits in its first
-//! [`FightParams::first_window`] (20 s) and [`FightParams::budget`] (5) in any
+//! [`FightParams::end_quiet`] (40 s). On top of that, a budget no episode exceeds: at most
+//! [`FightParams::first_budget`] (8) commits in its first [`FightParams::first_window`]
+//! (20 s, from the first undo of the streak) and [`FightParams::budget`] (5) in any
 //! [`FightParams::budget_window`] (60 s) after.
 //!
 //! The bounds, with the defaults (each tested below in virtual time):
 //! - changes by one writer 10 s or more apart are never a fight: each is repaired after
-//!   the settle (a streak needs intervals under 10 s);
-//! - in a sustained fight at most 8 commits in the first 20 s (3 undos, then only retries,
-//!   each needing a quiet time that at least doubles, and the budget) and at most 5 per
-//!   minute after (the budget; in practice a writer that keeps writing is never quiet for
-//!   twice its period, and jumpset does not write at all);
+//!   the wait above (a streak needs intervals under 10 s);
+//! - in a sustained fight at most 8 commits in the first 20 s and 5 per minute after: a
+//!   writer that keeps writing is never quiet for twice its period, so jumpset writes
+//!   nothing after the 3 undos; one that undoes only what jumpset writes gets a retry per
+//!   quiet time, which grows with its intervals; the budget holds whatever happens;
 //! - once the fighting writer stops, the chain converges within three times its observed
-//!   period, 30 s at most: the retry comes after at most 2.4 periods (the quiet time and its
-//!   jitter) and at most 20 s, unless the budget was spent on retries that were undone.
+//!   period, 30 s at most: the retry comes after at most 2.4 periods (the quiet time and
+//!   its jitter) and at most 20 s, unless the budget was spent on retries that were undone.
+//!
+//! Legacy x_tables sends no notifications: [`FightPolicy::changed`] is never called, there
+//! is no writer to wait for and no quiet to measure; undos found by polls make an episode
+//! with an unknown writer, paced by the budget alone.
 
 use super::fight::{Jitter, Tuning, Writer};
 use super::ms;
