@@ -141,6 +141,33 @@ type ChainCheck struct {
 	Conflicts []Conflict `json:"conflicts"`
 	// Verdict is the conclusion.
 	Verdict Verdict `json:"verdict"`
+	// Anchors are the other agents' jumps named in after/before, present or absent.
+	Anchors []Anchor `json:"anchors"`
+	// ExpectAnchors: an absent anchor is drift (the config's expect_anchors).
+	ExpectAnchors bool `json:"expect_anchors"`
+}
+
+// Anchor is a chain named in an owned jump's after/before that no owned jump targets:
+// another agent's jump, as the kernel has it now.
+type Anchor struct {
+	// Target is the chain it jumps to.
+	Target string `json:"target"`
+	// Present: a rule of the chain jumps or goes there.
+	Present bool `json:"present"`
+	// Positions are the 1-based positions of those rules.
+	Positions []int `json:"positions"`
+	// Owner is the agent it looks like (kube-proxy, calico, portmap, ...).
+	Owner string `json:"owner"`
+	// NamedBy are the declared jumps that name it.
+	NamedBy []AnchorUse `json:"named_by"`
+}
+
+// AnchorUse is a declared jump naming an anchor.
+type AnchorUse struct {
+	// Jump is the declared jump's target.
+	Jump string `json:"jump"`
+	// Relation is "after" or "before".
+	Relation string `json:"relation"`
 }
 
 // Counters are a rule's packet and byte counters.
@@ -201,6 +228,8 @@ type ChainStatus struct {
 	Missing []Missing `json:"missing"`
 	// Conflicts are the constraints foreign rules make impossible.
 	Conflicts []Conflict `json:"conflicts"`
+	// Anchors are the other agents' jumps named in after/before, present or absent.
+	Anchors []Anchor `json:"anchors"`
 }
 
 // ApplyReport is the report of Reconcile or Release: one entry per chain and family.

@@ -61,6 +61,19 @@ pub fn status(s: &ChainStatus) -> String {
     for c in conflict_lines(&s.conflicts) {
         out.push_str(&format!("  {c}\n"));
     }
+    for a in &s.anchors {
+        let at: Vec<String> = a.positions.iter().map(|p| p.to_string()).collect();
+        out.push_str(&format!(
+            "  anchor {} ({}): {}\n",
+            a.target,
+            a.owner,
+            if a.present {
+                format!("present at {}", at.join(", "))
+            } else {
+                "absent".to_string()
+            }
+        ));
+    }
     out
 }
 

@@ -126,8 +126,15 @@ impl Jumpset {
 
     /// [`Jumpset::check`] on an open backend.
     pub fn check_with(&self, backend: &mut dyn Backend) -> Report<ChainCheck> {
+        let expect = self.config.expect_anchors;
         self.each(backend, |b, family, spec| {
-            Ok(ChainCheck::new(plan_one(b, family, spec, Goal::Converge)?))
+            let snap = b.read(family, &spec.table, &spec.chain)?;
+            let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
+            Ok(ChainCheck::with_anchors(
+                ChainPlan::new(&snap, spec, &plan),
+                crate::report::anchors(&snap, spec),
+                expect,
+            ))
         })
     }
 

@@ -9,7 +9,7 @@
 //! builds them from the notification socket (`daemon::monitor`); the fake kernel
 //! (`testing::FakeKernel`, feature `testing`) produces the same for every commit it makes.
 
-use crate::snapshot::Family;
+use crate::snapshot::{agent_of, Family, Rule};
 
 /// One committed transaction, as announced to listeners.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,11 @@ pub struct Touched {
     /// The agents whose rules were added or deleted there (`snapshot::agent_of`), in
     /// order of first appearance, `unknown` left out.
     pub agents: Vec<&'static str>,
+    /// The chains the rules added there jump or go to, one entry per such rule.
+    pub added: Vec<String>,
+    /// The chains the rules deleted there jumped or went to, one entry per such rule
+    /// (a DELRULE notification carries the whole deleted rule).
+    pub removed: Vec<String>,
 }
 
 impl Touched {
@@ -52,6 +57,8 @@ impl Touched {
             table: table.to_string(),
             chain: chain.map(str::to_string),
             agents: Vec::new(),
+            added: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -102,6 +109,33 @@ impl Commit {
             }
         }
     }
+
+    /// Record that the batch added (`added`) or deleted `rule` in `family` `table`
+    /// `chain`: the chain is touched, the rule's agent and target noted.
+    pub fn touch_rule(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        rule: &Rule,
+        added: bool,
+    ) {
+        self.touch(family, table, Some(chain), Some(agent_of(rule)));
+        if let Some(target) = rule.target() {
+            let t = self
+                .touched
+                .iter_mut()
+                .find(|t| {
+                    t.family == family && t.table == table && t.chain.as_deref() == Some(chain)
+                })
+                .expect("touched above");
+            if added {
+                t.added.push(target.to_string());
+            } else {
+                t.removed.push(target.to_string());
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -123,5 +157,54 @@ mod tests {
         assert!(!c.touched[0].covers(Family::Ip6, "nat", "PREROUTING"));
         assert!(c.touched[1].covers(Family::Ip6, "nat", "OUTPUT"));
         assert!(!c.touched[1].covers(Family::Ip6, "filter", "OUTPUT"));
+        assert!(c.touched[0].added.is_empty() && c.touched[0].removed.is_empty());
+    }
+
+    #[test]
+    fn rules_added_and_deleted_are_noted_with_their_targets() {
+        use crate::snapshot::{Comment, CommentEncoding, Verdict};
+        let rule = |target: &str, comment: Option<&str>| Rule {
+            handle: 1,
+            comment: comment.map(|c| Comment {
+                bytes: c.as_bytes().to_vec(),
+                encoding: CommentEncoding::Xt,
+            }),
+            matches: Vec::new(),
+            counters: None,
+            verdict: Verdict::Jump(target.into()),
+        };
+        let mut c = Commit::new(3, 9, None, None);
+        c.touch_rule(
+            Family::Ip,
+            "nat",
+            "PREROUTING",
+            &rule("OVN-PREROUTING", Some("kube-ovn prerouting rules")),
+            true,
+        );
+        c.touch_rule(
+            Family::Ip,
+            "nat",
+            "PREROUTING",
+            &rule("CNI-HOSTPORT-DNAT", None),
+            false,
+        );
+        c.touch_rule(
+            Family::Ip,
+            "nat",
+            "PREROUTING",
+            &rule("OVN-PREROUTING", None),
+            false,
+        );
+        let accept = Rule {
+            verdict: Verdict::Accept,
+            ..rule("X", None)
+        };
+        c.touch_rule(Family::Ip, "nat", "OUTPUT", &accept, false);
+        assert_eq!(c.touched.len(), 2);
+        let t = &c.touched[0];
+        assert_eq!(t.agents, ["kube-ovn", "portmap"]);
+        assert_eq!(t.added, ["OVN-PREROUTING"]);
+        assert_eq!(t.removed, ["CNI-HOSTPORT-DNAT", "OVN-PREROUTING"]);
+        assert!(c.touched[1].removed.is_empty(), "a rule with no target");
     }
 }

@@ -190,6 +190,87 @@ pub struct ChainStatus {
     pub missing: Vec<MissingJump>,
     /// Constraints the foreign rules make impossible to meet.
     pub conflicts: Vec<Conflict>,
+    /// The anchors: other agents' jumps named in `after`/`before`, present or absent.
+    pub anchors: Vec<AnchorStatus>,
+}
+
+/// An anchor: a chain named in a declared jump's `after` or `before` that no owned jump
+/// targets — another agent's jump, which jumpset reads and never writes. Absent is a fact,
+/// not an error (the kernel keeps no history; portmap's jump is absent until the first
+/// hostPort pod), unless the config sets `expect_anchors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AnchorStatus {
+    /// The chain it jumps to, as `after`/`before` name it.
+    pub target: String,
+    /// Whether a rule of the chain jumps or goes there.
+    pub present: bool,
+    /// 1-based positions of those rules.
+    pub positions: Vec<usize>,
+    /// The agent it looks like it belongs to (`kube-proxy`, `calico`, `portmap`, ...).
+    pub owner: String,
+    /// The declared jumps that name it.
+    pub named_by: Vec<AnchorUse>,
+}
+
+/// A declared jump naming an anchor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct AnchorUse {
+    /// The declared jump's target.
+    pub jump: String,
+    /// `after` or `before`.
+    pub relation: &'static str,
+}
+
+/// The agent a jump to `target` looks like (`snapshot::agent_of` of a bare jump there).
+fn agent_of_target(target: &str) -> &'static str {
+    agent_of(&crate::snapshot::Rule {
+        handle: 0,
+        comment: None,
+        matches: Vec::new(),
+        counters: None,
+        verdict: crate::snapshot::Verdict::Jump(target.to_string()),
+    })
+}
+
+/// Each anchor of `spec` ([`ChainSpec::anchors`]) as `snap` has it.
+pub fn anchors(snap: &Snapshot, spec: &ChainSpec) -> Vec<AnchorStatus> {
+    spec.anchors()
+        .into_iter()
+        .map(|a| {
+            let positions: Vec<usize> = (0..snap.rules.len())
+                .filter(|&i| snap.rules[i].target() == Some(a))
+                .map(|i| i + 1)
+                .collect();
+            let owner = match positions.first() {
+                Some(&p) => agent_of(&snap.rules[p - 1]),
+                None => agent_of_target(a),
+            };
+            let mut named_by = Vec::new();
+            for j in spec.jumps() {
+                if j.after().iter().any(|x| x == a) {
+                    named_by.push(AnchorUse {
+                        jump: j.target().to_string(),
+                        relation: "after",
+                    });
+                }
+                if j.before().iter().any(|x| x == a) {
+                    named_by.push(AnchorUse {
+                        jump: j.target().to_string(),
+                        relation: "before",
+                    });
+                }
+            }
+            AnchorStatus {
+                target: a.to_string(),
+                present: !positions.is_empty(),
+                positions,
+                owner: owner.to_string(),
+                named_by,
+            }
+        })
+        .collect()
 }
 
 impl ExitCode for ChainStatus {
@@ -261,6 +342,7 @@ impl ChainStatus {
             rules,
             missing,
             conflicts: plan.conflicts.clone(),
+            anchors: anchors(snap, spec),
         }
     }
 }
@@ -447,7 +529,7 @@ pub enum Verdict {
     Conflict,
 }
 
-/// `check` of one chain in one family: the plan and the verdict.
+/// `check` of one chain in one family: the plan, the anchors and the verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ChainCheck {
@@ -456,6 +538,10 @@ pub struct ChainCheck {
     pub plan: ChainPlan,
     /// The verdict.
     pub verdict: Verdict,
+    /// The anchors, present or absent.
+    pub anchors: Vec<AnchorStatus>,
+    /// Whether an absent anchor is drift (`expect_anchors`).
+    pub expect_anchors: bool,
 }
 
 impl ExitCode for ChainCheck {
@@ -470,25 +556,62 @@ impl ExitCode for ChainCheck {
 
 impl ChainCheck {
     /// The verdict in words, as `jumpset check` prints it after the chain's name:
-    /// `converged`, `drift: 2 change(s) needed`, or the conflict.
+    /// `converged`, `drift: 2 change(s) needed`, `drift: anchor KUBE-SERVICES absent
+    /// (expect_anchors)`, or the conflict; absent anchors are named either way.
     pub fn summary(&self) -> String {
-        match self.verdict {
-            Verdict::Converged => "converged".into(),
+        let absent = self.absent_anchors();
+        let mut s = match self.verdict {
+            Verdict::Converged => "converged".to_string(),
+            Verdict::Drift if self.plan.is_noop() => "drift".to_string(),
             Verdict::Drift => format!("drift: {} change(s) needed", self.plan.ops.len()),
             Verdict::Conflict => "as close as the foreign rules allow (conflict)".into(),
+        };
+        if !absent.is_empty() {
+            let sep = if s == "drift" { ": " } else { "; " };
+            s.push_str(&format!(
+                "{sep}anchor {} absent{}",
+                absent.join(", "),
+                if self.expect_anchors {
+                    " (expect_anchors)"
+                } else {
+                    ""
+                }
+            ));
         }
+        s
     }
 
-    /// The verdict on `plan`.
+    /// The anchors no rule of the chain jumps to.
+    pub fn absent_anchors(&self) -> Vec<&str> {
+        self.anchors
+            .iter()
+            .filter(|a| !a.present)
+            .map(|a| a.target.as_str())
+            .collect()
+    }
+
+    /// The verdict on `plan` alone (no anchors).
     pub fn new(plan: ChainPlan) -> Self {
-        let verdict = if !plan.is_noop() {
+        ChainCheck::with_anchors(plan, Vec::new(), false)
+    }
+
+    /// The verdict on `plan` and `anchors`: with `expect_anchors`, an absent anchor is
+    /// drift too.
+    pub fn with_anchors(plan: ChainPlan, anchors: Vec<AnchorStatus>, expect_anchors: bool) -> Self {
+        let anchor_drift = expect_anchors && anchors.iter().any(|a| !a.present);
+        let verdict = if !plan.is_noop() || anchor_drift {
             Verdict::Drift
         } else if !plan.conflicts.is_empty() {
             Verdict::Conflict
         } else {
             Verdict::Converged
         };
-        ChainCheck { plan, verdict }
+        ChainCheck {
+            plan,
+            verdict,
+            anchors,
+            expect_anchors,
+        }
     }
 }
 
@@ -674,5 +797,105 @@ impl<T: Serialize> Serialize for Report<T> {
         m.serialize_entry("backend", self.backend)?;
         m.serialize_entry("chains", &groups)?;
         m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Comment, Rule, Verdict as V};
+    use crate::spec::Config;
+
+    fn jump(comment: Option<&str>, target: &str, handle: u64) -> Rule {
+        Rule {
+            handle,
+            comment: comment.map(|c| Comment {
+                bytes: c.as_bytes().to_vec(),
+                encoding: CommentEncoding::Xt,
+            }),
+            matches: Vec::new(),
+            counters: None,
+            verdict: V::Jump(target.into()),
+        }
+    }
+
+    fn spec(expect: bool) -> Config {
+        Config::from_toml(&format!(
+            "expect_anchors = {expect}\n{}",
+            include_str!("../testdata/harvester.toml")
+        ))
+        .unwrap()
+    }
+
+    fn snap(rules: Vec<Rule>) -> Snapshot {
+        Snapshot {
+            family: Family::Ip,
+            table: "nat".into(),
+            chain: "PREROUTING".into(),
+            generation: 7,
+            table_exists: true,
+            chain_exists: true,
+            rules,
+        }
+    }
+
+    #[test]
+    fn anchors_are_shown_present_or_absent_and_absent_is_drift_only_when_expected() {
+        // Calico's and ours in place, kube-proxy's there, portmap's not (no hostPort pod).
+        let s = snap(vec![
+            jump(Some("cali:6gwbT8clXdHdC1b1"), "cali-PREROUTING", 1),
+            jump(Some("kube-ovn prerouting rules"), "OVN-PREROUTING", 2),
+            jump(Some("kubernetes service portals"), "KUBE-SERVICES", 3),
+        ]);
+        for expect in [false, true] {
+            let cfg = spec(expect);
+            let c = &cfg.chains()[0];
+            let a = anchors(&s, c);
+            let shown: Vec<(&str, bool, &[usize], &str)> = a
+                .iter()
+                .map(|a| {
+                    (
+                        a.target.as_str(),
+                        a.present,
+                        &a.positions[..],
+                        a.owner.as_str(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                shown,
+                [
+                    ("cali-PREROUTING", true, &[1][..], "calico"),
+                    ("KUBE-SERVICES", true, &[3][..], "kube-proxy"),
+                    ("CNI-HOSTPORT-DNAT", false, &[][..], "portmap"),
+                ]
+            );
+            assert_eq!(a[0].named_by[0].relation, "after");
+            assert_eq!(a[2].named_by[0].jump, "OVN-PREROUTING");
+            let plan = crate::plan::plan(&s, c);
+            assert!(plan.is_noop(), "an absent anchor never makes jumpset write");
+            let status = ChainStatus::new(&s, c, &plan);
+            assert!(status.in_order);
+            assert_eq!(status.anchors, a);
+            let check = ChainCheck::with_anchors(ChainPlan::new(&s, c, &plan), a, expect);
+            if expect {
+                assert_eq!(check.verdict, Verdict::Drift);
+                assert_eq!(check.exit_code(), exit::DRIFT);
+                assert_eq!(
+                    check.summary(),
+                    "drift: anchor CNI-HOSTPORT-DNAT absent (expect_anchors)"
+                );
+            } else {
+                assert_eq!(check.verdict, Verdict::Converged);
+                assert_eq!(check.exit_code(), exit::OK);
+                assert_eq!(
+                    check.summary(),
+                    "converged; anchor CNI-HOSTPORT-DNAT absent"
+                );
+            }
+            let json = serde_json::to_value(&check).unwrap();
+            assert_eq!(json["anchors"][2]["present"], false);
+            assert_eq!(json["anchors"][1]["positions"][0], 3);
+        }
     }
 }

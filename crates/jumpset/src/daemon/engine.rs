@@ -22,9 +22,10 @@
 //!   after a conflict or an error too, so systemd never restart-loops it.
 //! - **Notifications**: only commits that touched a managed (family, table, chain), or
 //!   deleted its chain or table, count; commits whose port id is the backend's (the socket
-//!   we commit from) are our own and ignored. A foreign commit marks its chains dirty;
-//!   after the debounce they are reconciled. A converged chain is only read, never
-//!   written. An overflow (ENOBUFS) or an undecodable datagram re-reads every chain; a
+//!   we commit from) are our own and ignored. The writer of a foreign commit is looked
+//!   up at once ([`Host::identify`]); the commit marks its chains dirty and updates their
+//!   anchors ([`super::anchors`]); they are reconciled after the debounce and whatever
+//!   the fight policy holds. A converged chain is only read, never written. An overflow (ENOBUFS) or an undecodable datagram re-reads every chain; a
 //!   failed socket is reopened with the backend.
 //! - **Tick**: the resync timer (every `resync_interval` every chain is re-read; legacy
 //!   has no notifications, so that is its poll; `auto` on an undecided host detects
@@ -33,11 +34,17 @@
 //!   old one kept; a valid one replaces the chains and re-reads them all.
 //! - **Stop**: remove the owned jumps when `cleanup_on_exit` is set, `STOPPING=1`, exit 0.
 //!
-//! Errors back off exponentially with jitter (capped) and never end the daemon. Fights
-//! are paced by the fight policy ([`super::policy`]).
+//! Errors back off exponentially with jitter (capped) and never end the daemon. When a
+//! repair may run beside other writers, and what happens in a fight, is the fight
+//! policy's ([`super::policy`]).
 
+use super::anchors::{self, Anchors};
 use super::fight::{Backoff, Cause, Done, Jitter, Sched, Tuning, Writer};
-use super::metrics::{ChainLabels, InfoLabels, ResultLabel, Shared, SourceLabel};
+use super::ident::Identity;
+use super::metrics::{
+    AgentLabels, AnchorLabels, ChainLabels, InfoLabels, RemovalLabels, ResultLabel, Shared,
+    SourceLabel,
+};
 use super::policy::{self, FightEvent, PolicyFactory};
 use super::{ms, DaemonError, Options};
 use crate::backend::{Backend, BackendError};
@@ -88,6 +95,12 @@ pub trait Host {
     /// Serve `/metrics` and `/healthz` on `addr` (replacing any previous listener), or
     /// stop serving (`None`). Returns the address bound.
     fn listen(&mut self, addr: Option<SocketAddr>) -> std::io::Result<Option<SocketAddr>>;
+
+    /// What can be learnt now about the process `pid` that committed as `comm` (asked as
+    /// soon as its commit is notified: such processes are short-lived).
+    fn identify(&mut self, _pid: u32, _comm: Option<&str>) -> Identity {
+        Identity::Unknown
+    }
 }
 
 /// A backend the host opened.
@@ -226,6 +239,8 @@ struct Target {
     sched: Sched,
     health: Health,
     conflicts_logged: Vec<String>,
+    /// The other agents' jumps `after`/`before` name, witnessed.
+    anchors: Anchors,
 }
 
 /// The open backend.
@@ -280,6 +295,7 @@ fn build_targets(cfg: &Config, sel: &Selection, t: &Tuning, policy: PolicyFactor
                 sched: Sched::new(t, policy(t)),
                 health: Health::Pending,
                 conflicts_logged: Vec::new(),
+                anchors: Anchors::new(spec),
             });
         }
     }
@@ -453,6 +469,7 @@ impl<H: Host> Engine<H> {
             let _ = m.conflicts.get_or_create(&t.labels);
             let _ = m.fights.get_or_create(&t.labels);
             m.fight_active.get_or_create(&t.labels).set(0);
+            m.fight_yielding.get_or_create(&t.labels).set(0);
             m.in_order.get_or_create(&t.labels).set(0);
         }
     }
@@ -643,7 +660,22 @@ impl<H: Host> Engine<H> {
             pid: c.pid,
             name: c.comm.clone(),
             agents,
+            process: c
+                .pid
+                .map(|p| self.host.identify(p, c.comm.as_deref()))
+                .unwrap_or_default(),
         };
+        for &i in &hit {
+            let t = &self.targets[i];
+            let spec = &self.cfg.chains[t.chain];
+            let touched: Vec<_> = c
+                .touched
+                .iter()
+                .filter(|tc| tc.covers(t.family, &spec.table, &spec.chain))
+                .collect();
+            let changes = self.targets[i].anchors.on_commit(&touched, &writer);
+            self.on_anchors(i, changes);
+        }
         for i in hit {
             let name = self.target_name(i);
             self.debug(|| {
@@ -653,9 +685,10 @@ impl<H: Host> Engine<H> {
                     c.generation
                 )
             });
-            if let Some(ev) = self.targets[i]
-                .sched
-                .changed(now, writer.clone(), &self.opts.tuning)
+            if let Some(ev) =
+                self.targets[i]
+                    .sched
+                    .changed(now, writer.clone(), &self.opts.tuning, &mut self.rng)
             {
                 self.on_fight(i, ev);
             }
@@ -666,6 +699,9 @@ impl<H: Host> Engine<H> {
         self.warn("the nf_tables notification queue overflowed (ENOBUFS): notifications were lost; re-reading every chain".into());
         self.shared.metrics.overflows.inc();
         self.shared.metrics.resyncs.inc();
+        for t in &mut self.targets {
+            t.anchors.forget();
+        }
         self.wake_all(now, Cause::Resync);
     }
 
@@ -719,6 +755,10 @@ impl<H: Host> Engine<H> {
         let result = |r: &str| ResultLabel { result: r.into() };
         let done = match res {
             Ok(o) => {
+                let changes = self.targets[i].anchors.on_read(&o.before);
+                self.on_anchors(i, changes);
+                let anchors_absent =
+                    self.cfg.expect_anchors && !self.targets[i].anchors.absent().is_empty();
                 let spec = &self.cfg.chains[self.targets[i].chain];
                 let labels = &self.targets[i].labels;
                 m.stale_retries.inc_by(u64::from(o.retries));
@@ -730,7 +770,7 @@ impl<H: Host> Engine<H> {
                 };
                 m.in_order
                     .get_or_create(labels)
-                    .set(i64::from(health == Health::InOrder));
+                    .set(i64::from(health == Health::InOrder && !anchors_absent));
                 m.last_success.set(
                     self.host
                         .wall()
@@ -758,6 +798,16 @@ impl<H: Host> Engine<H> {
                             ..Writer::default()
                         });
                     }
+                    if let Cause::Change(w) = &cause {
+                        m.undos
+                            .get_or_create(&AgentLabels {
+                                family: labels.family.clone(),
+                                table: labels.table.clone(),
+                                chain: labels.chain.clone(),
+                                agent: w.agent().into(),
+                            })
+                            .inc();
+                    }
                     let latency = changed_at.map(|c| ended.saturating_duration_since(c));
                     if let (Some(l), Cause::Change(_)) = (latency, &cause) {
                         m.repair_latency_seconds.observe(l.as_secs_f64());
@@ -770,12 +820,12 @@ impl<H: Host> Engine<H> {
                             format!("found by a re-read, moving {} rules", w.agents_text())
                         }
                         Cause::Change(w) => format!(
-                            "undoing a change by {} to {} rules{}",
-                            w.describe(),
+                            "undoing a change to {} rules{} by {}",
                             w.agents_text(),
                             latency
-                                .map(|l| format!(", {} after it was notified", ms(l)))
-                                .unwrap_or_default()
+                                .map(|l| format!(" (notified {} before)", ms(l)))
+                                .unwrap_or_default(),
+                            w.describe()
                         ),
                     };
                     let text = format!(
@@ -858,6 +908,38 @@ impl<H: Host> Engine<H> {
         self.log(ev.level(), format!("{name}: {}", ev.message()));
     }
 
+    /// Report anchors of target `i` appearing or disappearing: log, gauge, removal count.
+    fn on_anchors(&mut self, i: usize, changes: Vec<anchors::Change>) {
+        let notified = self.conn.as_ref().is_some_and(|c| c.portid.is_some());
+        for ch in changes {
+            let l = &self.targets[i].labels;
+            let m = &self.shared.metrics;
+            m.anchor_present
+                .get_or_create(&AnchorLabels {
+                    family: l.family.clone(),
+                    table: l.table.clone(),
+                    chain: l.chain.clone(),
+                    anchor: ch.anchor.clone(),
+                })
+                .set(i64::from(ch.present));
+            if !ch.present && !ch.first {
+                m.anchor_removals
+                    .get_or_create(&RemovalLabels {
+                        family: l.family.clone(),
+                        table: l.table.clone(),
+                        chain: l.chain.clone(),
+                        anchor: ch.anchor.clone(),
+                        agent: ch.by.as_ref().map_or("unknown", |w| w.agent()).into(),
+                    })
+                    .inc();
+            }
+            if let Some((level, text)) = ch.message(notified) {
+                let name = self.target_name(i);
+                self.log(level, format!("{name}: {text}"));
+            }
+        }
+    }
+
     // -----------------------------------------------------------------------------------
     // Status, time.
     // -----------------------------------------------------------------------------------
@@ -883,6 +965,10 @@ impl<H: Host> Engine<H> {
                         if let Some(f) = t.sched.status() {
                             p.push_str(&format!(", {f}"));
                         }
+                        let absent = t.anchors.absent();
+                        if self.cfg.expect_anchors && !absent.is_empty() {
+                            p.push_str(&format!(", anchor {} absent", absent.join(", ")));
+                        }
                         p
                     })
                     .collect();
@@ -896,6 +982,13 @@ impl<H: Host> Engine<H> {
     }
 
     fn publish_status(&mut self) {
+        for t in &self.targets {
+            self.shared
+                .metrics
+                .fight_yielding
+                .get_or_create(&t.labels)
+                .set(i64::from(t.sched.yielding()));
+        }
         let s = self.status_line();
         if s == self.status {
             return;
@@ -1027,8 +1120,18 @@ impl<H: Host> Engine<H> {
         }
         let backend_changed = sel.backend != self.sel.backend;
         for t in &self.targets {
-            self.shared.metrics.in_order.remove(&t.labels);
-            self.shared.metrics.fight_active.remove(&t.labels);
+            let m = &self.shared.metrics;
+            m.in_order.remove(&t.labels);
+            m.fight_active.remove(&t.labels);
+            m.fight_yielding.remove(&t.labels);
+            for a in t.anchors.names() {
+                m.anchor_present.remove(&AnchorLabels {
+                    family: t.labels.family.clone(),
+                    table: t.labels.table.clone(),
+                    chain: t.labels.chain.clone(),
+                    anchor: a.clone(),
+                });
+            }
         }
         self.targets = build_targets(&cfg, &sel, &self.opts.tuning, self.policy);
         self.init_series();

@@ -8,9 +8,11 @@
 //!   burst of commits is read once);
 //! - a resync, a poll, the start and a reload mark it dirty with no debounce;
 //! - after a failed reconcile it waits an **error backoff** (exponential, jittered, capped);
-//! - while another writer keeps undoing the placement, its **fight policy**
-//!   ([`policy`](super::policy)) holds repairs off.
+//! - its **fight policy** ([`policy`](super::policy)) holds a repair until the writer
+//!   that triggered it is quiet, and while a writer keeps undoing the placement yields the
+//!   chain to it.
 
+use super::ident::{self, Identity};
 use super::policy::{FightEvent, FightParams, FightPolicy};
 use std::time::{Duration, Instant};
 
@@ -49,7 +51,8 @@ impl Default for Tuning {
 }
 
 impl Tuning {
-    /// No fight detection: every undo is repaired at once (for latency measurements).
+    /// No waiting for other writers and no fight detection: every undo is repaired at
+    /// once, after the debounce (for latency measurements).
     pub fn without_fight_detection(mut self) -> Self {
         self.fight = self.fight.disabled();
         self
@@ -167,7 +170,8 @@ impl Debounce {
     }
 }
 
-/// Who made a change, as nf_tables reports it (NEWGEN) and as its rules suggest.
+/// Who made a change, as nf_tables reports it (NEWGEN), as `/proc` showed it at
+/// notification time ([`ident`]) and as its rules suggest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Writer {
     /// PID of the committing task (in the initial PID namespace).
@@ -176,17 +180,46 @@ pub struct Writer {
     pub name: Option<String>,
     /// Agents whose rules the change touched (`snapshot::agent_of`).
     pub agents: Vec<&'static str>,
+    /// What `/proc` showed of the process when the notification arrived.
+    pub process: Identity,
 }
 
 impl Writer {
-    /// `pid 123 (iptables-nft)`, or a sentence saying the writer is unknown.
+    /// `pid 123 (iptables-nft), parent 100 (kube-ovn-daemon) `…`, container …`, or a
+    /// sentence saying the writer is unknown.
     pub fn describe(&self) -> String {
-        match (&self.pid, &self.name) {
+        let head = match (&self.pid, &self.name) {
             (Some(p), Some(n)) => format!("pid {p} ({n})"),
             (Some(p), None) => format!("pid {p}"),
             (None, Some(n)) => format!("process {n}"),
-            (None, None) => "an unidentified writer".to_string(),
+            (None, None) => return "an unidentified writer".to_string(),
+        };
+        format!("{head}{}", self.process.details())
+    }
+
+    /// [`Writer::describe`] without command lines: `pid 123 (iptables-nft), parent 100
+    /// (kube-ovn-daemon), container …` (for `STATUS=`).
+    pub fn summary(&self) -> String {
+        match (&self.pid, &self.name) {
+            (Some(p), Some(n)) => format!("pid {p} ({n}){}", self.process.summary()),
+            _ => self.describe(),
         }
+    }
+
+    /// What writers are told apart by: the container, the parent process or the unit
+    /// `/proc` showed ([`Identity::key`]), else the comm (every process of that name is
+    /// then one writer), else `unknown`.
+    pub fn key(&self) -> String {
+        self.process
+            .key()
+            .or_else(|| self.name.as_ref().map(|n| format!("process {n}")))
+            .unwrap_or_else(|| "unknown".to_string())
+    }
+
+    /// The agent for a metric label: one of [`ident::KNOWN_AGENTS`], `other` or
+    /// `unknown`.
+    pub fn agent(&self) -> &'static str {
+        ident::agent_name(self.name.as_deref(), &self.process)
     }
 
     /// The agents, as `kube-ovn, calico`, or `unknown`.
@@ -271,8 +304,14 @@ impl Sched {
 
     /// Another writer changed the chain at `now`: reconcile after the debounce (and
     /// whatever the fight policy holds off). Returns the policy's event, if any.
-    pub fn changed(&mut self, now: Instant, writer: Writer, t: &Tuning) -> Option<FightEvent> {
-        let ev = self.policy.changed(now, &writer);
+    pub fn changed(
+        &mut self,
+        now: Instant,
+        writer: Writer,
+        t: &Tuning,
+        rng: &mut Jitter,
+    ) -> Option<FightEvent> {
+        let ev = self.policy.changed(now, &writer, rng);
         self.mark(Cause::Change(writer));
         self.changed_at.get_or_insert(now);
         self.debounce.poke(now, t.debounce, t.debounce_max);
@@ -300,6 +339,13 @@ impl Sched {
     /// Whether a fight episode is running.
     pub fn fighting(&self) -> bool {
         self.policy.active()
+    }
+
+    /// Whether jumpset is yielding this chain in a fight: a change is pending and the
+    /// fight policy holds it until the other writer has gone quiet (what readiness
+    /// reports).
+    pub fn yielding(&self) -> bool {
+        self.is_dirty() && self.policy.yielding()
     }
 
     /// What the fight policy says about this chain for `STATUS=`, if anything.
@@ -362,19 +408,18 @@ impl Sched {
         if self.dirty.is_none() {
             self.changed_at = None;
         }
-        if done == Done::Clean || !cause.is_undo() {
-            return None;
-        }
-        let writer = match cause {
-            Cause::Change(w) => w,
-            _ => Writer::default(),
+        let undid = match cause {
+            _ if done == Done::Clean || !cause.is_undo() => None,
+            Cause::Change(w) => Some(w),
+            _ => Some(Writer::default()),
         };
-        self.policy.undone(now, &writer, rng)
+        self.policy.reconciled(now, undid.as_ref(), rng)
     }
 
-    /// Time passed: lets the fight policy end an episode.
+    /// Time passed: lets the fight policy move on (retry, end an episode).
     pub fn tick(&mut self, now: Instant) -> Option<FightEvent> {
-        self.policy.tick(now)
+        let pending = self.is_dirty();
+        self.policy.tick(now, pending)
     }
 }
 
@@ -392,6 +437,7 @@ mod tests {
             pid: Some(4242),
             name: Some("iptables-nft".into()),
             agents: vec!["kube-ovn"],
+            ..Writer::default()
         }
     }
 
@@ -442,11 +488,13 @@ mod tests {
 
     #[test]
     fn a_change_is_reconciled_after_the_debounce() {
-        let t = Tuning::default();
+        // The policy's own waits aside (policy.rs tests them).
+        let t = Tuning::default().without_fight_detection();
+        let mut rng = Jitter::new(3);
         let t0 = Instant::now();
         let mut s = Sched::new(&t, standard(&t));
         assert!(!s.due(t0) && s.next_wake().is_none());
-        s.changed(t0, writer(), &t);
+        s.changed(t0, writer(), &t, &mut rng);
         assert!(!s.due(t0 + ms(1)));
         assert!(s.due(t0 + ms(2)));
         assert_eq!(s.next_wake(), Some(t0 + ms(2)));
@@ -459,11 +507,12 @@ mod tests {
     #[test]
     fn resync_is_immediate_and_a_change_outranks_it() {
         let t = Tuning::default();
+        let mut rng = Jitter::new(3);
         let t0 = Instant::now();
         let mut s = Sched::new(&t, standard(&t));
         s.wake(t0, Cause::Resync);
         assert!(s.due(t0));
-        s.changed(t0, writer(), &t);
+        s.changed(t0, writer(), &t, &mut rng);
         let (cause, _) = s.begin().unwrap();
         assert_eq!(cause, Cause::Change(writer()));
     }

@@ -4,6 +4,7 @@
 
 use super::engine::{Host, Notice, Opened};
 use super::fight::Tuning;
+use super::ident::{self, Identity};
 use super::metrics::{self, Shared};
 use super::monitor::{Classifier, Monitor, RecvError};
 use super::privilege;
@@ -30,6 +31,8 @@ pub struct SystemHost {
     shared: Arc<Shared>,
     feed: Option<Feed>,
     http: Option<JoinHandle<()>>,
+    /// Whether the host's processes can be seen in `/proc` (probed at the first look).
+    visible: Option<Result<(), &'static str>>,
 }
 
 impl std::fmt::Debug for SystemHost {
@@ -48,6 +51,7 @@ impl SystemHost {
             shared,
             feed: None,
             http: None,
+            visible: None,
         }
     }
 
@@ -200,6 +204,17 @@ impl Host for SystemHost {
 
     fn close(&mut self) {
         self.feed = None;
+    }
+
+    fn identify(&mut self, pid: u32, comm: Option<&str>) -> Identity {
+        let proc_root = std::path::Path::new("/proc");
+        match *self
+            .visible
+            .get_or_insert_with(|| ident::visibility(proc_root))
+        {
+            Ok(()) => ident::read(proc_root, pid, comm),
+            Err(why) => Identity::Hidden(why),
+        }
     }
 
     fn listen(&mut self, addr: Option<SocketAddr>) -> std::io::Result<Option<SocketAddr>> {

@@ -25,6 +25,47 @@ pub struct ChainLabels {
     pub chain: String,
 }
 
+/// Labels of an anchor of a managed chain (a chain named in `after`/`before`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnchorLabels {
+    /// `ip` or `ip6`.
+    pub family: String,
+    /// Table.
+    pub table: String,
+    /// Chain.
+    pub chain: String,
+    /// The chain the anchor jumps to.
+    pub anchor: String,
+}
+
+/// Labels of an anchor's removal: the anchor and the agent that removed it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemovalLabels {
+    /// `ip` or `ip6`.
+    pub family: String,
+    /// Table.
+    pub table: String,
+    /// Chain.
+    pub chain: String,
+    /// The chain the anchor jumps to.
+    pub anchor: String,
+    /// The agent (`daemon::ident::KNOWN_AGENTS`, `other` or `unknown`).
+    pub agent: String,
+}
+
+/// Labels of a managed chain and the agent of another writer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    /// `ip` or `ip6`.
+    pub family: String,
+    /// Table.
+    pub table: String,
+    /// Chain.
+    pub chain: String,
+    /// The agent (`daemon::ident::KNOWN_AGENTS`, `other` or `unknown`).
+    pub agent: String,
+}
+
 /// A single `result` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -63,6 +104,14 @@ pub struct Metrics {
     pub fights: Family<ChainLabels, Counter>,
     /// 1 while a fight episode runs.
     pub fight_active: Family<ChainLabels, Gauge>,
+    /// 1 while jumpset yields the chain in a fight (a change is held).
+    pub fight_yielding: Family<ChainLabels, Gauge>,
+    /// Repairs that undid another writer's change, by that writer's agent.
+    pub undos: Family<AgentLabels, Counter>,
+    /// 1 while a rule of the chain jumps to the anchor, 0 while none does.
+    pub anchor_present: Family<AnchorLabels, Gauge>,
+    /// Anchors that were present and disappeared, by the agent that removed them.
+    pub anchor_removals: Family<RemovalLabels, Counter>,
     /// 1 when the chain is in order (as far as any conflict allows: 0 then).
     pub in_order: Family<ChainLabels, Gauge>,
     /// Unix time of the last successful reconcile.
@@ -94,6 +143,10 @@ impl Metrics {
             conflicts: Family::default(),
             fights: Family::default(),
             fight_active: Family::default(),
+            fight_yielding: Family::default(),
+            undos: Family::default(),
+            anchor_present: Family::default(),
+            anchor_removals: Family::default(),
             in_order: Family::default(),
             last_success: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(25e-6, 2.0, 18)),
@@ -133,6 +186,26 @@ impl Metrics {
             "fight_active",
             "1 while a fight episode runs (repairs are backed off)",
             m.fight_active.clone(),
+        );
+        r.register(
+            "fight_yielding",
+            "1 while jumpset yields the chain in a fight: a change is held until the other writer has gone quiet",
+            m.fight_yielding.clone(),
+        );
+        r.register(
+            "undos",
+            "Repairs that undid another writer's change, by that writer's agent",
+            m.undos.clone(),
+        );
+        r.register(
+            "anchor_present",
+            "1 while a rule of the managed chain jumps to the anchor (a chain named in after/before), 0 while none does",
+            m.anchor_present.clone(),
+        );
+        r.register(
+            "anchor_removals",
+            "Anchors that were present and disappeared, by the agent that removed them; jumpset never writes them back",
+            m.anchor_removals.clone(),
         );
         r.register(
             "chain_in_order",

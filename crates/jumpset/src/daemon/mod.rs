@@ -7,8 +7,11 @@
 //!   its next deadline; the clock, host detection, capabilities, backends and the HTTP
 //!   listener reach it through a [`engine::Host`];
 //! - the timing it relies on: [`fight`] (debounce, backoff, when each chain may be
-//!   reconciled) and the fight [`policy`] (how repairs are paced while another writer
-//!   keeps undoing them);
+//!   reconciled) and the fight [`policy`] (a repair waits until the writer that triggered
+//!   it is quiet; in a fight jumpset yields);
+//! - what it tells about other writers: [`ident`] (who committed, from `/proc` at
+//!   notification time) and [`anchors`] (the other agents' jumps `after`/`before` name,
+//!   witnessed);
 //! - the loop ([`run`]): one task on a current-thread tokio runtime that only waits — for
 //!   shutdown, SIGHUP, an nf_tables notification datagram ([`monitor`]) or the engine's
 //!   deadline — and hands what woke it to the engine, then carries out the engine's
@@ -22,9 +25,11 @@
 //! invalid). The shutdown future (SIGTERM/SIGINT in `main`) stops the loop with `Ok`,
 //! after the engine removed the owned jumps when `cleanup_on_exit` is set.
 
+pub mod anchors;
 pub mod engine;
 pub mod fight;
 pub mod host;
+pub mod ident;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;

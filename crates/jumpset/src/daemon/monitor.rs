@@ -15,7 +15,7 @@
 
 use crate::backend::nft::codec::{self, Body, Message, NFPROTO_IPV4, NFPROTO_IPV6};
 use crate::notification::Commit;
-use crate::snapshot::{agent_of, Family};
+use crate::snapshot::{agent_of, Family, Rule};
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
 use std::collections::HashMap;
 use std::io;
@@ -65,7 +65,7 @@ impl Classifier {
         m: &Message,
         table: &str,
         chain: Option<&str>,
-        agent: Option<&'static str>,
+        rule: Option<(&Rule, bool)>,
     ) {
         let Some(fam) = family(m.family) else {
             return;
@@ -84,10 +84,19 @@ impl Classifier {
                 i
             }
         };
-        let agents = &mut p.commit.touched[i].agents;
-        if let Some(a) = agent.filter(|a| *a != "unknown") {
-            if !agents.contains(&a) {
-                agents.push(a);
+        let Some((rule, added)) = rule else {
+            return;
+        };
+        let t = &mut p.commit.touched[i];
+        let a = agent_of(rule);
+        if a != "unknown" && !t.agents.contains(&a) {
+            t.agents.push(a);
+        }
+        if let Some(target) = rule.target() {
+            if added {
+                t.added.push(target.to_string());
+            } else {
+                t.removed.push(target.to_string());
             }
         }
     }
@@ -96,9 +105,22 @@ impl Classifier {
     /// touched an ip/ip6 chain.
     pub fn feed(&mut self, m: &Message) -> Option<Commit> {
         match &m.body {
-            Body::NewRule(r) | Body::DelRule(r) => {
-                let agent = agent_of(&codec::to_rule(r));
-                self.touch(m, &r.table, Some(&r.chain), Some(agent));
+            Body::NewRule(r) => {
+                self.touch(
+                    m,
+                    &r.table,
+                    Some(&r.chain),
+                    Some((&codec::to_rule(r), true)),
+                );
+                None
+            }
+            Body::DelRule(r) => {
+                self.touch(
+                    m,
+                    &r.table,
+                    Some(&r.chain),
+                    Some((&codec::to_rule(r), false)),
+                );
                 None
             }
             Body::DelChain(c) => {
@@ -406,6 +428,8 @@ mod tests {
                 vec!["kube-proxy"]
             )]
         );
+        assert_eq!(commit.touched[0].added, ["KUBE-SERVICES"]);
+        assert!(commit.touched[0].removed.is_empty());
         c.reset();
         assert!(c.feed(&gen(msgs[0].portid, 5, "x")).is_none());
     }

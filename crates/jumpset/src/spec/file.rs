@@ -122,6 +122,8 @@ struct RawConfig {
     comment_encoding: CommentEncoding,
     xtables_lock_timeout: Option<Spanned<String>>,
     #[serde(default)]
+    expect_anchors: bool,
+    #[serde(default)]
     chain: Vec<RawChain>,
     daemon: Option<RawDaemon>,
 }
@@ -380,6 +382,7 @@ impl ConfigBuilder {
             families,
             comment_encoding: raw.comment_encoding,
             xtables_lock_timeout,
+            expect_anchors: raw.expect_anchors,
             chains: lines.chains(&raw.chain),
             daemon,
             resync_line,

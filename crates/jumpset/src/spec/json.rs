@@ -20,6 +20,8 @@ struct JsonConfig {
     comment_encoding: CommentEncoding,
     xtables_lock_timeout: Option<String>,
     #[serde(default)]
+    expect_anchors: bool,
+    #[serde(default)]
     chains: Vec<JsonChain>,
 }
 
@@ -113,6 +115,7 @@ impl super::Config {
                 .map(|f| At::new(f.into_iter().map(At::new).collect())),
             comment_encoding: raw.comment_encoding,
             xtables_lock_timeout,
+            expect_anchors: raw.expect_anchors,
             chains: chains(raw.chains),
             daemon: DaemonConfig::default(),
             resync_line: None,

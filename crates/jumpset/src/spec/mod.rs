@@ -95,6 +95,7 @@ pub struct Config {
     pub(crate) backend: BackendChoice,
     pub(crate) families: Vec<Family>,
     pub(crate) xtables_lock_timeout: Duration,
+    pub(crate) expect_anchors: bool,
     pub(crate) chains: Vec<ChainSpec>,
     pub(crate) daemon: DaemonConfig,
 }
@@ -267,6 +268,12 @@ impl Config {
         self.xtables_lock_timeout
     }
 
+    /// `expect_anchors`: an absent anchor (a chain named in `after`/`before` that no rule
+    /// of the managed chain jumps to) is drift for `check` and the daemon's health.
+    pub fn expect_anchors(&self) -> bool {
+        self.expect_anchors
+    }
+
     /// The managed chains: those of the main config first, then those only fragments
     /// declare, in the order they were first declared.
     pub fn chains(&self) -> &[ChainSpec] {
@@ -309,6 +316,22 @@ impl ChainSpec {
     /// The owned jumps: the main config's, then each fragment's in order.
     pub fn jumps(&self) -> &[JumpSpec] {
         &self.jumps
+    }
+
+    /// The anchors: the chains named in the jumps' `after` and `before` that no owned
+    /// jump targets — other agents' jumps, which jumpset reads and never writes — in the
+    /// order first named.
+    pub fn anchors(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for j in &self.jumps {
+            for a in j.after.iter().chain(&j.before) {
+                let owned = self.jumps.iter().any(|o| o.target == *a);
+                if !owned && !out.contains(&a.as_str()) {
+                    out.push(a);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -410,6 +433,7 @@ pub struct ConfigBuilder {
     pub(crate) families: Option<At<Vec<At<Family>>>>,
     pub(crate) comment_encoding: CommentEncoding,
     pub(crate) xtables_lock_timeout: Option<Duration>,
+    pub(crate) expect_anchors: bool,
     pub(crate) chains: Vec<ChainBuilder>,
     pub(crate) daemon: DaemonConfig,
     pub(crate) resync_line: Option<usize>,
@@ -460,6 +484,12 @@ impl ConfigBuilder {
     /// `xtables_lock_timeout` (default 10 s; zero waits forever).
     pub fn xtables_lock_timeout(mut self, timeout: Duration) -> Self {
         self.xtables_lock_timeout = Some(timeout);
+        self
+    }
+
+    /// `expect_anchors` (default false): an absent anchor is drift.
+    pub fn expect_anchors(mut self, expect: bool) -> Self {
+        self.expect_anchors = expect;
         self
     }
 

@@ -20,6 +20,11 @@ fn harvester_scenario_loads_with_defaults() {
     assert_eq!(c.backend, BackendChoice::Auto);
     assert_eq!(c.families, vec![Family::Ip]);
     assert_eq!(c.xtables_lock_timeout, Duration::from_secs(10));
+    assert!(!c.expect_anchors());
+    assert_eq!(
+        c.chains[0].anchors(),
+        ["cali-PREROUTING", "KUBE-SERVICES", "CNI-HOSTPORT-DNAT"]
+    );
     assert_eq!(c.daemon, DaemonConfig::default());
     let j = &c.chains[0].jumps[0];
     assert_eq!(j.target, "OVN-PREROUTING");
@@ -37,6 +42,7 @@ backend = "nft"
 families = ["ip", "ip6"]
 comment_encoding = "userdata"
 xtables_lock_timeout = "0s"
+expect_anchors = true
 [[chain]]
 table = "mangle"
 chain = "OUTPUT"
@@ -59,6 +65,11 @@ cleanup_on_exit = true
     assert_eq!(c.backend, BackendChoice::Nft);
     assert_eq!(c.families, vec![Family::Ip, Family::Ip6]);
     assert_eq!(c.xtables_lock_timeout, Duration::ZERO);
+    assert!(c.expect_anchors());
+    assert!(
+        c.chains[0].anchors().is_empty(),
+        "B after A: A is owned, not an anchor"
+    );
     assert_eq!(c.chains[0].jumps[0].encoding, CommentEncoding::Userdata);
     assert!(!c.chains[0].jumps[0].create_chain);
     assert_eq!(c.chains[0].jumps[1].encoding, CommentEncoding::Xt);
@@ -91,6 +102,8 @@ fn wrong_types_are_errors() {
     let e = load_err(&one_jump("create_chain = \"yes\""));
     assert!(e.to_string().contains("line 7"), "{e}");
     assert_eq!(e.key, "chain[0].jump[0].create_chain", "{e}");
+    let e = load_err("expect_anchors = \"yes\"\n");
+    assert_eq!((e.key.as_str(), e.line), ("expect_anchors", Some(1)), "{e}");
     let e = load_err("[daemon]\ncleanup_on_exit = 1\n");
     assert_eq!(
         (e.key.as_str(), e.line),
@@ -110,6 +123,7 @@ fn the_json_form_is_the_config_file_with_lists() {
     );
     let c = Config::from_json(
         r#"{"backend": "legacy", "families": ["ip6"], "xtables_lock_timeout": "2s",
+            "expect_anchors": true,
             "chains": [{"table": "nat", "chain": "PREROUTING",
             "jumps": [{"target": "X", "comment": "x", "create_chain": false,
                        "comment_encoding": "userdata"}]}]}"#,
@@ -118,7 +132,10 @@ fn the_json_form_is_the_config_file_with_lists() {
     assert_eq!(c.backend(), BackendChoice::Legacy);
     assert_eq!(c.families(), [Family::Ip6]);
     assert_eq!(c.xtables_lock_timeout(), Duration::from_secs(2));
+    assert!(c.expect_anchors());
     assert!(!c.chains()[0].jumps()[0].create_chain());
+    let e = Config::from_json(r#"{"expect_anchors": 1}"#).unwrap_err();
+    assert_eq!(e.key, "expect_anchors", "{e}");
     // Errors name the key in the JSON form, the line where serde_json knows it.
     let e = Config::from_json(
         "{\"chains\": [{\"table\": \"nat\", \"chain\": \"PREROUTING\",\n \"jumps\": [{\"target\": \"X\", \"comment\": \"x\", \"after\": \"Y\"}]}]}",
@@ -167,11 +184,17 @@ fn the_builder_makes_what_the_config_file_makes() {
         .families([Family::Ip6, Family::Ip])
         .comment_encoding(CommentEncoding::Userdata)
         .xtables_lock_timeout(Duration::ZERO)
+        .expect_anchors(true)
         .build()
         .unwrap();
     assert_eq!(c.backend(), BackendChoice::Legacy);
     assert_eq!(c.families(), [Family::Ip6, Family::Ip]);
     assert_eq!(c.xtables_lock_timeout(), Duration::ZERO);
+    assert!(c.expect_anchors());
+    assert_eq!(
+        harvester_builder().expect_anchors(true).build().unwrap(),
+        Config::from_toml(&format!("expect_anchors = true\n{HARVESTER}")).unwrap()
+    );
     assert_eq!(
         c.chains()[0].jumps()[0].encoding(),
         CommentEncoding::Userdata

@@ -82,6 +82,7 @@ fn finish(b: ConfigBuilder, chains: Vec<ChainSpec>) -> Result<Config, SpecError>
         backend: b.backend,
         families,
         xtables_lock_timeout: b.xtables_lock_timeout.unwrap_or(Duration::from_secs(10)),
+        expect_anchors: b.expect_anchors,
         chains,
         daemon: b.daemon,
     })

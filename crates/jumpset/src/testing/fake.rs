@@ -23,7 +23,7 @@
 use crate::backend::{Applied, Backend, BackendError};
 use crate::notification::Commit;
 use crate::plan::{Op, Plan};
-use crate::snapshot::{agent_of, Comment, Counters, Family, Rule, Snapshot, Verdict};
+use crate::snapshot::{Comment, Counters, Family, Rule, Snapshot, Verdict};
 use crate::spec::ChainSpec;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -602,13 +602,13 @@ impl Tx {
         }
         rule.handle = t.handle();
         let handle = rule.handle;
-        let agent = agent_of(&rule);
+        let noted = rule.clone();
         t.chains
             .get_mut(chain)
             .expect("checked above")
             .rules
             .insert(position - 1, rule);
-        self.commit.touch(family, table, Some(chain), Some(agent));
+        self.commit.touch_rule(family, table, chain, &noted, true);
         self.changes += 1;
         Ok(handle)
     }
@@ -649,8 +649,7 @@ impl Tx {
                 ))
             })?;
         let r = c.rules.remove(i);
-        self.commit
-            .touch(family, table, Some(chain), Some(agent_of(&r)));
+        self.commit.touch_rule(family, table, chain, &r, false);
         self.changes += 1;
         Ok(())
     }
@@ -671,8 +670,7 @@ impl Tx {
             )));
         }
         let r = c.rules.remove(position - 1);
-        self.commit
-            .touch(family, table, Some(chain), Some(agent_of(&r)));
+        self.commit.touch_rule(family, table, chain, &r, false);
         self.changes += 1;
         Ok(r)
     }
@@ -682,8 +680,7 @@ impl Tx {
         let c = self.chain_mut(family, table, chain)?;
         let gone = std::mem::take(&mut c.rules);
         for r in &gone {
-            self.commit
-                .touch(family, table, Some(chain), Some(agent_of(r)));
+            self.commit.touch_rule(family, table, chain, r, false);
             self.changes += 1;
         }
         Ok(())
@@ -714,8 +711,7 @@ impl Tx {
             .remove(chain)
             .ok_or_else(|| missing(format!("no chain {family} {table} {chain}")))?;
         for r in &c.rules {
-            self.commit
-                .touch(family, table, Some(chain), Some(agent_of(r)));
+            self.commit.touch_rule(family, table, chain, r, false);
         }
         self.commit.touch(family, table, Some(chain), None);
         self.changes += 1;
@@ -730,8 +726,7 @@ impl Tx {
             .ok_or_else(|| missing(format!("no table {family} {table}")))?;
         for (name, c) in &t.chains {
             for r in &c.rules {
-                self.commit
-                    .touch(family, table, Some(name), Some(agent_of(r)));
+                self.commit.touch_rule(family, table, name, r, false);
             }
         }
         self.commit.touch(family, table, None, None);
