@@ -14,7 +14,7 @@
 //! with ENOBUFS and the caller re-reads everything (reference C.4).
 
 use super::fight::Writer;
-use crate::backend::nft::codec::{self, Body, Message};
+use crate::backend::nft::codec::{Body, Message};
 use crate::snapshot::agent_of;
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
 use std::collections::{BTreeSet, HashMap};
@@ -99,10 +99,14 @@ impl Classifier {
         let fam = m.family;
         match &m.body {
             Body::NewRule(r) | Body::DelRule(r) => {
-                let agent = agent_of(&codec::to_rule(r));
+                let agent = agent_of(&r.rule);
                 self.touch(
                     m.portid,
-                    |w| w.nfproto == fam && w.table == r.table && w.chain == r.chain,
+                    |w| {
+                        w.nfproto == fam
+                            && w.table.as_bytes() == r.table
+                            && w.chain.as_bytes() == r.chain
+                    },
                     Some(agent),
                 );
                 None
@@ -206,8 +210,9 @@ impl Monitor {
 mod tests {
     use super::*;
     use crate::backend::nft::codec::{
-        parse, ChainInfo, GenInfo, NftRule, TableInfo, NFPROTO_IPV4, NFPROTO_IPV6,
+        parse, ChainInfo, GenInfo, RuleMsg, TableInfo, NFPROTO_IPV4, NFPROTO_IPV6,
     };
+    use crate::snapshot::{Rule, Verdict};
 
     macro_rules! fixture {
         ($name:literal) => {
@@ -236,7 +241,7 @@ mod tests {
         ]
     }
 
-    fn msg(portid: u32, family: u8, body: Body) -> Message {
+    fn msg(portid: u32, family: u8, body: Body<'static>) -> Message<'static> {
         Message {
             ty: 0,
             flags: 0,
@@ -248,7 +253,7 @@ mod tests {
         }
     }
 
-    fn gen(portid: u32, id: u32, name: &str) -> Message {
+    fn gen(portid: u32, id: u32, name: &str) -> Message<'static> {
         msg(
             portid,
             0,
@@ -260,14 +265,20 @@ mod tests {
         )
     }
 
-    fn rule(table: &str, chain: &str) -> NftRule {
-        NftRule {
-            table: table.into(),
-            chain: chain.into(),
-            handle: 5,
+    fn rule(table: &'static str, chain: &'static str) -> RuleMsg<'static> {
+        RuleMsg {
+            table: table.as_bytes(),
+            chain: chain.as_bytes(),
             position: None,
-            exprs: vec![],
+            rule: Rule {
+                handle: 5,
+                comment: None,
+                matches: vec![],
+                counters: None,
+                verdict: Verdict::None,
+            },
             userdata: None,
+            exprs: &[],
         }
     }
 
