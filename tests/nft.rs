@@ -599,7 +599,7 @@ fn our_decoder_and_netlink_packet_netfilter_agree_on_a_live_dump() {
                     .exprs()
                     .map(|e| String::from_utf8(e.unwrap().name().to_vec()).unwrap())
                     .collect();
-                let our_chain = String::from_utf8(rule.chain.to_vec()).unwrap();
+                let our_chain = String::from_utf8(rule.chain().to_vec()).unwrap();
                 assert_eq!(
                     (rule.rule.handle, our_chain, our_names),
                     (handle, chain, names)

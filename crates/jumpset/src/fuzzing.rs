@@ -62,7 +62,7 @@ pub fn nft_messages(data: &[u8]) {
         }
         let rule = codec::NewRule {
             exprs,
-            userdata: r.userdata.map(<[u8]>::to_vec),
+            userdata: r.userdata().map(<[u8]>::to_vec),
             compat: false,
         };
         let mut b = codec::Batch::begin(1, 1);

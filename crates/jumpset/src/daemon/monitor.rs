@@ -104,8 +104,8 @@ impl Classifier {
                     m.portid,
                     |w| {
                         w.nfproto == fam
-                            && w.table.as_bytes() == r.table
-                            && w.chain.as_bytes() == r.chain
+                            && w.table.as_bytes() == r.table()
+                            && w.chain.as_bytes() == r.chain()
                     },
                     Some(agent),
                 );
@@ -210,9 +210,10 @@ impl Monitor {
 mod tests {
     use super::*;
     use crate::backend::nft::codec::{
-        parse, ChainInfo, GenInfo, RuleMsg, TableInfo, NFPROTO_IPV4, NFPROTO_IPV6,
+        encode_rule, parse, Batch, ChainInfo, GenInfo, Position, RuleMsg, TableInfo, NFPROTO_IPV4,
+        NFPROTO_IPV6,
     };
-    use crate::snapshot::{Rule, Verdict};
+    use crate::snapshot::Verdict;
 
     macro_rules! fixture {
         ($name:literal) => {
@@ -241,7 +242,7 @@ mod tests {
         ]
     }
 
-    fn msg(portid: u32, family: u8, body: Body<'static>) -> Message<'static> {
+    fn msg(portid: u32, family: u8, body: Body<'_>) -> Message<'_> {
         Message {
             ty: 0,
             flags: 0,
@@ -265,21 +266,28 @@ mod tests {
         )
     }
 
-    fn rule(table: &'static str, chain: &'static str) -> RuleMsg<'static> {
-        RuleMsg {
-            table: table.as_bytes(),
-            chain: chain.as_bytes(),
-            position: None,
-            rule: Rule {
-                handle: 5,
-                comment: None,
-                matches: vec![],
-                counters: None,
-                verdict: Verdict::None,
-            },
-            userdata: None,
-            exprs: &[],
-        }
+    /// A rule message of `table` `chain` as a notification would carry it.
+    fn rule(table: &str, chain: &str) -> Vec<u8> {
+        let mut b = Batch::begin(1, 1);
+        let rule = encode_rule(None, &[], &Verdict::Accept);
+        b.new_rule(NFPROTO_IPV4, table, chain, &rule, Position::Append);
+        let (bytes, _) = b.end();
+        // NEWRULE (the second message), as the kernel sends it: with a handle.
+        let len = |m: &[u8]| u32::from_ne_bytes(m[..4].try_into().unwrap()) as usize;
+        let at = len(&bytes);
+        let mut m = bytes[at..at + len(&bytes[at..])].to_vec();
+        m.extend_from_slice(&[12, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        let n = m.len() as u32;
+        m[..4].copy_from_slice(&n.to_ne_bytes());
+        m
+    }
+
+    /// The rule of a message made by [`rule`].
+    fn rule_body(m: &[u8]) -> RuleMsg<'_> {
+        let Body::NewRule(r) = parse(m).unwrap().remove(0).body else {
+            panic!()
+        };
+        r
     }
 
     #[test]
@@ -314,14 +322,12 @@ mod tests {
     #[test]
     fn other_tables_chains_and_families_are_ignored() {
         let mut c = Classifier::new(watch());
+        let (filter, output) = (rule("filter", "PREROUTING"), rule("nat", "OUTPUT"));
+        let prerouting = rule("nat", "PREROUTING");
         for m in [
-            msg(9, NFPROTO_IPV4, Body::NewRule(rule("filter", "PREROUTING"))),
-            msg(9, NFPROTO_IPV4, Body::NewRule(rule("nat", "OUTPUT"))),
-            msg(
-                9,
-                1, /* inet */
-                Body::NewRule(rule("nat", "PREROUTING")),
-            ),
+            msg(9, NFPROTO_IPV4, Body::NewRule(rule_body(&filter))),
+            msg(9, NFPROTO_IPV4, Body::NewRule(rule_body(&output))),
+            msg(9, 1 /* inet */, Body::NewRule(rule_body(&prerouting))),
             msg(
                 9,
                 NFPROTO_IPV4,
@@ -350,11 +356,8 @@ mod tests {
             flags: 0,
         });
         c.feed(&msg(1, NFPROTO_IPV6, del_chain));
-        c.feed(&msg(
-            2,
-            NFPROTO_IPV4,
-            Body::DelRule(rule("nat", "PREROUTING")),
-        ));
+        let prerouting = rule("nat", "PREROUTING");
+        c.feed(&msg(2, NFPROTO_IPV4, Body::DelRule(rule_body(&prerouting))));
         c.feed(&msg(
             3,
             NFPROTO_IPV4,

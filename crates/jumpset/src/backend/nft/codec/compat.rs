@@ -125,7 +125,16 @@ pub(super) fn empty_rule() -> Rule {
     }
 }
 
+/// Forget what expressions put into `out` (its handle stays).
+pub(super) fn clear(out: &mut Rule) {
+    out.comment = None;
+    out.matches.clear();
+    out.counters = None;
+    out.verdict = Verdict::None;
+}
+
 /// One expression, in rule order, into `out`.
+#[inline]
 pub(super) fn add_expr(out: &mut Rule, e: ExprView<'_>) {
     match e {
         ExprView::Match { name, rev, info } => match (name, rev, info.len()) {
@@ -135,13 +144,9 @@ pub(super) fn add_expr(out: &mut Rule, e: ExprView<'_>) {
                 dest: u16::from_ne_bytes([info[2], info[3]]),
                 flags: u32::from_ne_bytes([info[4], info[5], info[6], info[7]]),
             }),
-            _ => out
-                .matches
-                .push(Match::Opaque(format!("-m {}", string(name)))),
+            _ => out.matches.push(Match::Opaque(named("-m ", name, ""))),
         },
-        ExprView::Target { name, .. } => {
-            set_verdict(out, Verdict::Other(format!("-j {}", string(name))))
-        }
+        ExprView::Target { name, .. } => set_verdict(out, Verdict::Other(named("-j ", name, ""))),
         ExprView::Counter { bytes, packets } => {
             if out.counters.is_none() {
                 out.counters = Some(Counters { packets, bytes });
@@ -150,10 +155,19 @@ pub(super) fn add_expr(out: &mut Rule, e: ExprView<'_>) {
             }
         }
         ExprView::Verdict { code, chain } => set_verdict(out, verdict(code, chain)),
-        ExprView::Other { name, .. } => out
-            .matches
-            .push(Match::Opaque(format!("<nft {}>", string(name)))),
+        ExprView::Other { name, .. } => out.matches.push(Match::Opaque(named("<nft ", name, ">"))),
     }
+}
+
+/// `prefix`, the name (lossily where it is not UTF-8), `suffix` — without the formatting
+/// machinery: the read path makes one for every expression of a foreign rule.
+fn named(prefix: &str, name: &[u8], suffix: &str) -> String {
+    let name = String::from_utf8_lossy(until_nul(name));
+    let mut s = String::with_capacity(prefix.len() + name.len() + suffix.len());
+    s.push_str(prefix);
+    s.push_str(&name);
+    s.push_str(suffix);
+    s
 }
 
 fn verdict(code: i32, chain: Option<&[u8]>) -> Verdict {
@@ -231,7 +245,7 @@ mod tests {
         let r = rule_of(&m);
         let read: Vec<Expr> = r.exprs().map(|e| Expr::from(e.unwrap())).collect();
         assert_eq!(read, rule.exprs);
-        assert_eq!(r.userdata.map(<[u8]>::to_vec), rule.userdata);
+        assert_eq!(r.userdata().map(<[u8]>::to_vec), rule.userdata);
         r.rule.clone()
     }
 

@@ -187,7 +187,8 @@ pub(super) fn list(buf: &[u8]) -> impl Iterator<Item = Result<ExprView<'_>, Code
 }
 
 /// One NFTA_LIST_ELEM: its name, then what its data says.
-fn decode(buf: &[u8]) -> Result<ExprView<'_>, CodecError> {
+#[inline(always)]
+pub(super) fn decode(buf: &[u8]) -> Result<ExprView<'_>, CodecError> {
     let (mut name, mut data): (Option<&[u8]>, &[u8]) = (None, &[]);
     for a in attrs(buf, "expression") {
         let (t, p) = a?;

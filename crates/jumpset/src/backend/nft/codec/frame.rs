@@ -5,10 +5,7 @@
 //! `NLA_F_NESTED` in replies) and every length is checked against the bytes there are, so
 //! nothing above this module indexes past a buffer.
 
-use netlink_packet_core::{
-    parse_u32_be, parse_u64_be, NetlinkBuffer, NlaBuffer, NLA_ALIGNTO, NLA_HEADER_SIZE,
-    NLA_TYPE_MASK,
-};
+use netlink_packet_core::{NetlinkBuffer, NlaBuffer, NLA_ALIGNTO, NLA_HEADER_SIZE, NLA_TYPE_MASK};
 
 /// `struct nlmsghdr`.
 pub(super) const NLMSG_HDRLEN: usize = 16;
@@ -128,15 +125,24 @@ impl<'a> Iterator for Attrs<'a> {
 }
 
 /// A big-endian u32 attribute payload.
+#[inline]
 pub(super) fn be32(p: &[u8], what: &'static str) -> Result<u32, CodecError> {
-    parse_u32_be(p).map_err(|_| wrong_size(what, 4, p.len()))
+    match <[u8; 4]>::try_from(p) {
+        Ok(b) => Ok(u32::from_be_bytes(b)),
+        Err(_) => Err(wrong_size(what, 4, p.len())),
+    }
 }
 
 /// A big-endian u64 attribute payload.
+#[inline]
 pub(super) fn be64(p: &[u8], what: &'static str) -> Result<u64, CodecError> {
-    parse_u64_be(p).map_err(|_| wrong_size(what, 8, p.len()))
+    match <[u8; 8]>::try_from(p) {
+        Ok(b) => Ok(u64::from_be_bytes(b)),
+        Err(_) => Err(wrong_size(what, 8, p.len())),
+    }
 }
 
+#[cold]
 fn wrong_size(what: &'static str, want: usize, found: usize) -> CodecError {
     CodecError::Malformed {
         what,
@@ -145,6 +151,7 @@ fn wrong_size(what: &'static str, want: usize, found: usize) -> CodecError {
 }
 
 /// `attr` of `what` is required and absent.
+#[cold]
 pub(super) fn missing(what: &'static str, attr: &'static str) -> CodecError {
     CodecError::Malformed {
         what,

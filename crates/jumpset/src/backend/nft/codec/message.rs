@@ -4,13 +4,13 @@
 //!
 //! A rule is decoded straight into the backend-independent [`Rule`] (through
 //! [`super::expr`] and [`super::compat`]); its table and chain names, the raw expression
-//! list and userdata stay borrowed from the datagram. This is the one rule decoder: the
+//! list and userdata stay in the datagram, read on demand. This is the one rule decoder: the
 //! backend's reads, the census and the daemon's notifications all go through it.
 
 use netlink_packet_core::{NetlinkBuffer, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK_TLVS, NLM_F_CAPPED};
 
 use super::compat;
-use super::expr::{self, ExprView};
+use super::expr::{self, ExprView, NFTA_LIST_ELEM};
 use super::frame::{
     align, attrs, be32, be64, framed, missing, string, until_nul, CodecError, NFGENMSG_LEN,
     NLMSG_HDRLEN,
@@ -108,35 +108,52 @@ pub struct TableInfo {
     pub handle: u64,
 }
 
-/// A rule as the kernel sent it (dump entry or notification), decoded into the model;
-/// names and raw attributes borrowed from the datagram.
+/// A rule as the kernel sent it (dump entry or notification): decoded into the model,
+/// its other attributes readable from the datagram it borrows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleMsg<'a> {
-    /// NFTA_RULE_TABLE, up to its NUL.
-    pub table: &'a [u8],
-    /// NFTA_RULE_CHAIN, up to its NUL.
-    pub chain: &'a [u8],
-    /// NFTA_RULE_POSITION: in a dump, the handle of the rule dumped before it (absent
-    /// for the first rule of the chain).
-    pub position: Option<u64>,
     /// The rule in the backend-independent model (its handle included): the first
     /// comment (xt `comment` rev 0, else a userdata comment), `addrtype` rev 1 matches,
     /// the first counter and verdict; anything else is a [`crate::snapshot::Match::Opaque`],
     /// so such a rule is never a bare jump.
     pub rule: Rule,
-    /// NFTA_RULE_USERDATA as the kernel sent it (libnftnl TLVs; `nft` keeps comments
-    /// there).
-    pub userdata: Option<&'a [u8]>,
-    /// The payload of the (last) NFTA_RULE_EXPRESSIONS, already checked; see
-    /// [`RuleMsg::exprs`].
-    pub(crate) exprs: &'a [u8],
+    /// NFTA_RULE_POSITION: in a dump, the handle of the rule dumped before it (absent
+    /// for the first rule of the chain).
+    pub position: Option<u64>,
+    /// The message's attributes (after nfgenmsg), already checked.
+    pub(crate) attrs: &'a [u8],
 }
 
 impl<'a> RuleMsg<'a> {
+    /// The payload of the last attribute of type `kind` (the one the decoder used).
+    fn attr(&self, kind: u16) -> Option<&'a [u8]> {
+        attrs(self.attrs, "rule")
+            .flatten()
+            .filter(|a| a.0 == kind)
+            .last()
+            .map(|a| a.1)
+    }
+
+    /// NFTA_RULE_TABLE, up to its NUL.
+    pub fn table(&self) -> &'a [u8] {
+        self.attr(NFTA_RULE_TABLE).map_or(&[], until_nul)
+    }
+
+    /// NFTA_RULE_CHAIN, up to its NUL.
+    pub fn chain(&self) -> &'a [u8] {
+        self.attr(NFTA_RULE_CHAIN).map_or(&[], until_nul)
+    }
+
+    /// NFTA_RULE_USERDATA as the kernel sent it (libnftnl TLVs; `nft` keeps comments
+    /// there).
+    pub fn userdata(&self) -> Option<&'a [u8]> {
+        self.attr(NFTA_RULE_USERDATA)
+    }
+
     /// The rule's expressions as the kernel sent them, in order. They were checked when
     /// the rule was decoded, so none is an error.
     pub fn exprs(&self) -> impl Iterator<Item = Result<ExprView<'a>, CodecError>> + 'a {
-        expr::list(self.exprs)
+        expr::list(self.attr(NFTA_RULE_EXPRESSIONS).unwrap_or_default())
     }
 }
 
@@ -202,19 +219,11 @@ pub fn parse(datagram: &[u8]) -> Result<Vec<Message<'_>>, CodecError> {
 fn parse_message(nl: NetlinkBuffer<&[u8]>) -> Result<Message<'_>, CodecError> {
     let (ty, flags) = (nl.message_type(), nl.flags());
     let payload = nl.payload();
-    let mut msg = Message {
-        ty,
-        flags,
-        seq: nl.sequence_number(),
-        portid: nl.port_number(),
-        family: 0,
-        res_id: 0,
-        body: Body::Other,
-    };
-    match ty {
-        NLMSG_ERROR => msg.body = parse_error(payload, flags)?,
-        NLMSG_DONE => msg.body = Body::Done,
-        t if t < NLMSG_MIN_TYPE => {}
+    let (mut family, mut res_id) = (0, 0);
+    let body = match ty {
+        NLMSG_ERROR => parse_error(payload, flags)?,
+        NLMSG_DONE => Body::Done,
+        t if t < NLMSG_MIN_TYPE => Body::Other,
         _ => {
             if payload.len() < NFGENMSG_LEN {
                 return Err(CodecError::Truncated {
@@ -223,22 +232,30 @@ fn parse_message(nl: NetlinkBuffer<&[u8]>) -> Result<Message<'_>, CodecError> {
                     have: payload.len(),
                 });
             }
-            msg.family = payload[0];
-            msg.res_id = u16::from_be_bytes([payload[2], payload[3]]);
+            family = payload[0];
+            res_id = u16::from_be_bytes([payload[2], payload[3]]);
             let attrs = &payload[NFGENMSG_LEN..];
-            msg.body = match ty {
-                NFT_MSG_NEWGEN => Body::Gen(parse_gen(attrs)?),
+            match ty {
                 NFT_MSG_NEWRULE => Body::NewRule(parse_rule(attrs)?),
+                NFT_MSG_NEWGEN => Body::Gen(parse_gen(attrs)?),
                 NFT_MSG_DELRULE => Body::DelRule(parse_rule(attrs)?),
                 NFT_MSG_NEWCHAIN => Body::NewChain(parse_chain(attrs)?),
                 NFT_MSG_DELCHAIN => Body::DelChain(parse_chain(attrs)?),
                 NFT_MSG_NEWTABLE => Body::NewTable(parse_table(attrs)?),
                 NFT_MSG_DELTABLE => Body::DelTable(parse_table(attrs)?),
                 _ => Body::Other,
-            };
+            }
         }
-    }
-    Ok(msg)
+    };
+    Ok(Message {
+        ty,
+        flags,
+        seq: nl.sequence_number(),
+        portid: nl.port_number(),
+        family,
+        res_id,
+        body,
+    })
 }
 
 /// NLMSG_ERROR: `int error`, the original header (and payload unless capped), then TLVs.
@@ -377,40 +394,43 @@ fn parse_hook(buf: &[u8]) -> Result<(u32, i32), CodecError> {
 /// counts.
 fn parse_rule(buf: &[u8]) -> Result<RuleMsg<'_>, CodecError> {
     const WHAT: &str = "rule";
-    let (mut table, mut chain, mut handle, mut position) = (None, None, None, None);
+    let (mut table, mut chain, mut handle, mut position) = (false, false, None, None);
     let mut rule = compat::empty_rule();
-    let (mut exprs, mut userdata): (&[u8], _) = (&[], None);
+    let mut userdata = None;
     for a in attrs(buf, WHAT) {
         let (t, p) = a?;
         match t {
-            NFTA_RULE_TABLE => table = Some(until_nul(p)),
-            NFTA_RULE_CHAIN => chain = Some(until_nul(p)),
+            NFTA_RULE_TABLE => table = true,
+            NFTA_RULE_CHAIN => chain = true,
             NFTA_RULE_HANDLE => handle = Some(be64(p, "NFTA_RULE_HANDLE")?),
             NFTA_RULE_POSITION => position = Some(be64(p, "NFTA_RULE_POSITION")?),
             NFTA_RULE_EXPRESSIONS => {
-                rule = compat::empty_rule();
-                for e in expr::list(p) {
-                    compat::add_expr(&mut rule, e?);
+                compat::clear(&mut rule); // the last list counts
+                for a in attrs(p, "NFTA_RULE_EXPRESSIONS") {
+                    let (t, e) = a?;
+                    if t == NFTA_LIST_ELEM {
+                        compat::add_expr(&mut rule, expr::decode(e)?);
+                    }
                 }
-                exprs = p;
             }
             NFTA_RULE_USERDATA => userdata = Some(p),
             _ => {}
         }
     }
-    let table = table.ok_or_else(|| missing(WHAT, "NFTA_RULE_TABLE"))?;
-    let chain = chain.ok_or_else(|| missing(WHAT, "NFTA_RULE_CHAIN"))?;
+    if !table {
+        return Err(missing(WHAT, "NFTA_RULE_TABLE"));
+    }
+    if !chain {
+        return Err(missing(WHAT, "NFTA_RULE_CHAIN"));
+    }
     rule.handle = handle.ok_or_else(|| missing(WHAT, "NFTA_RULE_HANDLE"))?;
     if let Some(u) = userdata {
         compat::add_userdata(&mut rule, u);
     }
     Ok(RuleMsg {
-        table,
-        chain,
-        position,
         rule,
-        userdata,
-        exprs,
+        position,
+        attrs: buf,
     })
 }
 
@@ -444,10 +464,10 @@ mod tests {
             assert_eq!(m.res_id, 12, "low 16 bits of the generation");
             assert_ne!(m.portid, 0);
             let r = rule_of(m);
-            assert_eq!((r.table, r.chain), (&b"nat"[..], &b"PREROUTING"[..]));
+            assert_eq!((r.table(), r.chain()), (&b"nat"[..], &b"PREROUTING"[..]));
             assert_eq!(r.rule.counters, Some(Counters::default()));
         }
-        let userdata: Vec<bool> = rules.iter().map(|r| r.userdata.is_some()).collect();
+        let userdata: Vec<bool> = rules.iter().map(|r| r.userdata().is_some()).collect();
         assert_eq!(userdata, [false, false, false, true, false, false]);
         let names = |r: &RuleMsg| -> Vec<String> {
             r.exprs()
@@ -591,7 +611,7 @@ mod tests {
             verdict: Verdict::Return,
         };
         assert_eq!(
-            (r.table, r.chain, &r.rule),
+            (r.table(), r.chain(), &r.rule),
             (&b"nat"[..], &b"PREROUTING"[..], &want)
         );
     }
@@ -778,8 +798,8 @@ mod tests {
             names.push(text(e.name()));
         }
         (
-            text(r.table),
-            text(r.chain),
+            text(r.table()),
+            text(r.chain()),
             r.rule.handle,
             r.position,
             names,
@@ -884,7 +904,7 @@ mod tests {
                 .exprs()
                 .map(|e| Expr::from(e.expect("checked when the rule was decoded")))
                 .collect();
-            let back = dumped_exprs(exprs, r.userdata.map(<[u8]>::to_vec));
+            let back = dumped_exprs(exprs, r.userdata().map(<[u8]>::to_vec));
             let back = one(&back);
             let want = Rule {
                 handle: 42,
