@@ -23,7 +23,7 @@ const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 // ---------------------------------------------------------------------------------------
 
 /// The 256-byte `xt_comment_info` for a comment (truncated to 255 bytes, NUL-filled).
-pub(crate) fn xt_comment_info(comment: &[u8]) -> Vec<u8> {
+fn xt_comment_info(comment: &[u8]) -> Vec<u8> {
     let mut info = vec![0; XT_MAX_COMMENT_LEN];
     let n = comment.len().min(XT_MAX_COMMENT_LEN - 1);
     info[..n].copy_from_slice(&comment[..n]);
@@ -34,7 +34,7 @@ pub(crate) fn xt_comment_info(comment: &[u8]) -> Vec<u8> {
 ///
 /// The comment is truncated to [`CommentEncoding::max_len`] (253) bytes, so that the TLV
 /// fits the kernel's 256-byte NFTA_RULE_USERDATA limit.
-pub(crate) fn userdata_comment(comment: &[u8]) -> Vec<u8> {
+fn userdata_comment(comment: &[u8]) -> Vec<u8> {
     let n = comment.len().min(CommentEncoding::Userdata.max_len());
     let mut u = Vec::with_capacity(n + 3);
     u.extend_from_slice(&[NFTNL_UDATA_RULE_COMMENT, n as u8 + 1]);

@@ -11,15 +11,15 @@ use super::frame::{
 };
 
 /// Verdict code `NF_DROP`.
-pub(crate) const NF_DROP: i32 = 0;
+pub(super) const NF_DROP: i32 = 0;
 /// Verdict code `NF_ACCEPT` (also the base chain policy iptables-nft sets).
-pub(crate) const NF_ACCEPT: i32 = 1;
+pub(super) const NF_ACCEPT: i32 = 1;
 /// Verdict code `NFT_JUMP` (`-j CHAIN`).
-pub(crate) const NFT_JUMP: i32 = -3;
+pub(super) const NFT_JUMP: i32 = -3;
 /// Verdict code `NFT_GOTO` (`-g CHAIN`).
-pub(crate) const NFT_GOTO: i32 = -4;
+pub(super) const NFT_GOTO: i32 = -4;
 /// Verdict code `NFT_RETURN`.
-pub(crate) const NFT_RETURN: i32 = -5;
+pub(super) const NFT_RETURN: i32 = -5;
 
 pub(super) const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;

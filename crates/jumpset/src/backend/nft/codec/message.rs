@@ -121,7 +121,7 @@ pub struct RuleMsg<'a> {
     /// for the first rule of the chain).
     pub position: Option<u64>,
     /// The message's attributes (after nfgenmsg), already checked.
-    pub(crate) attrs: &'a [u8],
+    attrs: &'a [u8],
 }
 
 impl<'a> RuleMsg<'a> {
