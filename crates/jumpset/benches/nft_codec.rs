@@ -13,12 +13,12 @@ use std::hint::black_box;
 const CAPTURED_DUMP: &[u8] = include_bytes!("../testdata/nft/rx_dump_prerouting.bin");
 const NFTA_RULE_HANDLE: u16 = 3;
 
-/// What a dump of these rules looks like: each NEWRULE request of a batch, with a handle
-/// attribute appended (the kernel's reply carries the same attributes plus the handle),
-/// in one datagram.
 /// A rule to encode: its comment, other matches and verdict.
 type Spec<'a> = (Option<(&'a [u8], CommentEncoding)>, Vec<Match>, Verdict);
 
+/// What a dump of these rules looks like: each NEWRULE request of a batch, with a handle
+/// attribute appended (the kernel's reply carries the same attributes plus the handle),
+/// in one datagram.
 fn dump_of(rules: &[Spec<'_>]) -> Vec<u8> {
     let mut b = Batch::begin(1, 1);
     for (c, m, v) in rules {
