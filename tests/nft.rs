@@ -545,7 +545,7 @@ fn messages(d: &[u8]) -> Vec<&[u8]> {
 
 #[test]
 fn our_decoder_and_netlink_packet_netfilter_agree_on_a_live_dump() {
-    use jumpset::backend::nft::codec::{self, Body, Expr};
+    use jumpset::backend::nft::codec::{self, Body};
     use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
     use netlink_packet_netfilter::nftables as o;
     use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
@@ -593,18 +593,12 @@ fn our_decoder_and_netlink_packet_netfilter_agree_on_a_live_dump() {
                     }
                 }
                 let our_names: Vec<String> = rule
-                    .exprs
-                    .iter()
-                    .map(|e| match e {
-                        Expr::Match { .. } => "match".to_string(),
-                        Expr::Target { .. } => "target".to_string(),
-                        Expr::Counter { .. } => "counter".to_string(),
-                        Expr::Verdict(_) => "immediate".to_string(),
-                        Expr::Other { name, .. } => name.clone(),
-                    })
+                    .exprs()
+                    .map(|e| String::from_utf8(e.unwrap().name().to_vec()).unwrap())
                     .collect();
+                let our_chain = String::from_utf8(rule.chain().to_vec()).unwrap();
                 assert_eq!(
-                    (rule.handle, rule.chain.clone(), our_names),
+                    (rule.rule.handle, our_chain, our_names),
                     (handle, chain, names)
                 );
                 compared += 1;

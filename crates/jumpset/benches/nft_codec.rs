@@ -1,7 +1,7 @@
-//! The nf_tables codec: decoding a rule dump — `parse` of the datagram + `to_rule` of every
-//! rule, and the read path's `parse_dump` that decodes rules straight into the model — for
-//! the captured Harvester dump and generated dumps of 1 to 200 rules; and encoding the
-//! repair batch. Pure: no kernel, no root.
+//! The nf_tables codec: decoding a rule dump as the backend's read does — `parse` of the
+//! datagram, its rules decoded straight into the model — for the captured Harvester dump
+//! and generated dumps of 1 to 200 rules; and encoding the repair batch. Pure: no kernel,
+//! no root.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented public functions
 
@@ -13,12 +13,12 @@ use std::hint::black_box;
 const CAPTURED_DUMP: &[u8] = include_bytes!("../testdata/nft/rx_dump_prerouting.bin");
 const NFTA_RULE_HANDLE: u16 = 3;
 
-/// What a dump of these rules looks like: each NEWRULE request of a batch, with a handle
-/// attribute appended (the kernel's reply carries the same attributes plus the handle),
-/// in one datagram.
 /// A rule to encode: its comment, other matches and verdict.
 type Spec<'a> = (Option<(&'a [u8], CommentEncoding)>, Vec<Match>, Verdict);
 
+/// What a dump of these rules looks like: each NEWRULE request of a batch, with a handle
+/// attribute appended (the kernel's reply carries the same attributes plus the handle),
+/// in one datagram.
 fn dump_of(rules: &[Spec<'_>]) -> Vec<u8> {
     let mut b = Batch::begin(1, 1);
     for (c, m, v) in rules {
@@ -52,38 +52,23 @@ fn dump_of(rules: &[Spec<'_>]) -> Vec<u8> {
     out
 }
 
-fn decode(d: &[u8]) -> Vec<Rule> {
+/// What the backend's read does: `parse`, the rules moved out of their messages.
+fn read_path(d: &[u8]) -> Vec<Rule> {
     codec::parse(d)
         .unwrap()
         .into_iter()
         .filter_map(|m| match m.body {
-            Body::NewRule(r) => Some(codec::to_rule(&r)),
+            Body::NewRule(r) => Some(r.rule),
             _ => None,
         })
         .collect()
 }
 
-/// What the backend's read does: `parse_dump`, rules decoded straight into the model.
-fn read_path(d: &[u8]) -> Vec<Rule> {
-    codec::parse_dump(d)
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            codec::Dumped::Rule { rule, .. } => Some(rule),
-            codec::Dumped::Message(_) => None,
-        })
-        .collect()
-}
-
 fn codec_benches(c: &mut Criterion) {
-    assert_eq!(read_path(CAPTURED_DUMP), decode(CAPTURED_DUMP));
-    let n = decode(CAPTURED_DUMP).len();
+    let n = read_path(CAPTURED_DUMP).len();
     assert!(n >= 4, "the captured dump holds the Harvester chain");
     let mut g = c.benchmark_group("nft_decode");
     g.throughput(Throughput::Elements(n as u64));
-    g.bench_function("captured_harvester_dump", |b| {
-        b.iter(|| decode(black_box(CAPTURED_DUMP)))
-    });
     g.bench_function("captured_harvester_dump_read_path", |b| {
         b.iter(|| read_path(black_box(CAPTURED_DUMP)))
     });
@@ -113,16 +98,10 @@ fn codec_benches(c: &mut Criterion) {
             })
             .collect();
         let d = dump_of(&rules);
-        assert_eq!(decode(&d).len(), n);
+        assert_eq!(read_path(&d).len(), n);
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_with_input(BenchmarkId::new("generated_dump", n), &d, |b, d| {
-            b.iter(|| decode(black_box(d)))
-        });
         g.bench_with_input(BenchmarkId::new("read_path", n), &d, |b, d| {
             b.iter(|| read_path(black_box(d)))
-        });
-        g.bench_with_input(BenchmarkId::new("parse_only", n), &d, |b, d| {
-            b.iter(|| codec::parse(black_box(d)).unwrap())
         });
     }
     g.finish();

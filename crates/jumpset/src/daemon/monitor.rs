@@ -13,7 +13,7 @@
 //! (SO_RCVBUFFORCE), non-blocking under tokio. When the queue overflows, `recv` fails
 //! with ENOBUFS and the caller re-reads everything.
 
-use crate::backend::nft::codec::{self, Body, Message, NFPROTO_IPV4, NFPROTO_IPV6};
+use crate::backend::nft::codec::{Body, Message, NFPROTO_IPV4, NFPROTO_IPV6};
 use crate::notification::Commit;
 use crate::snapshot::{agent_of, Family, Rule};
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
@@ -62,7 +62,7 @@ impl Classifier {
 
     fn touch(
         &mut self,
-        m: &Message,
+        m: &Message<'_>,
         table: &str,
         chain: Option<&str>,
         rule: Option<(&Rule, bool)>,
@@ -103,24 +103,13 @@ impl Classifier {
 
     /// Feed one message; returns the commit when `m` is the NEWGEN closing a batch that
     /// touched an ip/ip6 chain.
-    pub fn feed(&mut self, m: &Message) -> Option<Commit> {
+    pub fn feed(&mut self, m: &Message<'_>) -> Option<Commit> {
         match &m.body {
-            Body::NewRule(r) => {
-                self.touch(
-                    m,
-                    &r.table,
-                    Some(&r.chain),
-                    Some((&codec::to_rule(r), true)),
-                );
-                None
-            }
-            Body::DelRule(r) => {
-                self.touch(
-                    m,
-                    &r.table,
-                    Some(&r.chain),
-                    Some((&codec::to_rule(r), false)),
-                );
+            Body::NewRule(r) | Body::DelRule(r) => {
+                let added = matches!(m.body, Body::NewRule(_));
+                let table = String::from_utf8_lossy(r.table());
+                let chain = String::from_utf8_lossy(r.chain());
+                self.touch(m, &table, Some(&chain), Some((&r.rule, added)));
                 None
             }
             Body::DelChain(c) => {
@@ -211,7 +200,10 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::nft::codec::{parse, ChainInfo, GenInfo, NftRule, TableInfo};
+    use crate::backend::nft::codec::{
+        encode_rule, parse, Batch, ChainInfo, GenInfo, Position, RuleMsg, TableInfo,
+    };
+    use crate::snapshot::Verdict;
 
     macro_rules! fixture {
         ($name:literal) => {
@@ -246,7 +238,7 @@ mod tests {
             .any(|t| t.covers(Family::Ip, "nat", "PREROUTING"))
     }
 
-    fn msg(portid: u32, family: u8, body: Body) -> Message {
+    fn msg(portid: u32, family: u8, body: Body<'_>) -> Message<'_> {
         Message {
             ty: 0,
             flags: 0,
@@ -258,7 +250,7 @@ mod tests {
         }
     }
 
-    fn gen(portid: u32, id: u32, name: &str) -> Message {
+    fn gen(portid: u32, id: u32, name: &str) -> Message<'static> {
         msg(
             portid,
             0,
@@ -270,15 +262,28 @@ mod tests {
         )
     }
 
-    fn rule(table: &str, chain: &str) -> NftRule {
-        NftRule {
-            table: table.into(),
-            chain: chain.into(),
-            handle: 5,
-            position: None,
-            exprs: vec![],
-            userdata: None,
-        }
+    /// A rule message of `table` `chain` as a notification would carry it.
+    fn rule(table: &str, chain: &str) -> Vec<u8> {
+        let mut b = Batch::begin(1, 1);
+        let rule = encode_rule(None, &[], &Verdict::Accept);
+        b.new_rule(NFPROTO_IPV4, table, chain, &rule, Position::Append);
+        let (bytes, _) = b.end();
+        // NEWRULE (the second message), as the kernel sends it: with a handle.
+        let len = |m: &[u8]| u32::from_ne_bytes(m[..4].try_into().unwrap()) as usize;
+        let at = len(&bytes);
+        let mut m = bytes[at..at + len(&bytes[at..])].to_vec();
+        m.extend_from_slice(&[12, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        let n = m.len() as u32;
+        m[..4].copy_from_slice(&n.to_ne_bytes());
+        m
+    }
+
+    /// The rule of a message made by [`rule`].
+    fn rule_body(m: &[u8]) -> RuleMsg<'_> {
+        let Body::NewRule(r) = parse(m).unwrap().remove(0).body else {
+            panic!()
+        };
+        r
     }
 
     #[test]
@@ -318,14 +323,12 @@ mod tests {
     #[test]
     fn only_ip_and_ip6_chains_count_and_each_is_named() {
         let mut c = Classifier::new();
+        let (filter, output) = (rule("filter", "PREROUTING"), rule("nat", "OUTPUT"));
+        let prerouting = rule("nat", "PREROUTING");
         for m in [
-            msg(9, NFPROTO_IPV4, Body::NewRule(rule("filter", "PREROUTING"))),
-            msg(9, NFPROTO_IPV4, Body::NewRule(rule("nat", "OUTPUT"))),
-            msg(
-                9,
-                1, /* inet */
-                Body::NewRule(rule("nat", "PREROUTING")),
-            ),
+            msg(9, NFPROTO_IPV4, Body::NewRule(rule_body(&filter))),
+            msg(9, NFPROTO_IPV4, Body::NewRule(rule_body(&output))),
+            msg(9, 1 /* inet */, Body::NewRule(rule_body(&prerouting))),
             msg(
                 9,
                 NFPROTO_IPV4,
@@ -376,11 +379,8 @@ mod tests {
             flags: 0,
         });
         c.feed(&msg(1, NFPROTO_IPV6, del_chain));
-        c.feed(&msg(
-            2,
-            NFPROTO_IPV4,
-            Body::DelRule(rule("nat", "PREROUTING")),
-        ));
+        let prerouting = rule("nat", "PREROUTING");
+        c.feed(&msg(2, NFPROTO_IPV4, Body::DelRule(rule_body(&prerouting))));
         c.feed(&msg(
             3,
             NFPROTO_IPV4,
@@ -438,18 +438,16 @@ mod tests {
     fn a_batch_over_thousands_of_chains_names_each_once() {
         // As a kube-proxy restore: every chain written twice in one batch.
         let mut c = Classifier::new();
-        for round in 0..2 {
-            for i in 0..1000 {
-                let mut r = rule("nat", &format!("KUBE-SVC-{i}"));
-                r.handle = round * 10_000 + i;
-                c.feed(&msg(3, NFPROTO_IPV4, Body::NewRule(r)));
+        let chains: Vec<Vec<u8>> = (0..1000)
+            .map(|i| rule("nat", &format!("KUBE-SVC-{i}")))
+            .collect();
+        for _round in 0..2 {
+            for r in &chains {
+                c.feed(&msg(3, NFPROTO_IPV4, Body::NewRule(rule_body(r))));
             }
         }
-        c.feed(&msg(
-            3,
-            NFPROTO_IPV4,
-            Body::DelRule(rule("nat", "PREROUTING")),
-        ));
+        let prerouting = rule("nat", "PREROUTING");
+        c.feed(&msg(3, NFPROTO_IPV4, Body::DelRule(rule_body(&prerouting))));
         let commit = c.feed(&gen(3, 9, "iptables-nft-re")).unwrap();
         assert_eq!(commit.touched.len(), 1001);
         assert_eq!(commit.touched[999].chain.as_deref(), Some("KUBE-SVC-999"));

@@ -37,8 +37,8 @@ const READ_RETRIES: usize = 16;
 /// Expressions iptables-nft can turn back into iptables rules (`nft.c`,
 /// `nft_is_expr_compatible`), besides match/target/counter/immediate, which the codec
 /// decodes itself. A rule holding any other expression makes its table "incompatible".
-const IPTABLES_EXPRS: &[&str] = &[
-    "payload", "meta", "cmp", "bitwise", "lookup", "range", "limit", "log",
+const IPTABLES_EXPRS: &[&[u8]] = &[
+    b"payload", b"meta", b"cmp", b"bitwise", b"lookup", b"range", b"limit", b"log",
 ];
 
 /// What nf_tables holds (see [`NftBackend::census`]).
@@ -114,6 +114,14 @@ fn kernel_err(step: String, errno: i32, ext: Option<String>) -> BackendError {
     }
 }
 
+/// Decode one received datagram.
+fn decode<'b>(buf: &'b [u8], step: &str) -> Result<Vec<Message<'b>>, BackendError> {
+    codec::parse(buf).map_err(|source| BackendError::Decode {
+        step: step.to_string(),
+        source,
+    })
+}
+
 impl NftBackend {
     /// Open and bind a NETLINK_NETFILTER socket (the kernel assigns the port id).
     pub fn open() -> Result<Self, BackendError> {
@@ -162,16 +170,11 @@ impl NftBackend {
         &mut self,
         step: &str,
         nonblocking: bool,
-    ) -> Result<Option<Vec<Message>>, BackendError> {
+    ) -> Result<Option<Vec<Message<'_>>>, BackendError> {
         if !self.recv_bytes(step, nonblocking)? {
             return Ok(None);
         }
-        codec::parse(&self.buf)
-            .map(Some)
-            .map_err(|source| BackendError::Decode {
-                step: step.to_string(),
-                source,
-            })
+        decode(&self.buf, step).map(Some)
     }
 
     /// Receive one datagram into `self.buf`, undecoded; `Ok(false)` when `nonblocking`
@@ -203,13 +206,14 @@ impl NftBackend {
         req: &[u8],
         seqs: std::ops::RangeInclusive<u32>,
         step: &str,
-        mut each: impl FnMut(Message) -> Result<bool, BackendError>,
+        mut each: impl FnMut(Message<'_>) -> Result<bool, BackendError>,
     ) -> Result<(), BackendError> {
         self.send(req, step)?;
+        let me = self.portid;
         loop {
             let msgs = self.recv(step, false)?.unwrap_or_default();
             for m in msgs {
-                if (m.portid != self.portid && m.portid != 0) || !seqs.contains(&m.seq) {
+                if (m.portid != me && m.portid != 0) || !seqs.contains(&m.seq) {
                     continue; // not a reply to this request
                 }
                 if each(m)? {
@@ -389,9 +393,9 @@ impl NftBackend {
         self.send(&codec::get_rules(nfproto(family), table, chain, seq), &step)?;
         let mut out = Vec::new();
         loop {
-            let msgs = self.recv(&step, false)?.unwrap_or_default();
+            self.recv_bytes(&step, false)?;
             out.push(self.buf.clone());
-            for m in msgs {
+            for m in decode(&self.buf, &step)? {
                 match m.body {
                     Body::Done if m.seq == seq => return Ok(out),
                     Body::Error { code, msg, .. } if code != 0 => {
@@ -409,7 +413,7 @@ impl NftBackend {
         req: &[u8],
         seq: u32,
         step: &str,
-        mut each: impl FnMut(Message),
+        mut each: impl FnMut(Message<'_>),
     ) -> Result<(), BackendError> {
         self.exchange(req, seq..=seq, step, |m| match m.body {
             Body::Done => Ok(true),
@@ -483,8 +487,8 @@ impl NftBackend {
             self.dump(&codec::get_table_rules(fam, &table, seq), seq, &step, |m| {
                 if let Body::NewRule(r) = m.body {
                     c.rules += 1;
-                    c.incompatible |= r.exprs.iter().any(|e| {
-                        matches!(e, codec::Expr::Other { name, .. } if !IPTABLES_EXPRS.contains(&name.as_str()))
+                    c.incompatible |= r.exprs().any(|e| {
+                        matches!(e, Ok(codec::ExprView::Other { name, .. }) if !IPTABLES_EXPRS.contains(&name))
                     });
                 }
             })?;
@@ -604,55 +608,31 @@ impl Backend for NftBackend {
             let mut raced = false;
             // The handle of the rule dumped last: each dumped rule names the one before it.
             let mut last: Option<u64> = None;
-            // `exchange`, with the rules decoded straight into the model (the hot path of
-            // every reconcile: no intermediate `NftRule`).
-            self.send(&req, &step)?;
-            let ours = |portid: u32, seq: u32, me: u32| {
-                (portid == me || portid == 0) && (s..=s + 1).contains(&seq)
-            };
-            'dump: loop {
-                self.recv_bytes(&step, false)?;
-                let msgs = codec::parse_dump(&self.buf).map_err(|source| BackendError::Decode {
-                    step: step.clone(),
-                    source,
-                })?;
-                for d in msgs {
-                    match d {
-                        codec::Dumped::Rule {
-                            flags,
-                            seq,
-                            portid,
-                            res_id,
-                            position,
-                            rule,
-                        } if ours(portid, seq, self.portid) => {
-                            // Each dumped rule carries the low 16 bits of the generation it
-                            // was dumped at; a mismatch or DUMP_INTR means a commit got in
-                            // between. And each names the rule before it: the kernel
-                            // resumes a multi-part dump by index, and another process's
-                            // transaction in flight (rules inserted but not committed, or
-                            // aborted) shifts that index with no new generation — a rule
-                            // is then sent twice or skipped, and the chain is broken.
-                            raced |= flags & NLM_F_DUMP_INTR != 0
-                                || gen.map(|g| g as u16) != Some(res_id)
-                                || position.is_some_and(|p| Some(p) != last);
-                            last = Some(rule.handle);
-                            rules.push(rule);
-                        }
-                        codec::Dumped::Message(m) if ours(m.portid, m.seq, self.portid) => {
-                            match m.body {
-                                Body::Gen(g) => gen = Some(g.id),
-                                Body::Done => break 'dump,
-                                Body::Error { code, msg, .. } if code != 0 => {
-                                    return Err(kernel_err(step.clone(), -code, msg))
-                                }
-                                _ => {}
-                            }
-                        }
-                        _ => {} // not a reply to this request
-                    }
+            self.exchange(&req, s..=s + 1, &step, |m| match m.body {
+                Body::NewRule(r) => {
+                    // Each dumped rule carries the low 16 bits of the generation it was
+                    // dumped at; a mismatch or DUMP_INTR means a commit got in between. And
+                    // each names the rule before it: the kernel resumes a multi-part dump by
+                    // index, and another process's transaction in flight (rules inserted but
+                    // not committed, or aborted) shifts that index with no new generation —
+                    // a rule is then sent twice or skipped, and the chain is broken.
+                    raced |= m.flags & NLM_F_DUMP_INTR != 0
+                        || gen.map(|g| g as u16) != Some(m.res_id)
+                        || r.position.is_some_and(|p| Some(p) != last);
+                    last = Some(r.rule.handle);
+                    rules.push(r.rule);
+                    Ok(false)
                 }
-            }
+                Body::Gen(g) => {
+                    gen = Some(g.id);
+                    Ok(false)
+                }
+                Body::Done => Ok(true),
+                Body::Error { code, msg, .. } if code != 0 => {
+                    Err(kernel_err(step.clone(), -code, msg))
+                }
+                _ => Ok(false),
+            })?;
             let Some(generation) = gen else {
                 return Err(BackendError::Kernel {
                     step,
