@@ -20,12 +20,15 @@
 //! routed anywhere but between these namespaces. The client and pod namespaces belong to
 //! the [`DataPath`] alone and go away with it (and the veth pairs with them).
 //!
-//! The agents' rules are given here as iptables-restore text ([`agent_rules`]) for the
-//! tests, whose agents are the real iptables binaries; the demo writes the same rules
-//! through jumpset's own codec.
+//! The agents' rules are given here twice: as iptables-restore text ([`agent_rules`]) for
+//! the tests, whose agents are the real iptables binaries, and encoded by jumpset's own
+//! codec ([`agent_scene`]) for the demo, which runs no program. A test checks that the
+//! kernel holds the same expressions either way.
 
 use crate::netns::{Netns, NsThread};
 use crate::rtnl::Rtnl;
+use jumpset::backend::nft::codec::{self, Expr, NewRule, NftVerdict, Position};
+use jumpset::backend::nft::SceneOp;
 use jumpset::snapshot::Family;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -143,12 +146,112 @@ pub fn agent_rules(family: Family) -> String {
 -A OVN-PREROUTING -p tcp -m comment --comment \"{OVN_COUNT}\"
 -A KUBE-SERVICES -d {vip}/{host} -p tcp -m comment --comment \"default/web:http cluster IP\" -m tcp --dport {VIP_PORT} -j {KUBE_SVC}
 -A {KUBE_SVC} -m comment --comment \"default/web:http -> {pod}\" -j {KUBE_SEP}
--A {KUBE_SEP} -p tcp -m comment --comment \"default/web:http\" -m tcp -j DNAT --to-destination {pod}
+-A {KUBE_SEP} -p tcp -m comment --comment \"default/web:http\" -j DNAT --to-destination {pod}
 -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"dnat name: \\\"cbr0\\\" id: \\\"datapath\\\"\" -m tcp --dport {HOST_PORT} -j {CNI_DN}
 -A {CNI_DN} -p tcp -m tcp --dport {HOST_PORT} -j DNAT --to-destination {pod}
 COMMIT
 "
     )
+}
+
+/// The user chains of [`agent_rules`], in the order it declares them.
+pub const AGENT_CHAINS: [&str; 7] = [
+    "cali-PREROUTING",
+    "OVN-PREROUTING",
+    "KUBE-SERVICES",
+    KUBE_SVC,
+    KUBE_SEP,
+    "CNI-HOSTPORT-DNAT",
+    CNI_DN,
+];
+
+/// The same rules as [`agent_rules`], encoded by jumpset's codec expression for
+/// expression as iptables-nft writes them, to be written with
+/// [`NftBackend::write_scene`](jumpset::backend::nft::NftBackend::write_scene) (the demo
+/// runs no iptables). Appended to their chains, in order.
+pub fn agent_scene(family: Family) -> Vec<SceneOp> {
+    let a = addrs(family);
+    let counter = || Expr::Counter {
+        bytes: 0,
+        packets: 0,
+    };
+    let comment = |c: &str| Expr::Match {
+        name: "comment".into(),
+        rev: 0,
+        info: codec::xt_comment_info(c.as_bytes()),
+    };
+    let jump = |c: &str| {
+        Expr::Verdict(NftVerdict {
+            code: codec::NFT_JUMP,
+            chain: Some(c.into()),
+        })
+    };
+    let pod = format!("{}:{POD_PORT}", bracket(a.pod));
+    let dnat = codec::dnat_target(a.pod, POD_PORT);
+    let tcp = codec::match_tcp();
+    let rules: Vec<(&str, Vec<Expr>)> = vec![
+        (
+            "cali-PREROUTING",
+            [&tcp[..], &[comment(CALI_COUNT), counter()]].concat(),
+        ),
+        (
+            "OVN-PREROUTING",
+            [&tcp[..], &[comment(OVN_COUNT), counter()]].concat(),
+        ),
+        (
+            "KUBE-SERVICES",
+            [
+                &tcp[..],
+                &codec::match_daddr(a.vip),
+                &[comment("default/web:http cluster IP")],
+                &codec::match_dport(VIP_PORT),
+                &[counter(), jump(KUBE_SVC)],
+            ]
+            .concat(),
+        ),
+        (
+            KUBE_SVC,
+            vec![
+                comment(&format!("default/web:http -> {pod}")),
+                counter(),
+                jump(KUBE_SEP),
+            ],
+        ),
+        (
+            KUBE_SEP,
+            [
+                &tcp[..],
+                &[comment("default/web:http"), counter(), dnat.clone()],
+            ]
+            .concat(),
+        ),
+        (
+            "CNI-HOSTPORT-DNAT",
+            [
+                &tcp[..],
+                &[comment("dnat name: \"cbr0\" id: \"datapath\"")],
+                &codec::match_dport(HOST_PORT),
+                &[counter(), jump(CNI_DN)],
+            ]
+            .concat(),
+        ),
+        (
+            CNI_DN,
+            [&tcp[..], &codec::match_dport(HOST_PORT), &[counter(), dnat]].concat(),
+        ),
+    ];
+    rules
+        .into_iter()
+        .map(|(chain, exprs)| SceneOp::Add {
+            chain: chain.to_string(),
+            rule: NewRule {
+                exprs,
+                userdata: None,
+                compat: true,
+            },
+            at: Position::Append,
+        })
+        .collect()
 }
 
 /// Write a sysctl of the calling thread's network namespace (`/proc/sys/net/...`).
