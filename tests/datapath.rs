@@ -12,6 +12,7 @@
 
 mod support;
 
+use jumpset::backend::nft::{codec, NftBackend};
 use jumpset::snapshot::Family;
 use jumpset_testkit::datapath::{self, Attempt, DataPath, Outcome, Tally};
 use std::net::SocketAddr;
@@ -255,5 +256,168 @@ fn the_fixture_leaves_nothing_behind() {
             "{}",
             ok("ip -o link show")
         );
+    });
+}
+
+/// The `-A` lines and user chain declarations of `iptables-nft-save -t nat` (or
+/// ip6tables), without comment lines.
+fn saved_rules(family: Family) -> Vec<String> {
+    ok(&format!("{}-nft-save -t nat", family.iptables()))
+        .lines()
+        .filter(|l| l.starts_with("-A ") || (l.starts_with(':') && l.ends_with(" - [0:0]")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every rule's expressions in the agents' chains, as the kernel dumps them.
+fn dumped_exprs(family: Family) -> Vec<(String, Vec<Vec<codec::Expr>>)> {
+    let mut nft = NftBackend::open().unwrap();
+    datapath::AGENT_CHAINS
+        .iter()
+        .map(|chain| {
+            let rules = nft
+                .dump_raw(family, "nat", chain)
+                .unwrap()
+                .iter()
+                .flat_map(|d| codec::parse(d).unwrap())
+                .filter_map(|m| match m.body {
+                    codec::Body::NewRule(r) => Some(r.exprs),
+                    _ => None,
+                })
+                .collect();
+            (chain.to_string(), rules)
+        })
+        .collect()
+}
+
+#[test]
+fn jumpset_writes_the_agents_rules_as_iptables_nft_does() {
+    // The demo plays kube-proxy, portmap, Calico and Kube-OVN through jumpset's codec
+    // (it runs no iptables): the kernel must hold the same expressions, and iptables-nft
+    // must read back the same rules, as when iptables-nft-restore writes them.
+    for family in [Family::Ip, Family::Ip6] {
+        let by_iptables = netns(|| {
+            ok_stdin(
+                &format!("{}-nft-restore --noflush", family.iptables()),
+                &datapath::agent_rules(family),
+            );
+            (saved_rules(family), dumped_exprs(family))
+        });
+        let by_jumpset = netns(|| {
+            let mut nft = NftBackend::open().unwrap();
+            nft.load(family, "nat", "PREROUTING", &[], &[]).unwrap();
+            nft.write_scene(
+                family,
+                "nat",
+                &datapath::AGENT_CHAINS,
+                &datapath::agent_scene(family),
+            )
+            .unwrap();
+            (saved_rules(family), dumped_exprs(family))
+        });
+        assert_eq!(by_jumpset.0, by_iptables.0, "{family}: iptables-nft-save");
+        assert_eq!(
+            by_jumpset.1, by_iptables.1,
+            "{family}: the kernel's expressions"
+        );
+        assert_eq!(
+            by_iptables
+                .0
+                .iter()
+                .filter(|l| l.starts_with("-A "))
+                .count(),
+            7,
+            "{:#?}",
+            by_iptables.0
+        );
+    }
+}
+
+#[test]
+fn the_demo_shows_the_packets_and_runs_no_program() {
+    // `jumpset demo` builds the data path through rtnetlink and writes the agents' rules
+    // through jumpset's codec: no program is executed (strace sees one execve, jumpset
+    // itself), and its caller's namespace keeps its links, forwarding and rules.
+    if sh("command -v strace").status.code() != Some(0) {
+        panic!("strace is needed for this test (apt-get install strace)");
+    }
+    netns(|| {
+        let state = || {
+            (
+                ok("ip -o link show"),
+                ok("cat /proc/sys/net/ipv4/ip_forward"),
+                ok("nft list ruleset"),
+            )
+        };
+        let before = state();
+        let trace = format!(
+            "{}/strace-demo-{}.txt",
+            env!("CARGO_TARGET_TMPDIR"),
+            std::process::id()
+        );
+        let out = sh(&format!(
+            "strace -f -qq -e trace=execve -o {trace} {} demo",
+            bin()
+        ));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t = std::fs::read_to_string(&trace).unwrap();
+        let _ = std::fs::remove_file(&trace);
+        let execs: Vec<&str> = t.lines().filter(|l| l.contains("execve(")).collect();
+        assert_eq!(execs.len(), 1, "only jumpset itself: {execs:#?}");
+
+        // Before the repair: Kube-OVN's chain twice per Service connection, three times
+        // per hostPort connection; the Service dead without kube-proxy's jump.
+        let (pre, post) = stdout
+            .split_once("Packets through the repaired chain")
+            .unwrap_or_else(|| panic!("no packets after the repair:\n{stdout}"));
+        let svc = format!("Service  {:<22}", datapath::vip(Family::Ip).to_string());
+        let hp = format!(
+            "hostPort {:<22}",
+            datapath::host_port(Family::Ip).to_string()
+        );
+        let has = |text: &str, start: &str, rest: &str| {
+            text.lines()
+                .any(|l| l.trim_start().starts_with(start) && l.contains(rest))
+        };
+        assert!(
+            has(
+                pre,
+                &svc,
+                "10/10 reached the pod   Calico's chain ran 1×, Kube-OVN's 2×"
+            ),
+            "{stdout}"
+        );
+        assert!(
+            has(
+                pre,
+                &hp,
+                "10/10 reached the pod   Calico's chain ran 1×, Kube-OVN's 3×"
+            ),
+            "{stdout}"
+        );
+        assert!(has(pre, &svc, "0/3 reached the pod"), "{stdout}");
+        // After it: every connection, each chain once.
+        assert!(
+            has(
+                post,
+                &svc,
+                "10/10 reached the pod   Calico's chain ran 1×, Kube-OVN's 1×"
+            ),
+            "{stdout}"
+        );
+        assert!(
+            has(
+                post,
+                &hp,
+                "10/10 reached the pod   Calico's chain ran 1×, Kube-OVN's 1×"
+            ),
+            "{stdout}"
+        );
+        assert_eq!(state(), before, "the demo changed its caller's namespace");
     });
 }
