@@ -584,8 +584,9 @@ fn run(tools: &Tools, seed: u64, with_jumpset: bool) -> PacketRun {
         harvester_config()
     ));
 
-    // The history (nf_tables) starts before the daemon.
-    let events = (with_jumpset && !legacy).then(NftEventLog::start);
+    // The history (nf_tables) starts before the daemon. It and the direct reader run
+    // without the daemon too, so that both runs carry the same instrumentation load.
+    let events = (!legacy).then(NftEventLog::start);
     let start_chain = events
         .is_some()
         .then(|| ChainSim::listed("ip", "nat", "PREROUTING"));
@@ -756,6 +757,9 @@ fn run(tools: &Tools, seed: u64, with_jumpset: bool) -> PacketRun {
         violations.join("\n")
     );
     let Some(daemon) = daemon else {
+        if let Some(events) = events {
+            events.stop();
+        }
         return packets;
     };
 
