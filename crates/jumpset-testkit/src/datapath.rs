@@ -593,6 +593,9 @@ impl Stream {
         interval: Duration,
         timeout: Duration,
     ) -> io::Result<Stream> {
+        if targets.is_empty() {
+            return Err(io::Error::other("a stream needs at least one target"));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (s, l) = (stop.clone(), log.clone());
