@@ -1,7 +1,11 @@
 //! `jumpset demo`: the Harvester incident and its repair, in a throwaway network
 //! namespace. jumpset writes the broken chain itself (product code runs no iptables),
 //! shows it, repairs it in one transaction, shows the result, and shows that a second
-//! run changes nothing. The namespace the process was started in is never touched.
+//! run changes nothing. Packets show what the chain does (`packets`): a client and a pod
+//! in throwaway namespaces of their own, new connections to a Service VIP and a hostPort
+//! before and after the repair. The namespace the process was started in is never touched.
+
+mod packets;
 
 use crate::output::{require_capability, CmdError, EXIT_KERNEL, EXIT_PRIVILEGE};
 use jumpset::backend::nft::NftBackend;
@@ -19,6 +23,10 @@ use jumpset_testkit::fixtures::{HARVESTER_BROKEN, HARVESTER_HEALTHY, HARVESTER_T
 
 fn kernel(e: impl std::fmt::Display) -> CmdError {
     CmdError::new(EXIT_KERNEL, e.to_string())
+}
+
+fn write(out: &mut (dyn Write + Send), s: String) -> Result<(), CmdError> {
+    out.write_all(s.as_bytes()).map_err(kernel)
 }
 
 /// Run the demo, writing its story to `out`.
@@ -45,13 +53,14 @@ fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
     let (table, chain) = (spec.table(), spec.chain());
 
     w(out, "jumpset demo: the Harvester v1.5.0 incident (Canal + kube-proxy + portmap + Kube-OVN v1.13)\n".into())?;
-    w(out, "Everything below happens in a throwaway network namespace; the host's rules are not touched.\n\n".into())?;
+    w(out, "Everything below happens in throwaway network namespaces (this node, a client and a pod);\nthe host's rules and links are not touched.\n\n".into())?;
 
     let mut nft = NftBackend::open().map_err(kernel)?;
     let chains: Vec<&str> = broken.chains.iter().map(String::as_str).collect();
     let rules: Vec<_> = broken.chain(chain).into_iter().cloned().collect();
     nft.load(Family::Ip, table, chain, &chains, &rules)
         .map_err(kernel)?;
+    let dp = packets::set_up(&mut nft)?;
 
     let snap = nft.read(Family::Ip, table, chain).map_err(kernel)?;
     let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
@@ -62,6 +71,9 @@ fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
             &snap, spec, &plan,
         ))),
     )?;
+    packets::before_repair(out, &mut nft, &dp, chain)?;
+    let snap = nft.read(Family::Ip, table, chain).map_err(kernel)?;
+    let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
 
     w(out, "\n2. The spec (harvester.toml): jumpset owns Kube-OVN's jump, identified by its comment.\n".into())?;
     for j in spec.jumps() {
@@ -118,6 +130,7 @@ fn story(out: &mut (dyn Write + Send)) -> Result<(), CmdError> {
     w(out, format!(
         "\n   The chain now matches harvester-healthy.rules: Calico first, Kube-OVN second, kube-proxy, hostport.\n   Foreign rules kept their handles ({foreign_before:?} before, {foreign_after:?} after) and counters.\n"
     ))?;
+    packets::after_repair(out, &mut nft, &dp)?;
 
     let again = reconcile::reconcile(&mut nft, Family::Ip, spec, Goal::Converge).map_err(kernel)?;
     w(

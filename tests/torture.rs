@@ -18,6 +18,16 @@
 //! (timed); the daemon commits no more than the agents together (no write loop). The
 //! figures are printed (`--nocapture`, and in CI logs).
 //!
+//! Packets (issue 18): the node is the data path of crates/jumpset-testkit (client and pod
+//! namespaces over veth, kube-proxy's Service DNAT, portmap's hostPort DNAT, counting rules
+//! in Calico's and Kube-OVN's chains). A client opens 40 new connections a second to the
+//! VIP and the hostPort throughout. Each torture runs twice over the same seeded events:
+//! with the daemon, then without it, in fresh namespaces; per phase (before the flush, the
+//! flush, after it, agents stopped) the failed connections per second and how many times
+//! Kube-OVN's and Calico's chains ran per connection are printed side by side. Asserted:
+//! with jumpset, once the agents stop, no connection fails and each agent's chain runs
+//! exactly once per new connection.
+//!
 //! nf_tables: `nft -a monitor` is the independent history: every transaction's rule
 //! events and its committing process. The chain is rebuilt from it generation by
 //! generation (handles and order), checked against fast direct reads taken meanwhile,
@@ -31,6 +41,7 @@ mod support;
 use jumpset::backend::nft::NftBackend;
 use jumpset::backend::Backend;
 use jumpset::snapshot::Family;
+use jumpset_testkit::datapath::{self, Attempt, DataPath, Tally};
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -158,6 +169,8 @@ struct Shared {
     samples: AtomicUsize,
     /// When an agent last changed the chain.
     last_write: Mutex<Option<Instant>>,
+    /// Every sample's agents' rules: (when the read began, what it found).
+    history: Mutex<Vec<(Instant, Foreign)>>,
 }
 
 impl Shared {
@@ -312,6 +325,7 @@ fn sampler(s: &Shared) {
             }
         }
         prev = Some((t0, f));
+        s.history.lock().unwrap().push((t0, f));
         std::thread::sleep(Duration::from_millis(15));
     }
 }
@@ -330,192 +344,492 @@ fn nft_reader(stop: &AtomicBool) -> Vec<(u32, Vec<u64>)> {
     out
 }
 
+/// How long the client keeps connecting once the agents have stopped (and, with jumpset,
+/// the chain is in order again).
+const SETTLE: Duration = Duration::from_secs(2);
+/// The client's pace: one new connection to the VIP and one to the hostPort every
+/// `STREAM_EVERY` (40 a second in all), each given `STREAM_TIMEOUT` (less than the first
+/// SYN retransmission, so an attempt is one SYN).
+const STREAM_EVERY: Duration = Duration::from_millis(50);
+const STREAM_TIMEOUT: Duration = Duration::from_millis(900);
+/// Connections to each target in the closing batch, one after the other.
+const SETTLED_BATCH: usize = 20;
+
+/// The counting rules' packet counters: (Calico's, Kube-OVN's), as `iptables -L -v -x`
+/// prints them.
+fn count_rules(tools: &Tools) -> Option<(u64, u64)> {
+    let first = |chain: &str| -> Option<u64> {
+        let out = tools.ipt(&["-L", chain, "-v", "-x", "-n"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(2)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((first("cali-PREROUTING")?, first("OVN-PREROUTING")?))
+}
+
+/// Sample the counting rules every 100 ms until told to stop.
+fn counter_sampler(tools: &Tools, stop: &AtomicBool) -> Vec<(Instant, (u64, u64))> {
+    let mut out = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let t = Instant::now();
+        if let Some(c) = count_rules(tools) {
+            out.push((t, c));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    out
+}
+
+/// What the data path went through in one run.
+struct PacketRun {
+    /// Every connection the client opened during the run, by start time.
+    attempts: Vec<Attempt>,
+    /// The counting rules' counters, sampled: (when, (Calico's, Kube-OVN's)).
+    counters: Vec<(Instant, (u64, u64))>,
+    /// The phases: (name, from, to).
+    phases: Vec<(&'static str, Instant, Instant)>,
+    /// When every agent had stopped (and, with jumpset, the chain was in order again).
+    stopped: Instant,
+    /// The closing batch, one connection after the other to each target: how they
+    /// ended, and how much Calico's and Kube-OVN's counters rose meanwhile.
+    settled: (Tally, u64, u64),
+    /// How long after the flush kube-proxy's and portmap's jumps were first seen back
+    /// (the agents' own re-check period: jumpset never writes them).
+    restored: (Option<Duration>, Option<Duration>),
+    /// Kube-OVN's jumps in the chain at the end.
+    ovn_jumps: usize,
+}
+
+/// One phase's figures.
+#[derive(Debug, Clone)]
+struct PhaseFigures {
+    connections: usize,
+    failed: usize,
+    /// The failures by kind (`: 3 timeout, 1 refused`), or nothing.
+    kinds: String,
+    secs: f64,
+    /// Kube-OVN's and Calico's chain runs per new connection (from the sampled counters).
+    ovn_runs: Option<f64>,
+    cali_runs: Option<f64>,
+}
+
+impl PacketRun {
+    fn phase(&self, from: Instant, to: Instant) -> PhaseFigures {
+        let within: Vec<&Attempt> = self
+            .attempts
+            .iter()
+            .filter(|a| a.at >= from && a.at < to)
+            .collect();
+        let t = Tally::of(within);
+        // The counters at the samples closest to the phase's ends, over the connections
+        // started between those two samples.
+        let at = |t: Instant| {
+            self.counters
+                .iter()
+                .rev()
+                .find(|s| s.0 <= t)
+                .or(self.counters.first())
+                .copied()
+        };
+        let runs = match (at(from), at(to)) {
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                let n = self
+                    .attempts
+                    .iter()
+                    .filter(|x| x.at >= a.0 && x.at < b.0)
+                    .count();
+                (n > 0).then(|| {
+                    (
+                        (b.1 .1 - a.1 .1) as f64 / n as f64,
+                        (b.1 .0 - a.1 .0) as f64 / n as f64,
+                    )
+                })
+            }
+            _ => None,
+        };
+        let kinds: Vec<String> = t
+            .failed
+            .iter()
+            .map(|(o, n)| format!("{n} {}", o.name()))
+            .collect();
+        PhaseFigures {
+            connections: t.attempts,
+            failed: t.failures(),
+            kinds: if kinds.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", kinds.join(", "))
+            },
+            secs: to.duration_since(from).as_secs_f64(),
+            ovn_runs: runs.map(|r| r.0),
+            cali_runs: runs.map(|r| r.1),
+        }
+    }
+}
+
+/// The torture, twice over the same seeded events: with the jumpset daemon, then without
+/// it; the client's failed connections per second and the agents' chain runs per
+/// connection in each phase, side by side.
 fn torture(tools: Tools) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    netns(|| {
-        ok("ip link set lo up");
-        let legacy = tools.backend == "legacy";
-        let load = tools
-            .cmd(tools.restore)
-            .arg("-w")
-            .stdin(std::fs::File::open(fixture("harvester-healthy.rules")).unwrap())
-            .output()
-            .unwrap();
-        assert!(load.status.success(), "{load:?}");
-        let resync = if legacy { "200ms" } else { "30s" };
-        let cfg = config(&format!(
-            "{}\n[daemon]\nresync_interval = \"{resync}\"\nmetrics_listen = \"{METRICS}\"\n",
-            harvester_config()
-        ));
+    let seed = Rng::new(&format!("torture {}", tools.backend)).next_u64();
+    let with = netns(|| run(&tools, seed, true));
+    let without = netns(|| run(&tools, seed, false));
 
-        // The history (nf_tables) starts before the daemon.
-        let events = (!legacy).then(NftEventLog::start);
-        let start_chain = (!legacy).then(|| ChainSim::listed("ip", "nat", "PREROUTING"));
-        let mut env = vec![];
-        if let Some(l) = &tools.lock {
-            env.push(("XTABLES_LOCKFILE", l.as_str()));
-        }
-        let daemon = DaemonProc::start(
+    let fmt = |p: PhaseFigures| {
+        format!(
+            "{}/{} failed ({:.1}/s{}), Kube-OVN's chain {} and Calico's {} per connection",
+            p.failed,
+            p.connections,
+            p.failed as f64 / p.secs,
+            p.kinds,
+            p.ovn_runs.map_or("?".into(), |r| format!("{r:.2}×")),
+            p.cali_runs.map_or("?".into(), |r| format!("{r:.2}×")),
+        )
+    };
+    figure(&format!(
+        "torture {} data path: new connections to the VIP and the hostPort ({}/s), same seeded events with and without jumpset:",
+        tools.backend,
+        2 * (1000 / STREAM_EVERY.as_millis())
+    ));
+    for (i, (name, from, to)) in with.phases.iter().enumerate() {
+        let (_, wf, wt) = without.phases[i];
+        figure(&format!(
+            "  {name} ({:.1} s): with jumpset {}; without {}",
+            to.duration_since(*from).as_secs_f64(),
+            fmt(with.phase(*from, *to)),
+            fmt(without.phase(wf, wt)),
+        ));
+    }
+    let ms = |d: Option<Duration>| d.map_or("never".into(), |d| format!("{} ms", d.as_millis()));
+    figure(&format!(
+        "  after the flush kube-proxy's and portmap's own jumps were back after {} and {} with jumpset, {} and {} without (their agents' re-check; jumpset never writes them)",
+        ms(with.restored.0),
+        ms(with.restored.1),
+        ms(without.restored.0),
+        ms(without.restored.1)
+    ));
+    let settled = |r: &PacketRun| {
+        format!(
+            "{}, Calico's chain +{} and Kube-OVN's +{}",
+            r.settled.0.text(),
+            r.settled.1,
+            r.settled.2
+        )
+    };
+    figure(&format!(
+        "  closing batch ({SETTLED_BATCH} to each, one after the other): with jumpset {} ({} Kube-OVN jump(s) in the chain); without {} ({} Kube-OVN jumps)",
+        settled(&with),
+        with.ovn_jumps,
+        settled(&without),
+        without.ovn_jumps
+    ));
+
+    // With jumpset: once the agents stop, no connection fails and every agent's chain
+    // runs exactly once per new connection (a missing jump fails connections, a
+    // misordered or duplicated one changes the counts).
+    let after: Vec<&Attempt> = with
+        .attempts
+        .iter()
+        .filter(|a| a.at >= with.stopped)
+        .collect();
+    let t = Tally::of(after.iter().copied());
+    assert!(
+        t.attempts >= 20,
+        "too few connections after the agents stopped: {t:?}"
+    );
+    assert_eq!(
+        t.failures(),
+        0,
+        "with jumpset, connections failed after the agents stopped: {}",
+        t.text()
+    );
+    let (t, cali, ovn) = &with.settled;
+    assert_eq!(t.ok, t.attempts, "closing batch with jumpset: {}", t.text());
+    assert_eq!(
+        (*cali, *ovn),
+        (t.attempts as u64, t.attempts as u64),
+        "with jumpset, Calico's and Kube-OVN's chains must run once per connection"
+    );
+    // Without it the buggy agent's duplicates stay (how many a packet meets depends on
+    // where they landed: the figures above).
+    assert!(
+        without.ovn_jumps > 1,
+        "without jumpset the chain ended with {} Kube-OVN jump(s): the torture did not bite",
+        without.ovn_jumps
+    );
+}
+
+/// One run of the agents in a fresh namespace, with the jumpset daemon or without it, the
+/// client connecting throughout. With the daemon every check of the torture is made.
+fn run(tools: &Tools, seed: u64, with_jumpset: bool) -> PacketRun {
+    ok("ip link set lo up");
+    let legacy = tools.backend == "legacy";
+    let dp = DataPath::build().expect("the data path builds");
+    let load = tools
+        .cmd(tools.restore)
+        .arg("-w")
+        .stdin(std::fs::File::open(fixture("harvester-healthy.rules")).unwrap())
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "{load:?}");
+    assert!(tools.restore(&datapath::agent_rules(Family::Ip)));
+    let resync = if legacy { "200ms" } else { "30s" };
+    let cfg = config(&format!(
+        "{}\n[daemon]\nresync_interval = \"{resync}\"\nmetrics_listen = \"{METRICS}\"\n",
+        harvester_config()
+    ));
+
+    // The history (nf_tables) starts before the daemon. It and the direct reader run
+    // without the daemon too, so that both runs carry the same instrumentation load.
+    let events = (!legacy).then(NftEventLog::start);
+    let start_chain = events
+        .is_some()
+        .then(|| ChainSim::listed("ip", "nat", "PREROUTING"));
+    let mut env = vec![];
+    if let Some(l) = &tools.lock {
+        env.push(("XTABLES_LOCKFILE", l.as_str()));
+    }
+    let daemon = with_jumpset.then(|| {
+        let d = DaemonProc::start(
             &["--config", cfg.as_str(), "--backend", tools.backend],
             &env,
         );
-        assert!(
-            daemon.wait_log("ready:", Duration::from_secs(15)),
-            "{}",
-            daemon.log()
-        );
-        assert_eq!(tools.chain().unwrap(), healthy());
-
-        let shared = Arc::new(Shared {
-            tools: tools.clone(),
-            writes: Mutex::new(BTreeMap::new()),
-            flush: Mutex::new((None, None)),
-            violations: Mutex::new(Vec::new()),
-            stop_sampling: AtomicBool::new(false),
-            samples: AtomicUsize::new(0),
-            last_write: Mutex::new(None),
-        });
-        let mut rng = Rng::new(&format!("torture {}", tools.backend));
-        let t0 = Instant::now();
-        let end = t0 + AGENTS_RUN;
-        let stop_reading = Arc::new(AtomicBool::new(false));
-        let _stop = {
-            let (r, s) = (stop_reading.clone(), shared.clone());
-            OnDrop(move || {
-                r.store(true, Ordering::SeqCst);
-                s.stop_sampling.store(true, Ordering::SeqCst);
-            })
-        };
-        let reader = (!legacy).then(|| {
-            let stop = stop_reading.clone();
-            std::thread::spawn(move || nft_reader(&stop))
-        });
-        let sampling = {
-            let s = shared.clone();
-            std::thread::spawn(move || sampler(&s))
-        };
-        type AgentFn = fn(&Shared, Instant, Rng);
-        let agents: Vec<(AgentFn, Instant)> = vec![
-            (felix, end + FELIX_EXTRA),
-            (kube_proxy, end),
-            (portmap, end),
-            (buggy_ovn, end),
-        ];
-        let mut threads = Vec::new();
-        for (f, until) in agents {
-            let s = shared.clone();
-            let r = Rng::seeded(rng.next_u64());
-            threads.push(std::thread::spawn(move || f(&s, until, r)));
-        }
-        {
-            let s = shared.clone();
-            threads.push(std::thread::spawn(move || flusher(&s, t0 + AGENTS_RUN / 2)));
-        }
-        // From the moment the last disruptive agents stop, poll the chain until every
-        // agent has stopped and the chain is in the declared order; the convergence time
-        // is taken from the last write any agent made to the first sample in order after it.
-        if let Some(w) = end.checked_duration_since(Instant::now()) {
-            std::thread::sleep(w);
-        }
-        let mut polls: Vec<(Instant, bool)> = Vec::new();
-        let mut last;
-        let limit = Instant::now() + Duration::from_secs(20);
-        loop {
-            let t = Instant::now();
-            last = tools.chain().unwrap_or_default();
-            polls.push((t, last == healthy()));
-            let done = threads.iter().all(|t| t.is_finished());
-            if (done && polls.last().unwrap().1) || Instant::now() > limit {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        for t in threads {
-            t.join().expect("an agent panicked");
-        }
-        let last_write = shared.last_write.lock().unwrap().unwrap_or(end);
-        let converged_at = polls
-            .iter()
-            .find(|(t, ok)| *ok && *t >= last_write)
-            .map(|p| p.0);
-        let convergence = converged_at.map(|c| c.duration_since(last_write));
-        let converged = converged_at.is_some();
-        shared.stop_sampling.store(true, Ordering::SeqCst);
-        sampling.join().unwrap();
-        stop_reading.store(true, Ordering::SeqCst);
-        let reads = reader.map(|r| r.join().unwrap()).unwrap_or_default();
-        assert!(
-            converged,
-            "not converged within 20 s after the agents stopped: {last:#?}\n{}",
-            daemon.log()
-        );
-        let convergence = convergence.unwrap();
-        // And it stays so: one more second, nothing moves.
-        std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(tools.chain().unwrap(), healthy());
-
-        let writes = shared.writes.lock().unwrap().clone();
-        let violations = shared.violations.lock().unwrap().clone();
-        assert!(
-            violations.is_empty(),
-            "{} violation(s) in {} samples:\n{}",
-            violations.len(),
-            shared.samples.load(Ordering::SeqCst),
-            violations.join("\n")
-        );
-        let log = daemon.log();
-        assert!(!log.contains("this is a bug"), "{log}");
-        let fights: Vec<&str> = log.lines().filter(|l| l.contains("fight")).collect();
-
-        let (daemon_commits, agent_commits, by_process) = if let Some(events) = events {
-            let lines = events.stop();
-            let (d, a, by) = check_nft_history(&lines, start_chain.unwrap(), daemon.pid(), &reads);
-            (d, a, by)
-        } else {
-            let (_, m) = http_get_at(METRICS, "/metrics").expect("metrics answer");
-            let d = metric_value(&m, "jumpset_reconciles_total{result=\"repaired\"}") as usize;
-            // The initial reconcile of a healthy chain writes nothing, so every repair
-            // counted was made during the run.
-            let a: usize = writes.values().sum();
-            let by = writes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-            (d, a, by)
-        };
-        figure(&format!(
-            "torture {}: {:?} of agents (flush half-way), {} chain samples; commits: daemon {daemon_commits}, agents {agent_commits} ({by_process:?}); agents' successful writes {writes:?}; converged {convergence:?} after the last agent write; fight log lines: {}",
-            tools.backend,
-            AGENTS_RUN,
-            shared.samples.load(Ordering::SeqCst),
-            fights.len()
-        ));
-        for f in fights.iter().take(3) {
-            figure(&format!("  {f}"));
-        }
-        assert!(
-            daemon_commits >= 1,
-            "the daemon never repaired anything: the torture did not bite"
-        );
-        assert!(
-            writes.get("buggy-kube-ovn").copied().unwrap_or(0) >= 10,
-            "{writes:?}"
-        );
-        assert!(
-            daemon_commits <= agent_commits,
-            "write loop: the daemon committed {daemon_commits} times, the agents {agent_commits}"
-        );
-        assert!(
-            convergence < Duration::from_secs(15),
-            "converged only after {convergence:?}"
-        );
-
-        let mut daemon = daemon;
-        daemon.proc.signal(libc::SIGTERM);
-        assert_eq!(
-            daemon.proc.wait_exit(Duration::from_secs(10)),
-            Some(0),
-            "{}",
-            daemon.log()
-        );
+        assert!(d.wait_log("ready:", Duration::from_secs(15)), "{}", d.log());
+        d
     });
+    assert_eq!(tools.chain().unwrap(), healthy());
+
+    let shared = Arc::new(Shared {
+        tools: tools.clone(),
+        writes: Mutex::new(BTreeMap::new()),
+        flush: Mutex::new((None, None)),
+        violations: Mutex::new(Vec::new()),
+        stop_sampling: AtomicBool::new(false),
+        samples: AtomicUsize::new(0),
+        last_write: Mutex::new(None),
+        history: Mutex::new(Vec::new()),
+    });
+    let mut rng = Rng::seeded(seed);
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let _stop = {
+        let (r, s) = (stop_reading.clone(), shared.clone());
+        OnDrop(move || {
+            r.store(true, Ordering::SeqCst);
+            s.stop_sampling.store(true, Ordering::SeqCst);
+        })
+    };
+    let reader = events.is_some().then(|| {
+        let stop = stop_reading.clone();
+        std::thread::spawn(move || nft_reader(&stop))
+    });
+    let sampling = {
+        let s = shared.clone();
+        std::thread::spawn(move || sampler(&s))
+    };
+    let counting = {
+        let (t, stop) = (tools.clone(), stop_reading.clone());
+        std::thread::spawn(move || counter_sampler(&t, &stop))
+    };
+    let stream = dp
+        .stream(
+            &[datapath::vip(Family::Ip), datapath::host_port(Family::Ip)],
+            STREAM_EVERY,
+            STREAM_TIMEOUT,
+        )
+        .unwrap();
+    let t0 = Instant::now();
+    let end = t0 + AGENTS_RUN;
+    type AgentFn = fn(&Shared, Instant, Rng);
+    let agents: Vec<(AgentFn, Instant)> = vec![
+        (felix, end + FELIX_EXTRA),
+        (kube_proxy, end),
+        (portmap, end),
+        (buggy_ovn, end),
+    ];
+    let mut threads = Vec::new();
+    for (f, until) in agents {
+        let s = shared.clone();
+        let r = Rng::seeded(rng.next_u64());
+        threads.push(std::thread::spawn(move || f(&s, until, r)));
+    }
+    {
+        let s = shared.clone();
+        threads.push(std::thread::spawn(move || flusher(&s, t0 + AGENTS_RUN / 2)));
+    }
+    // From the moment the last disruptive agents stop, poll the chain until every agent
+    // has stopped and (with jumpset) the chain is in the declared order; the convergence
+    // time is taken from the last write any agent made to the first sample in order after
+    // it.
+    if let Some(w) = end.checked_duration_since(Instant::now()) {
+        std::thread::sleep(w);
+    }
+    let mut polls: Vec<(Instant, bool)> = Vec::new();
+    let mut last;
+    let limit = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = Instant::now();
+        last = tools.chain().unwrap_or_default();
+        polls.push((t, last == healthy()));
+        let done = threads.iter().all(|t| t.is_finished());
+        if (done && (polls.last().unwrap().1 || !with_jumpset)) || Instant::now() > limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stopped = Instant::now();
+    for t in threads {
+        t.join().expect("an agent panicked");
+    }
+    let flush_at = shared.flush.lock().unwrap().0.expect("the flush ran");
+    // The client goes on for a while with the chain as the agents (and jumpset) left it.
+    std::thread::sleep(SETTLE);
+    let stream_end = Instant::now();
+    let attempts = stream.stop();
+    stop_reading.store(true, Ordering::SeqCst);
+    let counters = counting.join().unwrap();
+    let settled = {
+        let before = count_rules(tools).expect("the counting rules");
+        let mut all = Vec::new();
+        for target in [datapath::vip(Family::Ip), datapath::host_port(Family::Ip)] {
+            all.extend(
+                dp.connect_n(
+                    target,
+                    SETTLED_BATCH,
+                    Duration::from_millis(20),
+                    STREAM_TIMEOUT,
+                )
+                .unwrap(),
+            );
+        }
+        let after = count_rules(tools).expect("the counting rules");
+        (Tally::of(&all), after.0 - before.0, after.1 - before.1)
+    };
+    let phases = vec![
+        ("agents, before the flush", t0, flush_at),
+        (
+            "the flush and 1 s after",
+            flush_at,
+            flush_at + Duration::from_secs(1),
+        ),
+        (
+            "agents, after the flush",
+            flush_at + Duration::from_secs(1),
+            stopped,
+        ),
+        ("agents stopped", stopped, stream_end),
+    ];
+    shared.stop_sampling.store(true, Ordering::SeqCst);
+    sampling.join().unwrap();
+    let flush_end = shared.flush.lock().unwrap().1.expect("the flush ended");
+    let back = |has: fn(&Foreign) -> bool| {
+        let history = shared.history.lock().unwrap();
+        history
+            .iter()
+            .find(|(t, f)| *t >= flush_end && has(f))
+            .map(|(t, _)| t.duration_since(flush_at))
+    };
+    let packets = PacketRun {
+        attempts,
+        counters,
+        phases,
+        stopped,
+        settled,
+        restored: (back(|f| f.kube > 0), back(|f| f.cni > 0)),
+        ovn_jumps: tools
+            .chain()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("-j OVN-PREROUTING"))
+            .count(),
+    };
+    let reads = reader.map(|r| r.join().unwrap()).unwrap_or_default();
+    let violations = shared.violations.lock().unwrap().clone();
+    assert!(
+        violations.is_empty(),
+        "{} violation(s) in {} samples:\n{}",
+        violations.len(),
+        shared.samples.load(Ordering::SeqCst),
+        violations.join("\n")
+    );
+    let Some(daemon) = daemon else {
+        if let Some(events) = events {
+            events.stop();
+        }
+        return packets;
+    };
+
+    let last_write = shared.last_write.lock().unwrap().unwrap_or(end);
+    let converged_at = polls
+        .iter()
+        .find(|(t, ok)| *ok && *t >= last_write)
+        .map(|p| p.0);
+    assert!(
+        converged_at.is_some(),
+        "not converged within 20 s after the agents stopped: {last:#?}\n{}",
+        daemon.log()
+    );
+    let convergence = converged_at.unwrap().duration_since(last_write);
+    // And it stayed so through the settle time and the closing batch.
+    assert_eq!(tools.chain().unwrap(), healthy());
+
+    let writes = shared.writes.lock().unwrap().clone();
+    let log = daemon.log();
+    assert!(!log.contains("this is a bug"), "{log}");
+    let fights: Vec<&str> = log.lines().filter(|l| l.contains("fight")).collect();
+
+    let (daemon_commits, agent_commits, by_process) = if let Some(events) = events {
+        let lines = events.stop();
+        check_nft_history(&lines, start_chain.unwrap(), daemon.pid(), &reads)
+    } else {
+        let (_, m) = http_get_at(METRICS, "/metrics").expect("metrics answer");
+        let d = metric_value(&m, "jumpset_reconciles_total{result=\"repaired\"}") as usize;
+        // The initial reconcile of a healthy chain writes nothing, so every repair
+        // counted was made during the run.
+        let a: usize = writes.values().sum();
+        let by = writes.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        (d, a, by)
+    };
+    figure(&format!(
+        "torture {}: {:?} of agents (flush half-way), {} chain samples; commits: daemon {daemon_commits}, agents {agent_commits} ({by_process:?}); agents' successful writes {writes:?}; converged {convergence:?} after the last agent write; fight log lines: {}",
+        tools.backend,
+        AGENTS_RUN,
+        shared.samples.load(Ordering::SeqCst),
+        fights.len()
+    ));
+    for f in fights.iter().take(3) {
+        figure(&format!("  {f}"));
+    }
+    assert!(
+        daemon_commits >= 1,
+        "the daemon never repaired anything: the torture did not bite"
+    );
+    assert!(
+        writes.get("buggy-kube-ovn").copied().unwrap_or(0) >= 10,
+        "{writes:?}"
+    );
+    assert!(
+        daemon_commits <= agent_commits,
+        "write loop: the daemon committed {daemon_commits} times, the agents {agent_commits}"
+    );
+    assert!(
+        convergence < Duration::from_secs(15),
+        "converged only after {convergence:?}"
+    );
+
+    let mut daemon = daemon;
+    daemon.proc.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.proc.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    packets
 }
 
 /// Rebuild the chain from the monitor's history and check it: every generation's events

@@ -546,6 +546,74 @@ impl NftBackend {
     }
 }
 
+/// One change another agent would make (see [`NftBackend::write_scene`]; feature `testing`).
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SceneOp {
+    /// A new rule in `chain`, at `at`.
+    Add {
+        /// The chain.
+        chain: String,
+        /// The rule, as the codec encodes it.
+        rule: codec::NewRule,
+        /// Where it goes.
+        at: Position,
+    },
+    /// Delete the rule with `handle` from `chain`.
+    Delete {
+        /// The chain.
+        chain: String,
+        /// The rule's handle.
+        handle: u64,
+    },
+}
+
+#[cfg(feature = "testing")]
+impl NftBackend {
+    /// Play other agents: in the existing `table`, create the user `chains` that are
+    /// missing, then make `ops` in order, all in one batch. For `demo` and tests that set
+    /// a scene (kube-proxy's and portmap's rules, a foreign jump deleted); jumpset's own
+    /// changes go through [`Backend::apply`].
+    pub fn write_scene(
+        &mut self,
+        family: Family,
+        table: &str,
+        chains: &[&str],
+        ops: &[SceneOp],
+    ) -> Result<(), BackendError> {
+        let fam = nfproto(family);
+        let gen = self.generation()?;
+        let mut missing = Vec::new();
+        for c in chains {
+            if !self.chain_exists(fam, table, c)? {
+                missing.push(*c);
+            }
+        }
+        let begin = self.take_seq(0);
+        let mut b = Batch::begin(gen, begin);
+        let mut steps = Vec::new();
+        for c in missing {
+            steps.push((b.new_user_chain(fam, table, c), format!("-N {c}")));
+        }
+        for op in ops {
+            let s = match op {
+                SceneOp::Add { chain, rule, at } => (
+                    b.new_rule(fam, table, chain, rule, *at),
+                    format!("a rule in {chain}"),
+                ),
+                SceneOp::Delete { chain, handle } => (
+                    b.del_rule(fam, table, chain, *handle),
+                    format!("deleting handle {handle} from {chain}"),
+                ),
+            };
+            steps.push(s);
+        }
+        let (bytes, end) = b.end();
+        self.seq = end.wrapping_add(1);
+        self.commit(&bytes, begin, end, gen, &steps)
+    }
+}
+
 fn base_chain(table: &str, chain: &str) -> Result<iptables::BaseChain, BackendError> {
     iptables::base_chain(table, chain).ok_or_else(|| {
         BackendError::Unsupported(format!(

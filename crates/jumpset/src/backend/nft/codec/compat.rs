@@ -23,7 +23,7 @@ const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 // ---------------------------------------------------------------------------------------
 
 /// The 256-byte `xt_comment_info` for a comment (truncated to 255 bytes, NUL-filled).
-fn xt_comment_info(comment: &[u8]) -> Vec<u8> {
+pub(super) fn xt_comment_info(comment: &[u8]) -> Vec<u8> {
     let mut info = vec![0; XT_MAX_COMMENT_LEN];
     let n = comment.len().min(XT_MAX_COMMENT_LEN - 1);
     info[..n].copy_from_slice(&comment[..n]);

@@ -25,6 +25,8 @@
 //! |             | done ([`parse`], [`Message`], [`Body`])                               |
 //! | `batch`     | requests (GETGEN, GETRULE, ...) and guarded batches: BEGIN with the   |
 //! |             | generation, changes, END with an ack ([`Batch`])                      |
+//! | `scene`     | (feature `testing`) other agents' rules — native matches, DNAT — for  |
+//! |             | the scenes the demo and the tests play; jumpset never writes them     |
 //!
 //! Each module tests itself on the bytes captured from iptables-nft, nft and the kernel
 //! in `testdata/nft/` (produced by `capture.sh` there); the tests of `message` also hold
@@ -35,6 +37,8 @@ mod compat;
 mod expr;
 mod frame;
 mod message;
+#[cfg(feature = "testing")]
+pub mod scene;
 #[cfg(test)]
 mod testutil;
 
