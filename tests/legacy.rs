@@ -480,6 +480,54 @@ fn a_lock_held_past_the_timeout_is_a_clear_error_and_exit_4() {
     });
 }
 
+#[test]
+fn a_zero_lock_timeout_tries_once_and_does_not_wait() {
+    netns(|| {
+        load_broken("iptables-legacy-restore");
+        let before = ok("iptables-legacy-save -t nat | grep '^-A'");
+        let lock = tmp("once.lock");
+        let cfg =
+            config(&legacy_config().replace("families", "xtables_lock_timeout = \"0s\"\nfamilies"));
+        let mut holder = hold_lock(&lock, 3.0);
+        let t0 = Instant::now();
+        let out = sh(&format!(
+            "XTABLES_LOCKFILE={lock} {} apply --config {}",
+            bin(),
+            cfg.as_str()
+        ));
+        let waited = t0.elapsed();
+        let msg = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(4), "{msg}");
+        assert!(
+            msg.contains(&lock) && msg.contains("tried once: xtables_lock_timeout = \"0s\""),
+            "{msg}"
+        );
+        assert!(waited < Duration::from_secs(1), "it waited: {waited:?}");
+        assert_eq!(
+            ok("iptables-legacy-save -t nat | grep '^-A'"),
+            before,
+            "nothing written"
+        );
+        // Free (the holder's sleep ends): one try is enough.
+        holder.wait().unwrap();
+        let out = sh(&format!(
+            "XTABLES_LOCKFILE={lock} {} apply --config {}",
+            bin(),
+            cfg.as_str()
+        ));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(&lock);
+    });
+}
+
 /// A backend that lets another agent write between our read and our apply, once.
 struct Interloper {
     inner: LegacyBackend,

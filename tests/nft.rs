@@ -686,3 +686,69 @@ fn an_insert_reports_the_handle_nft_lists_for_the_new_rule() {
         assert!(plan.json()["ops"].as_array().unwrap().is_empty());
     });
 }
+
+#[test]
+fn an_anchored_write_is_refused_whole_when_an_anchor_is_gone_and_generation_0_guards_nothing() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let spec = Config::from_toml(&harvester_config()).unwrap().chains()[0].clone();
+        let mut nft = NftBackend::open().unwrap();
+        let snap = nft.read(Family::Ip, "nat", "PREROUTING").unwrap();
+        let plan = reconcile::plan_for(Goal::Converge, &snap, &spec);
+        assert!(!plan.ops.is_empty());
+        let before = ok("iptables-nft-save -t nat | grep '^-A'");
+
+        // A snapshot that could not be taken at one generation guards no write: refused
+        // before anything is sent (0 in BEGIN would mean "no check").
+        let mut unguarded = snap.clone();
+        unguarded.generation = 0;
+        match nft.apply(&unguarded, &spec, &plan) {
+            Err(BackendError::Stale { planned: 0 }) => {}
+            other => panic!("expected a stale write, got {other:?}"),
+        }
+        assert_eq!(ok("iptables-nft-save -t nat | grep '^-A'"), before);
+
+        // Another agent commits elsewhere: a guarded write is stale, an anchored one
+        // goes through, its anchors being there.
+        ok("iptables-nft -t filter -A FORWARD -j ACCEPT");
+        assert!(matches!(
+            nft.apply(&snap, &spec, &plan),
+            Err(BackendError::Stale { .. })
+        ));
+        let applied = nft.apply_anchored(&snap, &spec, &plan).unwrap();
+        assert!(applied.committed && applied.expected_generation.is_none());
+        assert_eq!(
+            saved_chain("iptables-nft-save", "PREROUTING"),
+            fixture_chain("harvester-healthy.rules", "PREROUTING")
+        );
+
+        // One of the handles the write deletes or inserts before is gone: the kernel
+        // refuses it whole (ENOENT), reported as stale; nothing applied.
+        load_broken("iptables-nft-restore");
+        let other = nft.read(Family::Ip, "nat", "PREROUTING").unwrap();
+        let plan = reconcile::plan_for(Goal::Converge, &other, &spec);
+        let anchors: Vec<u64> = plan
+            .ops
+            .iter()
+            .filter_map(|op| match *op {
+                jumpset::plan::Op::Delete { handle, .. } => Some(handle),
+                jumpset::plan::Op::Insert { before_handle, .. } => before_handle,
+            })
+            .collect();
+        assert!(!anchors.is_empty());
+        ok(&format!(
+            "nft delete rule ip nat PREROUTING handle {}",
+            anchors[0]
+        ));
+        let before = ok("iptables-nft-save -t nat | grep '^-A'");
+        match nft.apply_anchored(&other, &spec, &plan) {
+            Err(BackendError::Stale { .. }) => {}
+            r => panic!("expected a refusal, got {r:?}"),
+        }
+        assert_eq!(
+            ok("iptables-nft-save -t nat | grep '^-A'"),
+            before,
+            "nothing applied"
+        );
+    });
+}

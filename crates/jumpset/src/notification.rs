@@ -47,6 +47,9 @@ pub struct Touched {
     /// The chains the rules deleted there jumped or went to, one entry per such rule
     /// (a DELRULE notification carries the whole deleted rule).
     pub removed: Vec<String>,
+    /// Whether the chain itself was created, renamed (nf_tables announces a rename as a
+    /// new chain of the new name) or deleted: a jump to it may now lead elsewhere.
+    pub chain_changed: bool,
 }
 
 impl Touched {
@@ -59,6 +62,7 @@ impl Touched {
             agents: Vec::new(),
             added: Vec::new(),
             removed: Vec::new(),
+            chain_changed: false,
         }
     }
 
@@ -107,6 +111,18 @@ impl Commit {
             if !t.agents.contains(&a) {
                 t.agents.push(a);
             }
+        }
+    }
+
+    /// Record that the batch created, renamed or deleted `family` `table` `chain`.
+    pub fn touch_chain(&mut self, family: Family, table: &str, chain: &str) {
+        self.touch(family, table, Some(chain), None);
+        if let Some(t) = self
+            .touched
+            .iter_mut()
+            .find(|t| t.family == family && t.table == table && t.chain.as_deref() == Some(chain))
+        {
+            t.chain_changed = true;
         }
     }
 

@@ -1,6 +1,16 @@
 //! One reconcile of one chain in one family: read → plan → apply → verify, re-planning
 //! (a bounded number of times) when the kernel refuses a write planned from a stale
 //! generation.
+//!
+//! The generation is global: under a writer committing elsewhere faster than a long
+//! chain is read and written back, every guarded write is stale. After
+//! [`GUARDED_ATTEMPTS`] stale attempts — or at once when the read itself could not be
+//! taken at one generation (`Snapshot::generation` 0: nothing to guard with) — the write
+//! is anchored on the handles of the rules it deletes and inserts before instead
+//! ([`Backend::apply_anchored`]: the kernel still refuses it whole when one of them is
+//! gone), and the chain is then always read back: an anchored write cannot see a foreign
+//! rule inserted since the read, so a chain that is not converged after it is another
+//! stale attempt.
 
 use crate::backend::{Backend, BackendError};
 use crate::plan::{self, Plan, Role};
@@ -9,6 +19,9 @@ use crate::spec::ChainSpec;
 
 /// How many stale writes are re-planned before giving up.
 pub const MAX_RETRIES: u32 = 8;
+
+/// Stale attempts with the generation guard before the write is anchored on handles.
+pub const GUARDED_ATTEMPTS: u32 = 3;
 
 /// What to make of the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +62,44 @@ pub struct Outcome {
     /// changes. A jump is left out when the read-back holds no copy of it, or more than
     /// one (another writer changed the chain between the commit and the read-back).
     pub inserted: Vec<(usize, u64)>,
+    /// Whether the committed write was anchored on handles (after stale attempts).
+    pub anchored: bool,
+}
+
+/// What a reconcile got to, also when it failed: for the daemon's health and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The step it was in last.
+    pub step: Step,
+    /// Writes refused as stale, reads that commits kept racing, and anchored writes
+    /// whose read-back was not converged.
+    pub stale: u32,
+    /// Whether the last read found the chain in order: every owned jump in place and
+    /// no conflict (`None`: no read succeeded).
+    pub in_order: Option<bool>,
+}
+
+/// A step of a reconcile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the chain.
+    #[default]
+    Read,
+    /// Committing the plan.
+    Commit,
+    /// Reading the chain back after the commit.
+    Verify,
+}
+
+impl Step {
+    /// `read`, `commit`, `verify` (a metric label).
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Read => "read",
+            Step::Commit => "commit",
+            Step::Verify => "verify",
+        }
+    }
 }
 
 /// A reconcile that failed.
@@ -58,8 +109,10 @@ pub enum ReconcileError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     /// Other writers kept committing between our read and our write.
-    #[error("{family} {table} {chain}: the ruleset changed under each of {} attempts; another agent is writing continuously", MAX_RETRIES + 1)]
+    #[error("{family} {table} {chain}: the ruleset changed under each of {attempts} attempts; another agent is writing continuously")]
     TooManyRetries {
+        /// Attempts made.
+        attempts: u32,
         /// Family.
         family: Family,
         /// Table.
@@ -98,11 +151,39 @@ pub fn reconcile(
     spec: &ChainSpec,
     goal: Goal,
 ) -> Result<Outcome, ReconcileError> {
-    let mut retries = 0;
+    reconcile_with(backend, family, spec, goal, &mut Progress::default())
+}
+
+/// [`reconcile`], telling `progress` how far it got.
+pub fn reconcile_with(
+    backend: &mut dyn Backend,
+    family: Family,
+    spec: &ChainSpec,
+    goal: Goal,
+    progress: &mut Progress,
+) -> Result<Outcome, ReconcileError> {
     loop {
+        progress.step = Step::Read;
         let snap = backend.read(family, &spec.table, &spec.chain)?;
         let plan = plan_for(goal, &snap, spec);
-        match backend.apply(&snap, spec, &plan) {
+        progress.in_order = Some(plan.ops.is_empty() && plan.conflicts.is_empty());
+        progress.step = Step::Commit;
+        // Read while commits kept racing the dump (nf_tables): as stale as a refused
+        // write, and nothing to guard one with. (A legacy table that does not exist has
+        // generation 0 too.)
+        let unguardable = snap.generation == 0 && snap.table_exists;
+        if unguardable {
+            progress.stale += 1;
+            if progress.stale > MAX_RETRIES {
+                return Err(too_many(family, spec, progress));
+            }
+        }
+        let applied = if progress.stale >= GUARDED_ATTEMPTS || unguardable {
+            backend.apply_anchored(&snap, spec, &plan)
+        } else {
+            backend.apply(&snap, spec, &plan)
+        };
+        match applied {
             Ok(applied) if !applied.committed => {
                 let g = snap.generation;
                 return Ok(Outcome {
@@ -111,15 +192,27 @@ pub fn reconcile(
                     committed: false,
                     generation_before: g,
                     generation_after: g,
-                    retries,
+                    retries: progress.stale,
                     inserted: Vec::new(),
+                    anchored: false,
                 });
             }
             Ok(applied) => {
-                // Read back and verify. Only a chain nobody else touched since our commit
-                // (still at the generation our commit produced) can be held to the plan.
+                // Read back and verify. A guarded commit is held to the plan only when
+                // nobody else touched the chain since (still at the generation our commit
+                // produced); an anchored one must have converged, or it is another attempt.
+                progress.step = Step::Verify;
                 let after = backend.read(family, &spec.table, &spec.chain)?;
                 let replan = plan_for(goal, &after, spec);
+                progress.in_order = Some(replan.ops.is_empty() && replan.conflicts.is_empty());
+                let anchored = applied.expected_generation.is_none();
+                if anchored && !replan.ops.is_empty() {
+                    progress.stale += 1;
+                    if progress.stale > MAX_RETRIES {
+                        return Err(too_many(family, spec, progress));
+                    }
+                    continue;
+                }
                 if Some(after.generation) == applied.expected_generation && !replan.is_noop() {
                     return Err(ReconcileError::Verify {
                         family,
@@ -135,19 +228,27 @@ pub fn reconcile(
                     before: snap,
                     plan,
                     committed: true,
-                    retries,
+                    retries: progress.stale,
+                    anchored,
                 });
             }
-            Err(BackendError::Stale { .. }) if retries < MAX_RETRIES => retries += 1,
             Err(BackendError::Stale { .. }) => {
-                return Err(ReconcileError::TooManyRetries {
-                    family,
-                    table: spec.table.clone(),
-                    chain: spec.chain.clone(),
-                })
+                progress.stale += 1;
+                if progress.stale > MAX_RETRIES {
+                    return Err(too_many(family, spec, progress));
+                }
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+fn too_many(family: Family, spec: &ChainSpec, progress: &Progress) -> ReconcileError {
+    ReconcileError::TooManyRetries {
+        attempts: progress.stale,
+        family,
+        table: spec.table.clone(),
+        chain: spec.chain.clone(),
     }
 }
 
@@ -184,7 +285,7 @@ mod tests {
     use crate::spec::Config;
 
     /// Another writer's change to the chain.
-    type Writer = Box<dyn FnMut(&mut Chain)>;
+    type Writer = Box<dyn FnMut(&mut Chain) + Send>;
 
     /// An in-memory chain that applies a plan the way the kernel does: kept rules keep
     /// their handles, new rules get the next handle, each commit bumps the generation.

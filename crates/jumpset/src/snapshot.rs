@@ -295,6 +295,9 @@ pub struct Snapshot {
     /// Chain name (`PREROUTING`, ...).
     pub chain: String,
     /// The ruleset generation the read was taken at (nf_tables genid; legacy: entry count).
+    /// nf_tables: 0 when no read could be taken at one generation (commits elsewhere kept
+    /// racing a long dump; the chain itself was whole): such a snapshot cannot guard a
+    /// write, only anchor one on its handles.
     pub generation: u32,
     /// Whether the table exists.
     pub table_exists: bool,

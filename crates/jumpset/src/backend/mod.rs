@@ -19,7 +19,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OpenOptions {
-    /// The legacy backend's wait for the xtables lock (zero: forever, like `iptables -w`).
+    /// The legacy backend's wait for the xtables lock; zero tries once without waiting,
+    /// like iptables without `-w`.
     pub xtables_lock_timeout: Duration,
     /// Let a backend create the first iptables table of its kind for a family while the
     /// other backend is in use for it (which makes the host mixed: packets cross both).
@@ -76,8 +77,8 @@ pub struct Applied {
     pub expected_generation: Option<u32>,
 }
 
-/// One kernel interface.
-pub trait Backend {
+/// One kernel interface. `Send`: a daemon may hand it to another thread.
+pub trait Backend: Send {
     /// The backend's name: `nft` or `legacy`.
     fn name(&self) -> &'static str;
 
@@ -92,6 +93,22 @@ pub trait Backend {
         spec: &ChainSpec,
         plan: &Plan,
     ) -> Result<Applied, BackendError>;
+
+    /// Apply `plan` as one transaction anchored on the rules it deletes and inserts next
+    /// to rather than guarded by the generation: what a reconcile falls back to after
+    /// repeated stale attempts, when other writers commit elsewhere faster than a long
+    /// chain can be read and written back (the generation is global). The kernel refuses
+    /// the whole transaction when an anchor is gone ([`BackendError::Stale`]); it cannot
+    /// see a rule inserted since the read, so the caller must read the chain back. The
+    /// default is [`Backend::apply`] (x_tables checks per table already).
+    fn apply_anchored(
+        &mut self,
+        snap: &Snapshot,
+        spec: &ChainSpec,
+        plan: &Plan,
+    ) -> Result<Applied, BackendError> {
+        self.apply(snap, spec, plan)
+    }
 
     /// The current generation (nf_tables genid), after a commit.
     fn generation(&mut self) -> Result<u32, BackendError>;
@@ -161,6 +178,14 @@ pub enum BackendError {
     /// The table holds something we must not write into.
     #[error("{0}")]
     Unsupported(String),
+    /// Another process holds the xtables lock (iptables-legacy's `/run/xtables.lock`).
+    #[error("the xtables lock {} is held by another process (iptables-legacy or another agent){}; see who holds it with `fuser -v {}`", .path.display(), if .waited.is_zero() { " (tried once: xtables_lock_timeout = \"0s\")".to_string() } else { format!(" for all of xtables_lock_timeout = {:?}", .waited) }, .path.display())]
+    LockHeld {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// How long it was waited for (zero: one try).
+        waited: Duration,
+    },
     /// The write would create the first iptables table of this backend for the family
     /// while the other backend is in use for it: the host would become mixed.
     #[error("{family}: refusing to create the first {backend} table for {family} while {other} is in use for it: the host would become mixed (packets would cross both backends); pass --backend {other} (the one in use), or --allow-mixed-backends if that is really meant. Nothing was written.\n  {}", .evidence.join("\n  "))]

@@ -67,6 +67,17 @@ impl Classifier {
         chain: Option<&str>,
         rule: Option<(&Rule, bool)>,
     ) {
+        self.touch_as(m, table, chain, rule, false)
+    }
+
+    fn touch_as(
+        &mut self,
+        m: &Message<'_>,
+        table: &str,
+        chain: Option<&str>,
+        rule: Option<(&Rule, bool)>,
+        chain_changed: bool,
+    ) {
         let Some(fam) = family(m.family) else {
             return;
         };
@@ -84,6 +95,7 @@ impl Classifier {
                 i
             }
         };
+        p.commit.touched[i].chain_changed |= chain_changed;
         let Some((rule, added)) = rule else {
             return;
         };
@@ -112,8 +124,10 @@ impl Classifier {
                 self.touch(m, &table, Some(&chain), Some((&r.rule, added)));
                 None
             }
-            Body::DelChain(c) => {
-                self.touch(m, &c.table, Some(&c.name), None);
+            // A new chain: created, or renamed (nf_tables announces a rename as the chain
+            // under its new name); a jump to it may now lead elsewhere.
+            Body::NewChain(c) | Body::DelChain(c) => {
+                self.touch_as(m, &c.table, Some(&c.name), None, true);
                 None
             }
             Body::DelTable(t) => {
@@ -309,7 +323,8 @@ mod tests {
         };
         assert_eq!(commit.generation, newgen.id);
 
-        // A batch that only created the table and a user chain touches no chain's rules.
+        // A batch that only created the table and a user chain touches no chain's rules,
+        // but names the chain it created: a jump to that name may now lead elsewhere.
         let mut c = Classifier::new();
         let msgs = parse(fixture!("rx_notify_newtable_userchain")).unwrap();
         for m in &msgs {
@@ -317,7 +332,35 @@ mod tests {
         }
         let mut g2 = g.clone();
         g2.portid = msgs[0].portid;
-        assert!(c.feed(&g2).is_none());
+        let commit = c.feed(&g2).expect("a chain was created");
+        assert_eq!(commit.touched.len(), 1, "{commit:?}");
+        assert!(commit.touched[0].chain_changed && commit.touched[0].agents.is_empty());
+        assert!(!ip_nat_prerouting(&commit), "{commit:?}");
+    }
+
+    #[test]
+    fn a_renamed_chain_is_a_change_of_its_table() {
+        // `nft rename chain ip nat OVN-PREROUTING X` is announced as NEWCHAIN X.
+        let mut c = Classifier::new();
+        c.feed(&msg(
+            4,
+            NFPROTO_IPV4,
+            Body::NewChain(ChainInfo {
+                table: "nat".into(),
+                name: "X".into(),
+                handle: 4,
+                hook: None,
+                policy: None,
+                chain_type: None,
+                flags: 0,
+            }),
+        ));
+        let commit = c.feed(&gen(4, 9, "nft")).unwrap();
+        assert_eq!(
+            touched(&commit),
+            [(Family::Ip, "nat".into(), "X".into(), vec![])]
+        );
+        assert!(commit.touched[0].chain_changed);
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub enum Fault {
     Errno(i32),
     /// No CAP_NET_ADMIN ([`BackendError::Permission`]).
     Permission,
+    /// The xtables lock is held by another process ([`BackendError::LockHeld`], as the
+    /// legacy backend's one try reports it).
+    Locked,
 }
 
 impl Fault {
@@ -71,6 +74,10 @@ impl Fault {
             Fault::Permission => BackendError::Permission {
                 step: step.to_string(),
                 capability: "CAP_NET_ADMIN",
+            },
+            Fault::Locked => BackendError::LockHeld {
+                path: crate::backend::legacy::DEFAULT_LOCK_FILE.into(),
+                waited: std::time::Duration::ZERO,
             },
         }
     }
@@ -122,6 +129,8 @@ struct State {
     hooks: Vec<Hook>,
     faults: VecDeque<(Step, Fault)>,
     reads: BTreeMap<u32, u64>,
+    /// Commit elsewhere right before every apply (see [`FakeKernel::churn`]).
+    churn: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +197,7 @@ impl FakeKernel {
             hooks: Vec::new(),
             faults: VecDeque::new(),
             reads: BTreeMap::new(),
+            churn: false,
         };
         let k = FakeKernel {
             state: Arc::new(Mutex::new(state)),
@@ -285,6 +295,37 @@ impl FakeKernel {
     /// write. Writes `f` makes through another handle make that apply stale.
     pub fn before_next_apply(&self, f: impl FnOnce() + Send + 'static) {
         self.lock().hooks.push(Box::new(f));
+    }
+
+    /// Unrelated churn: while on, another writer (pid 7, `churn`) commits a rule to ip
+    /// mangle CHURN right before every apply of a non-empty plan, after its read — as a
+    /// busy agent committing elsewhere faster than a long chain is read and written
+    /// back (the generation is global): every guarded write is then stale.
+    pub fn churn(&self, on: bool) {
+        self.lock().churn = on;
+    }
+
+    fn churn_now(&self) {
+        if !self.lock().churn {
+            return;
+        }
+        let w = self.connect(7, "churn");
+        let _ = w.transaction(|tx| {
+            if !tx
+                .tables
+                .get(&(Family::Ip, "mangle".to_string()))
+                .is_some_and(|t| t.chains.contains_key("CHURN"))
+            {
+                tx.new_chain(Family::Ip, "mangle", "CHURN")?;
+            }
+            tx.append(
+                Family::Ip,
+                "mangle",
+                "CHURN",
+                crate::testing::rule(Verdict::Accept),
+            )
+            .map(drop)
+        });
     }
 
     /// Make the next `step` (by any handle) fail with `fault`. Faults queue up, each
@@ -429,6 +470,19 @@ impl FakeKernel {
             .map(drop)
     }
 
+    /// `nft rename chain FAMILY TABLE CHAIN NEW`: the rules jumping to it now jump to
+    /// `new` (a rule refers to the chain, not to its name).
+    pub fn rename_chain(
+        &self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        new: &str,
+    ) -> Result<(), BackendError> {
+        self.transaction(|tx| tx.rename_chain(family, table, chain, new))
+            .map(drop)
+    }
+
     /// `nft delete table FAMILY TABLE`: everything in it goes.
     pub fn delete_table(&self, family: Family, table: &str) -> Result<(), BackendError> {
         self.transaction(|tx| tx.delete_table(family, table))
@@ -533,6 +587,7 @@ impl Tx {
                 rules: Vec::new(),
             },
         );
+        self.commit.touch_chain(family, table, chain);
         self.changes += 1;
         Ok(())
     }
@@ -562,6 +617,53 @@ impl Tx {
                 rules: Vec::new(),
             },
         );
+        self.commit.touch_chain(family, table, chain);
+        self.changes += 1;
+        Ok(())
+    }
+
+    /// Rename a regular chain: the rules jumping to it now jump to `new`. ENOENT when it
+    /// is missing, EEXIST when `new` exists, EINVAL for a base chain.
+    pub fn rename_chain(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        new: &str,
+    ) -> Result<(), BackendError> {
+        let t = self.table_mut(family, table)?;
+        if t.chains.contains_key(new) {
+            return Err(kernel_error(
+                "fake kernel",
+                EEXIST,
+                format!("chain {family} {table} {new} exists"),
+            ));
+        }
+        let c = t
+            .chains
+            .remove(chain)
+            .ok_or_else(|| missing(format!("no chain {family} {table} {chain}")))?;
+        if c.base {
+            t.chains.insert(chain.to_string(), c);
+            return Err(kernel_error(
+                "fake kernel",
+                EINVAL,
+                format!("{family} {table} {chain} is a base chain"),
+            ));
+        }
+        t.chains.insert(new.to_string(), c);
+        for c in t.chains.values_mut() {
+            for r in &mut c.rules {
+                if r.target() == Some(chain) {
+                    r.verdict = match &r.verdict {
+                        Verdict::Goto(_) => Verdict::Goto(new.to_string()),
+                        _ => Verdict::Jump(new.to_string()),
+                    };
+                }
+            }
+        }
+        // As nf_tables announces it: a new chain of the new name.
+        self.commit.touch_chain(family, table, new);
         self.changes += 1;
         Ok(())
     }
@@ -713,7 +815,7 @@ impl Tx {
         for r in &c.rules {
             self.commit.touch_rule(family, table, chain, r, false);
         }
-        self.commit.touch(family, table, Some(chain), None);
+        self.commit.touch_chain(family, table, chain);
         self.changes += 1;
         Ok(())
     }
@@ -799,6 +901,43 @@ impl Backend for FakeKernel {
         spec: &ChainSpec,
         plan: &Plan,
     ) -> Result<Applied, BackendError> {
+        self.apply_tx(snap, spec, plan, true)
+    }
+
+    /// As the nft backend: no generation guard; a missing handle (deleted or inserted
+    /// before) refuses the whole transaction, reported as stale. The table and the base
+    /// chain are only created by a guarded apply.
+    fn apply_anchored(
+        &mut self,
+        snap: &Snapshot,
+        spec: &ChainSpec,
+        plan: &Plan,
+    ) -> Result<Applied, BackendError> {
+        let guarded = !(snap.table_exists && snap.chain_exists);
+        match self.apply_tx(snap, spec, plan, guarded) {
+            Err(BackendError::Kernel { errno: ENOENT, .. }) if !guarded => {
+                Err(BackendError::Stale {
+                    planned: snap.generation,
+                })
+            }
+            r => r,
+        }
+    }
+
+    fn generation(&mut self) -> Result<u32, BackendError> {
+        self.fault(Step::Generation, "reading the ruleset generation (GETGEN)")?;
+        Ok(self.lock().generation)
+    }
+}
+
+impl FakeKernel {
+    fn apply_tx(
+        &mut self,
+        snap: &Snapshot,
+        spec: &ChainSpec,
+        plan: &Plan,
+        guarded: bool,
+    ) -> Result<Applied, BackendError> {
         if plan.ops.is_empty() {
             return Ok(Applied {
                 committed: false,
@@ -808,12 +947,13 @@ impl Backend for FakeKernel {
         }
         let (family, table, chain) = (snap.family, snap.table.as_str(), snap.chain.as_str());
         self.fault(Step::Apply, "committing the batch")?;
+        self.churn_now();
         let hooks = std::mem::take(&mut self.lock().hooks);
         for h in hooks {
             h();
         }
         let mut s = self.lock();
-        if s.generation != snap.generation {
+        if guarded && s.generation != snap.generation {
             return Err(BackendError::Stale {
                 planned: snap.generation,
             });
@@ -908,13 +1048,8 @@ impl Backend for FakeKernel {
         Ok(Applied {
             committed: true,
             changes,
-            expected_generation: Some(next_generation(before)),
+            expected_generation: guarded.then(|| next_generation(before)),
         })
-    }
-
-    fn generation(&mut self) -> Result<u32, BackendError> {
-        self.fault(Step::Generation, "reading the ruleset generation (GETGEN)")?;
-        Ok(self.lock().generation)
     }
 }
 
@@ -1079,9 +1214,28 @@ chain = "PREROUTING"
             (other.portid(), Some(4242), Some("iptables-nft-re"))
         );
         assert_eq!(c.generation, k.current_generation());
-        assert_eq!(c.touched.len(), 1, "{c:?}");
-        assert!(c.touched[0].covers(IP, "nat", "PREROUTING"));
-        assert_eq!(c.touched[0].agents, vec!["calico", "kube-proxy"]);
+        // The chains it created (the two user chains, the base chain), and whose rules
+        // moved where.
+        let touched: Vec<(&str, bool, &[&str])> = c
+            .touched
+            .iter()
+            .map(|t| {
+                (
+                    t.chain.as_deref().unwrap_or("*"),
+                    t.chain_changed,
+                    t.agents.as_slice(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            touched,
+            [
+                ("cali-PREROUTING", true, &[][..]),
+                ("KUBE-SERVICES", true, &[][..]),
+                ("PREROUTING", true, &["calico", "kube-proxy"][..]),
+            ],
+            "{c:?}"
+        );
         assert!(sub.recv().is_none());
         // Three more commits into a queue of two: the third is lost and says so.
         for _ in 0..3 {

@@ -27,9 +27,11 @@
 //! - **The xtables lock.** `$XTABLES_LOCKFILE` when set and non-empty, else
 //!   `/run/xtables.lock`, opened `O_RDONLY|O_CREAT, 0600` and locked with
 //!   `flock(LOCK_EX)` exactly as iptables-legacy does, for the whole re-read → replace →
-//!   counters sequence. It waits up to `xtables_lock_timeout` (zero: forever, like
-//!   `iptables -w`) and then fails naming the file and the timeout. Reads do not take it
-//!   (neither does iptables-legacy-save).
+//!   counters sequence. It waits up to `xtables_lock_timeout` (like `iptables -w N`;
+//!   zero: one try and no wait, like iptables without `-w`) and then fails with
+//!   [`BackendError::LockHeld`], naming the file. Reads do not take it (neither does
+//!   iptables-legacy-save). The daemon tries once per attempt and retries on its own
+//!   timer, so a held lock never blocks its loop.
 //! - **What we write.** `-m comment --comment C -j T` exactly as iptables-legacy writes it
 //!   (comment match rev 0 with its 256-byte info, a standard target). x_tables has no rule
 //!   userdata, so a jump configured with `comment_encoding = "userdata"` is written with
@@ -189,7 +191,7 @@ fn snapshot_of(t: &Table, table: &str, chain: &str) -> Snapshot {
 
 impl LegacyBackend {
     /// A backend that takes the xtables lock at [`lock_file_from_env`], waiting up to
-    /// `lock_timeout` for it (zero: forever).
+    /// `lock_timeout` for it (zero: one try).
     pub fn open(lock_timeout: Duration) -> Result<Self, BackendError> {
         Ok(Self::with_lock_file(lock_file_from_env(), lock_timeout))
     }
@@ -278,7 +280,7 @@ impl LegacyBackend {
             .map_err(|e| decode_err(&format!("reading {}", cmd(family, table)), e))
     }
 
-    /// Take the xtables lock, waiting up to the timeout.
+    /// Take the xtables lock, waiting up to the timeout (zero: one try, no wait).
     fn lock(&self) -> Result<LockFile, BackendError> {
         let path = self.lock_file.display();
         let f = LockFile::open(&self.lock_file).map_err(|source| BackendError::Io {
@@ -289,13 +291,6 @@ impl LegacyBackend {
             source,
         })?;
         let step = || format!("taking the xtables lock {path}");
-        if self.lock_timeout.is_zero() {
-            f.lock().map_err(|source| BackendError::Io {
-                step: step(),
-                source,
-            })?;
-            return Ok(f);
-        }
         let deadline = Instant::now() + self.lock_timeout;
         let mut pause = Duration::from_millis(1);
         loop {
@@ -307,17 +302,9 @@ impl LegacyBackend {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(BackendError::Io {
-                    step: format!("waiting for the xtables lock {path}"),
-                    source: io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "another process (iptables-legacy or another agent) held it for all of \
-                             xtables_lock_timeout = {:?}; see who holds it with `fuser -v {path}`, or raise \
-                             xtables_lock_timeout (\"0s\" waits forever, like iptables -w)",
-                            self.lock_timeout
-                        ),
-                    ),
+                return Err(BackendError::LockHeld {
+                    path: self.lock_file.clone(),
+                    waited: self.lock_timeout,
                 });
             }
             std::thread::sleep(pause.min(deadline - now));

@@ -354,9 +354,4 @@ impl LockFile {
             Err(e) => Err(e),
         }
     }
-
-    /// `flock(LOCK_EX)`: wait as long as it takes.
-    pub fn lock(&self) -> io::Result<()> {
-        self.flock(libc::LOCK_EX)
-    }
 }

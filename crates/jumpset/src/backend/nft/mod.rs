@@ -3,8 +3,12 @@
 //! A read is one `sendmsg` holding GETGEN and a GETRULE dump of the chain; every dumped
 //! rule carries the low 16 bits of the generation it was dumped at, so a dump that raced
 //! a commit is detected and re-read, and names the rule dumped before it, so a dump torn
-//! by another process's transaction in flight (which shifts the kernel's resume index
-//! without a new generation) is re-read too. A write is one batch — BEGIN carrying the
+//! by a change of the chain between its parts, or by another process's transaction in
+//! flight (either shifts the kernel's resume index), is re-read too. The generation is
+//! global: beside an agent committing elsewhere many times a second, every dump of a long
+//! chain races a commit. So when the second dump races too but is not torn, it is taken
+//! with generation 0: the chain is whole, no write can be guarded by it (one is refused
+//! as stale before it is sent), and one anchored on its handles is read back. A write is one batch — BEGIN carrying the
 //! generation the plan was made from, then NEWTABLE/NEWCHAIN (only when missing, exactly as
 //! iptables-nft creates them), DELRULEs by handle and NEWRULEs before a kept handle or
 //! appended, then END with an ACK request. The kernel holds its commit mutex from the
@@ -27,12 +31,15 @@ const ENOENT: i32 = 2;
 const EPERM: i32 = 1;
 const EACCES: i32 = 13;
 const ERESTART: i32 = 85;
-/// `NLM_F_DUMP_INTR`: the dump raced a change.
-const NLM_F_DUMP_INTR: u16 = 0x10;
 /// Receive buffer for one datagram: the kernel fills dump parts up to ~32 KiB.
 const RECV_BUF: usize = 64 * 1024;
+/// `NLM_F_DUMP_INTR`: the dump raced a change.
+const NLM_F_DUMP_INTR: u16 = 0x10;
 /// How many times a read that raced a commit is retried.
 const READ_RETRIES: usize = 16;
+/// Dumps that raced a commit (but are not torn) re-read before one is taken with
+/// generation 0.
+const STRICT_READS: usize = 1;
 
 /// Expressions iptables-nft can turn back into iptables rules (`nft.c`,
 /// `nft_is_expr_compatible`), besides match/target/counter/immediate, which the codec
@@ -667,13 +674,16 @@ impl Backend for NftBackend {
     fn read(&mut self, family: Family, table: &str, chain: &str) -> Result<Snapshot, BackendError> {
         let fam = nfproto(family);
         let step = format!("reading {family} {table} {chain}");
-        for _ in 0..READ_RETRIES {
+        for attempt in 0..READ_RETRIES {
             let s = self.take_seq(2);
             let mut req = codec::get_gen(s);
             req.extend_from_slice(&codec::get_rules(fam, table, chain, s + 1));
             let mut gen: Option<u32> = None;
             let mut rules = Vec::new();
+            // A commit (anywhere) got in during the dump.
             let mut raced = false;
+            // This chain's dump is torn: a rule repeated or skipped.
+            let mut torn = false;
             // The handle of the rule dumped last: each dumped rule names the one before it.
             let mut last: Option<u64> = None;
             self.exchange(&req, s..=s + 1, &step, |m| match m.body {
@@ -681,12 +691,13 @@ impl Backend for NftBackend {
                     // Each dumped rule carries the low 16 bits of the generation it was
                     // dumped at; a mismatch or DUMP_INTR means a commit got in between. And
                     // each names the rule before it: the kernel resumes a multi-part dump by
-                    // index, and another process's transaction in flight (rules inserted but
-                    // not committed, or aborted) shifts that index with no new generation —
-                    // a rule is then sent twice or skipped, and the chain is broken.
-                    raced |= m.flags & NLM_F_DUMP_INTR != 0
-                        || gen.map(|g| g as u16) != Some(m.res_id)
-                        || r.position.is_some_and(|p| Some(p) != last);
+                    // index, and a change of this chain between parts, or another process's
+                    // transaction in flight (rules inserted but not committed, or aborted:
+                    // no new generation), shifts that index — a rule is then sent twice or
+                    // skipped, and the chain is broken.
+                    raced |=
+                        m.flags & NLM_F_DUMP_INTR != 0 || gen.map(|g| g as u16) != Some(m.res_id);
+                    torn |= r.position.is_some_and(|p| Some(p) != last);
                     last = Some(r.rule.handle);
                     rules.push(r.rule);
                     Ok(false)
@@ -708,9 +719,11 @@ impl Backend for NftBackend {
                     message: "no generation in the reply".into(),
                 });
             };
-            if raced {
+            if torn || (raced && attempt < STRICT_READS) {
                 continue;
             }
+            // Whole, but not at one generation: no write can be guarded by it.
+            let generation = if raced { 0 } else { generation };
             let (table_exists, chain_exists) = if rules.is_empty() {
                 self.exists(fam, table, chain)?
             } else {
@@ -739,12 +752,45 @@ impl Backend for NftBackend {
         spec: &ChainSpec,
         plan: &Plan,
     ) -> Result<Applied, BackendError> {
+        self.apply_batch(snap, spec, plan, true)
+    }
+
+    fn apply_anchored(
+        &mut self,
+        snap: &Snapshot,
+        spec: &ChainSpec,
+        plan: &Plan,
+    ) -> Result<Applied, BackendError> {
+        // Creating the table or the base chain is left to the guarded batch.
+        let guarded = !(snap.table_exists && snap.chain_exists);
+        self.apply_batch(snap, spec, plan, guarded)
+    }
+}
+
+impl NftBackend {
+    /// Commit `plan` as one batch: guarded by the snapshot's generation (`guarded`), or
+    /// anchored on the handles it deletes and inserts before, which the kernel looks up
+    /// in the chain when it applies the batch (a missing one fails the whole batch with
+    /// ENOENT, reported as stale). An anchored batch does not see a foreign rule inserted
+    /// since the read: the caller reads the chain back.
+    fn apply_batch(
+        &mut self,
+        snap: &Snapshot,
+        spec: &ChainSpec,
+        plan: &Plan,
+        guarded: bool,
+    ) -> Result<Applied, BackendError> {
         if plan.ops.is_empty() {
             return Ok(Applied {
                 committed: false,
                 changes: 0,
                 expected_generation: None,
             });
+        }
+        if guarded && snap.generation == 0 {
+            // Read while the ruleset kept changing: nothing to guard with (and 0 in BEGIN
+            // would mean "no check").
+            return Err(BackendError::Stale { planned: 0 });
         }
         let fam = nfproto(snap.family);
         let (table, chain) = (snap.table.as_str(), snap.chain.as_str());
@@ -780,7 +826,11 @@ impl Backend for NftBackend {
             BackendError::check_mixing(crate::detect::Choice::Nft, snap.family)?;
         }
         let begin = self.take_seq(0);
-        let mut b = Batch::begin(snap.generation, begin);
+        let mut b = if guarded {
+            Batch::begin(snap.generation, begin)
+        } else {
+            Batch::unguarded(begin)
+        };
         let mut steps: Vec<(u32, String)> = Vec::new();
         if !snap.table_exists {
             steps.push((
@@ -834,12 +884,21 @@ impl Backend for NftBackend {
         }
         let (bytes, end) = b.end();
         self.seq = end.wrapping_add(1);
-        self.commit(&bytes, begin, end, snap.generation, &steps)?;
+        match self.commit(&bytes, begin, end, snap.generation, &steps) {
+            // An anchor (a handle deleted or inserted before, or a target chain) is gone.
+            Err(BackendError::Kernel { errno: ENOENT, .. }) if !guarded => {
+                return Err(BackendError::Stale {
+                    planned: snap.generation,
+                })
+            }
+            r => r?,
+        }
         Ok(Applied {
             committed: true,
             changes: steps.len(),
-            // The kernel increments the genid once per commit, skipping 0.
-            expected_generation: Some(match snap.generation.wrapping_add(1) {
+            // The kernel increments the genid once per commit, skipping 0; an anchored
+            // batch does not know the generation it committed on.
+            expected_generation: guarded.then_some(match snap.generation.wrapping_add(1) {
                 0 => 1,
                 n => n,
             }),

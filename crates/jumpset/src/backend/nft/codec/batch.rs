@@ -176,6 +176,26 @@ impl Batch {
         }
     }
 
+    /// BATCH_BEGIN without NFNL_BATCH_GENID: the kernel checks no generation, only what
+    /// each message refers to (a DELRULE of a missing handle, a NEWRULE positioned on one,
+    /// fail with ENOENT and the whole batch is refused). `seq` as in [`Batch::begin`].
+    pub fn unguarded(seq: u32) -> Batch {
+        let mut buf = Vec::with_capacity(4096);
+        let m = begin_msg(
+            &mut buf,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            seq,
+            AF_UNSPEC,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        end_msg(&mut buf, m);
+        Batch {
+            buf,
+            next_seq: seq.wrapping_add(1),
+        }
+    }
+
     /// Append one message; returns its seq.
     fn push(&mut self, ty: u16, flags: u16, family: u8, attrs: impl FnOnce(&mut Vec<u8>)) -> u32 {
         let seq = self.next_seq;
@@ -476,6 +496,22 @@ mod tests {
         );
         assert!(top_attr(ours, NFTA_RULE_COMPAT).is_some());
         assert!(top_attr(theirs, NFTA_RULE_COMPAT).is_none());
+    }
+
+    #[test]
+    fn an_unguarded_batch_begins_without_a_generation() {
+        let rule = encode_rule(None, &[], &Verdict::Accept);
+        let mut b = Batch::unguarded(7);
+        assert_eq!(b.del_rule(IP, "nat", "PREROUTING", 11), 8);
+        b.new_rule(IP, "nat", "PREROUTING", &rule, Position::Before(10));
+        let (bytes, end) = b.end();
+        assert_eq!(end, 10);
+        let msgs = split(&bytes);
+        assert_eq!(msgs.len(), 4);
+        // BEGIN: AF_UNSPEC, res_id htons(NFNL_SUBSYS_NFTABLES), and no attribute at all.
+        assert_eq!(msgs[0].len(), 20);
+        assert_eq!(msgs[0][16..20], [0, 0, 0, 10]);
+        assert!(top(msgs[0]).is_empty());
     }
 
     #[test]
