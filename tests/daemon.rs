@@ -15,14 +15,13 @@ use jumpset::reconcile::{self, Goal};
 use jumpset::snapshot::Family;
 use jumpset::spec::Config;
 use std::io::Read;
-use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::*;
 
 const OVN_COMMENT: &str = "kube-ovn prerouting rules";
-const METRICS: &str = "127.0.0.1:9464";
+const METRICS: &str = "127.0.0.1:10296";
 
 /// The Harvester spec (nft) with a `[daemon]` table.
 fn daemon_config(resync: &str, cleanup: bool, encoding: &str) -> String {
@@ -59,75 +58,6 @@ fn converged(b: &mut NftBackend, cfg: &Config) -> bool {
 /// One HTTP GET on the namespace's loopback: (status, body).
 fn http_get(path: &str) -> Option<(u16, String)> {
     http_get_at(METRICS, path)
-}
-
-/// A bound `$NOTIFY_SOCKET`, read continuously by a thread of its own (a service
-/// manager reads its queue; a full queue would make the sender drop messages).
-struct NotifySocket {
-    got: Arc<Mutex<Vec<String>>>,
-    seen: Mutex<usize>,
-    path: std::path::PathBuf,
-}
-
-impl NotifySocket {
-    fn bind() -> NotifySocket {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "notify-{}-{}.sock",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_file(&path);
-        let sock = UnixDatagram::bind(&path).unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = got.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 8192];
-            while let Ok(n) = sock.recv(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        });
-        NotifySocket {
-            got,
-            seen: Mutex::new(0),
-            path,
-        }
-    }
-
-    fn path(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-
-    /// The messages not returned before, up to the first that contains `needle` (or all
-    /// that came within `limit`).
-    fn until(&self, needle: &str, limit: Duration) -> Vec<String> {
-        let end = Instant::now() + limit;
-        loop {
-            {
-                let got = self.got.lock().unwrap();
-                let mut seen = self.seen.lock().unwrap();
-                if let Some(k) = got[*seen..].iter().position(|m| m.contains(needle)) {
-                    let out = got[*seen..=*seen + k].to_vec();
-                    *seen += k + 1;
-                    return out;
-                }
-                if Instant::now() > end {
-                    let out = got[*seen..].to_vec();
-                    *seen = got.len();
-                    return out;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// `nft monitor` in the background; the `# new generation` lines it printed, on stop.
@@ -267,7 +197,10 @@ fn ready_after_the_chain_is_healthy_then_quiet_and_deaf_to_its_own_commits() {
         );
         assert!(m.contains("jumpset_repair_latency_seconds"));
         for l in m.lines().filter(|l| !l.starts_with('#')) {
-            assert!(l.starts_with("jumpset_"), "{l}");
+            assert!(
+                l.starts_with("jumpset_") || l.starts_with("process_"),
+                "{l}"
+            );
         }
         let (code, h) = http_get("/healthz").unwrap();
         assert_eq!((code, h.lines().next()), (200, Some("ok")), "{h}");
@@ -611,7 +544,7 @@ fn a_20hz_fighter_is_backed_off_logged_once_and_repaired_after() {
         let log = d.log();
         let fight_lines: Vec<&str> = log
             .lines()
-            .filter(|l| l.contains("fight") && l.contains("iptables-nft"))
+            .filter(|l| l.contains("WARN") && l.contains("fight") && l.contains("iptables-nft"))
             .collect();
         assert_eq!(fight_lines.len(), 1, "one fight line per episode:\n{log}");
         eprintln!("the fight line: {}", fight_lines[0]);

@@ -637,7 +637,7 @@ fn one_run(
         load_scene(kube);
         let tag = format!("{kube:?}-{seed}-{jumpset:?}");
         let dir = scratch(&tag);
-        let cfg = config(&daemon_config("127.0.0.1:9464", ""));
+        let cfg = config(&daemon_config("127.0.0.1:10296", ""));
         let events = NftEventLog::start();
         let start = ChainSim::listed("ip", "nat", "PREROUTING");
         let daemon = (jumpset == Jumpset::Daemon).then(|| {
@@ -846,7 +846,7 @@ fn a_kube_ovn_fight_ends_within_the_bounds_and_names_the_agent() {
     netns(|| {
         load_scene(KubeProxy::Absent);
         let dir = scratch("fight");
-        let cfg = config(&daemon_config("127.0.0.1:9464", ""));
+        let cfg = config(&daemon_config("127.0.0.1:10296", ""));
         let watch = GenWatch::start();
         let d = DaemonProc::start(&["--config", cfg.as_str(), "--backend", "nft"], &[]);
         assert!(d.wait_log("ready:", Duration::from_secs(15)), "{}", d.log());
@@ -885,8 +885,8 @@ fn a_kube_ovn_fight_ends_within_the_bounds_and_names_the_agent() {
             None,
         );
         std::thread::sleep(Duration::from_secs(15));
-        let (_, health) = http_get_at("127.0.0.1:9464", "/healthz").expect("/healthz answers");
-        let (_, metrics) = http_get_at("127.0.0.1:9464", "/metrics").expect("/metrics answers");
+        let (_, health) = http_get_at("127.0.0.1:10296", "/healthz").expect("/healthz answers");
+        let (_, metrics) = http_get_at("127.0.0.1:10296", "/metrics").expect("/metrics answers");
         let ovn_log = ovn.wait();
         felix.wait();
         portmap.wait();
@@ -903,7 +903,7 @@ fn a_kube_ovn_fight_ends_within_the_bounds_and_names_the_agent() {
         // the status stops saying it yields.
         let mut after = String::new();
         let calm = wait_until(Duration::from_secs(30), || {
-            after = http_get_at("127.0.0.1:9464", "/healthz")
+            after = http_get_at("127.0.0.1:10296", "/healthz")
                 .map(|r| r.1)
                 .unwrap_or_default();
             !after.contains("yielding")
@@ -1027,7 +1027,7 @@ fn two_daemons_with_contradicting_configs_end_their_fight_the_same_way() {
     netns(|| {
         load_scene(KubeProxy::Present);
         // One wants Kube-OVN's jump after Calico's, the other before it.
-        let a = config(&daemon_config("127.0.0.1:9464", ""));
+        let a = config(&daemon_config("127.0.0.1:10296", ""));
         let b = config(
             &daemon_config("127.0.0.1:9465", "")
                 .replace("after   = [\"cali-PREROUTING\"]", "")
@@ -1056,7 +1056,7 @@ fn two_daemons_with_contradicting_configs_end_their_fight_the_same_way() {
         );
         std::thread::sleep(Duration::from_secs(30));
         let health = [
-            http_get_at("127.0.0.1:9464", "/healthz").unwrap().1,
+            http_get_at("127.0.0.1:10296", "/healthz").unwrap().1,
             http_get_at("127.0.0.1:9465", "/healthz").unwrap().1,
         ];
         let gens = watch.stop();
@@ -1093,12 +1093,12 @@ fn a_deleted_anchor_is_witnessed_and_never_written_back() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     netns(|| {
         load_scene(KubeProxy::Present);
-        let cfg = config(&daemon_config("127.0.0.1:9464", ""));
+        let cfg = config(&daemon_config("127.0.0.1:10296", ""));
         let expect = config(&daemon_config("127.0.0.1:9465", "expect_anchors = true"));
         let d = DaemonProc::start(&["--config", cfg.as_str(), "--backend", "nft"], &[]);
         assert!(d.wait_log("ready:", Duration::from_secs(15)), "{}", d.log());
         let healthy = saved_chain("iptables-nft-save", "PREROUTING");
-        let (_, m) = http_get_at("127.0.0.1:9464", "/metrics").unwrap();
+        let (_, m) = http_get_at("127.0.0.1:10296", "/metrics").unwrap();
         let present = "jumpset_anchor_present{family=\"ip\",table=\"nat\",chain=\"PREROUTING\",anchor=\"KUBE-SERVICES\"}";
         assert_eq!(metric_value(&m, present), 1.0, "{m}");
 
@@ -1146,7 +1146,7 @@ fn a_deleted_anchor_is_witnessed_and_never_written_back() {
             left,
             "not written back"
         );
-        let (_, m) = http_get_at("127.0.0.1:9464", "/metrics").unwrap();
+        let (_, m) = http_get_at("127.0.0.1:10296", "/metrics").unwrap();
         assert_eq!(metric_value(&m, present), 0.0, "{m}");
         assert_eq!(
             metric_value(&m, "jumpset_anchor_removals_total{family=\"ip\",table=\"nat\",chain=\"PREROUTING\",anchor=\"KUBE-SERVICES\",agent=\"other\"}"),

@@ -55,7 +55,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const CALI: &str = "cali:6gwbT8clXdHdC1b1";
 const OVN: &str = "kube-ovn prerouting rules";
 const KUBE: &str = "kubernetes service portals";
-const METRICS: &str = "127.0.0.1:9464";
+const METRICS: &str = "127.0.0.1:10296";
 
 /// How long the agents run; the flush comes half-way.
 const AGENTS_RUN: Duration = Duration::from_secs(10);

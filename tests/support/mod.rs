@@ -413,7 +413,11 @@ pub fn http_get_at(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let code = out.split_whitespace().nth(1)?.parse().ok()?;
@@ -717,5 +721,82 @@ pub fn figure(line: &str) {
         .open(path)
     {
         let _ = writeln!(f, "{line}");
+    }
+}
+
+/// A bound `$NOTIFY_SOCKET`, read continuously by a thread of its own (a service
+/// manager reads its queue; a full queue would make the sender drop messages).
+pub struct NotifySocket {
+    got: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    seen: std::sync::Mutex<usize>,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    pub fn bind() -> NotifySocket {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "notify-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = sock.recv(&mut buf) {
+                sink.lock().unwrap().push((
+                    std::time::Instant::now(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
+            }
+        });
+        NotifySocket {
+            got,
+            seen: std::sync::Mutex::new(0),
+            path,
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// The messages not returned before, up to the first that contains `needle` (or all
+    /// that came within `limit`).
+    pub fn until(&self, needle: &str, limit: std::time::Duration) -> Vec<String> {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            {
+                let got = self.got.lock().unwrap();
+                let mut seen = self.seen.lock().unwrap();
+                if let Some(k) = got[*seen..].iter().position(|m| m.1.contains(needle)) {
+                    let out = got[*seen..=*seen + k].iter().map(|m| m.1.clone()).collect();
+                    *seen += k + 1;
+                    return out;
+                }
+                if std::time::Instant::now() > end {
+                    let out = got[*seen..].iter().map(|m| m.1.clone()).collect();
+                    *seen = got.len();
+                    return out;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+impl NotifySocket {
+    /// Every message so far with its arrival time.
+    pub fn timed(&self) -> Vec<(std::time::Instant, String)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -16,48 +16,72 @@
 //!
 //! What the engine does with each event:
 //!
-//! - **Start**: serve `/metrics` (exit 2 when the address cannot be listened on), open
-//!   the backend (exit 3 on missing privilege; other failures are retried with backoff),
-//!   reconcile every chain × family once, then `READY=1` with the state in `STATUS=` —
-//!   after a conflict or an error too, so systemd never restart-loops it.
-//! - **Notifications**: only commits that touched a managed (family, table, chain), or
-//!   deleted its chain or table, count; commits whose port id is the backend's (the socket
-//!   we commit from) are our own and ignored. The writer of a foreign commit is looked
-//!   up at once ([`Host::identify`]); the commit marks its chains dirty and updates their
+//! - **Start**: serve `/metrics` and the probes (an address that cannot be listened on is
+//!   logged and retried, never fatal), open the backend (exit 3 on missing privilege;
+//!   other failures are retried with backoff), reconcile every chain × family once, then
+//!   `READY=1` with the state in `STATUS=` — after a conflict or an error too, so systemd
+//!   never restart-loops it.
+//! - **Notifications**: only commits that touched a managed (family, table, chain),
+//!   deleted its table, or created, renamed or deleted any chain of its table (a jump may
+//!   now lead elsewhere) count; commits whose port id is the backend's (the socket we
+//!   commit from) are our own and ignored. The writer of a foreign commit is looked up
+//!   at once ([`Host::identify`]); the commit marks its chains dirty and updates their
 //!   anchors ([`super::anchors`]); they are reconciled after the debounce and whatever
-//!   the fight policy holds. A converged chain is only read, never written. An overflow (ENOBUFS) or an undecodable datagram re-reads every chain; a
-//!   failed socket is reopened with the backend.
+//!   the fight policy holds — and while the fight policy, an error backoff or a pause
+//!   holds the repair off, only read, so that what the daemon reports follows the kernel.
+//!   A converged chain is only read, never written. An overflow (ENOBUFS) or an
+//!   undecodable datagram re-reads every chain; a failed socket is reopened with the
+//!   backend.
 //! - **Tick**: the resync timer (every `resync_interval` every chain is re-read; legacy
 //!   has no notifications, so that is its poll; `auto` on an undecided host detects
 //!   again), `WATCHDOG=1`, fight episodes ending, due reconciles.
-//! - **Reload**: an invalid config (or one this process cannot honour) is logged and the
-//!   old one kept; a valid one replaces the chains and re-reads them all.
+//! - **Reload** (SIGHUP, or the config files changed): an invalid config (or one this
+//!   process cannot honour) is logged and the old one kept; a valid one replaces the
+//!   chains and re-reads them all; drop-in fragments and claims that do not fit are left
+//!   out and reported (log, readiness, `jumpset_config_fragments_rejected`).
+//! - **Call**: a request from an HTTP handler, answered with [`Action::Answer`].
 //! - **Stop**: remove the owned jumps when `cleanup_on_exit` is set, `STOPPING=1`, exit 0.
 //!
 //! Errors back off exponentially with jitter (capped) and never end the daemon. When a
 //! repair may run beside other writers, and what happens in a fight, is the fight
-//! policy's ([`super::policy`]).
+//! policy's ([`super::policy`]). The legacy backend tries the xtables lock once per
+//! attempt; while another process holds it the engine tries again on its timer (not an
+//! error until `xtables_lock_timeout` has passed), so the loop never waits for it.
+//!
+//! What it reports follows every read: `jumpset_chain_in_order`, `STATUS=` and the
+//! readiness ([`Health`], `/readyz`): not ready while a chain is out of order (also while
+//! its repair is held off), after [`READY_FAILURES`] failed reconciles in a row or none
+//! succeeding for [`READY_STALL`] while one was due, while the fight policy yields the
+//! chain to another writer, while paused, while no backend is open, and while a config
+//! fragment is left out.
 
 use super::anchors::{self, Anchors};
 use super::fight::{Backoff, Cause, Done, Jitter, Sched, Tuning, Writer};
 use super::ident::Identity;
 use super::metrics::{
-    AgentLabels, AnchorLabels, ChainLabels, InfoLabels, RemovalLabels, ResultLabel, Shared,
-    SourceLabel,
+    AgentLabels, AnchorLabels, BuildLabels, ChainLabels, ErrorLabels, Health, InfoLabels,
+    RemovalLabels, ResultLabel, Shared, SourceLabel,
 };
 use super::policy::{self, FightEvent, PolicyFactory};
 use super::{ms, DaemonError, Options};
 use crate::backend::{Backend, BackendError};
 use crate::notification::Commit;
 use crate::plan::{Op, Plan};
-use crate::reconcile::{self, Goal, Outcome, ReconcileError};
+use crate::reconcile::{self, Goal, Outcome, Progress, ReconcileError};
 use crate::report;
 use crate::snapshot::{agent_of, Comment, Family, Rule, Verdict};
-use crate::spec::{BackendChoice, ChainSpec, Config, SpecError};
+use crate::spec::{BackendChoice, ChainSpec, Config, Rejected, SpecError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::Level;
+
+/// Failed reconciles in a row of one chain that make the daemon not ready.
+pub const READY_FAILURES: u32 = 3;
+/// How long a reconcile may be due without one succeeding before the daemon is not ready.
+pub const READY_STALL: Duration = Duration::from_secs(60);
+/// First wait before trying again to listen on `metrics_listen` (doubling up to 30 s).
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------
 // What the engine is given, and what it answers.
@@ -92,9 +116,13 @@ pub trait Host {
     /// Drop the notification subscription (the backend was dropped; it is reopened).
     fn close(&mut self);
 
-    /// Serve `/metrics` and `/healthz` on `addr` (replacing any previous listener), or
+    /// Serve `/metrics` and the probes on `addr` (replacing any previous listener), or
     /// stop serving (`None`). Returns the address bound.
     fn listen(&mut self, addr: Option<SocketAddr>) -> std::io::Result<Option<SocketAddr>>;
+
+    /// Wait `d`. Only used on the way out (the cleanup waits for the xtables lock up to
+    /// `xtables_lock_timeout`); the running engine never waits.
+    fn sleep(&mut self, d: Duration);
 
     /// What can be learnt now about the process `pid` that committed as `comm` (asked as
     /// soon as its commit is notified: such processes are short-lived).
@@ -133,10 +161,71 @@ pub enum Event {
     Tick,
     /// What the notification subscription delivered, in order.
     Notifications(Vec<Notice>),
-    /// SIGHUP: the config file as re-read, or why it could not be.
-    Reload(Result<Config, SpecError>),
+    /// The config as re-read (SIGHUP, or a change of its files), or why it could not be.
+    Reload(Reload),
+    /// A request from an HTTP handler; answer it with [`Action::Answer`] and this id.
+    Call(u64, Command),
     /// SIGTERM / SIGINT.
     Stop,
+}
+
+/// A re-read config.
+#[derive(Debug)]
+pub struct Reload {
+    /// What made the daemon read it.
+    pub trigger: Trigger,
+    /// The config and the fragments left out of it ([`Config::load_lenient`]), or why
+    /// the main file cannot be used.
+    pub loaded: Result<(Config, Vec<Rejected>), SpecError>,
+}
+
+impl Reload {
+    /// A reload on SIGHUP of a config without rejected fragments (or its error).
+    pub fn signal(loaded: Result<Config, SpecError>) -> Reload {
+        Reload {
+            trigger: Trigger::Signal,
+            loaded: loaded.map(|c| (c, Vec::new())),
+        }
+    }
+}
+
+/// What made the daemon re-read its config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP (`systemctl reload`).
+    Signal,
+    /// The config file, a drop-in or a claim changed (or a symlink to them was swapped,
+    /// as a ConfigMap update does).
+    Changed,
+}
+
+impl Trigger {
+    fn prefix(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::Changed => "config change",
+        }
+    }
+}
+
+/// A request to the daemon from an HTTP handler ([`super::Caller`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Is the loop alive? Answered by the loop itself with [`Answer::Pong`].
+    Ping,
+    /// The state, as `STATUS=` and `/readyz` show it.
+    Status,
+}
+
+/// The daemon's answer to a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Answer {
+    /// The loop is alive.
+    Pong,
+    /// The state.
+    Status(Health),
 }
 
 /// One thing the notification subscription delivered.
@@ -159,6 +248,8 @@ pub enum Action {
     Log(Level, String),
     /// Tell the service manager.
     Notify(Notify),
+    /// Answer the [`Event::Call`] with this id.
+    Answer(u64, Answer),
     /// Stop the loop: `Ok` after a shutdown, the start error otherwise.
     Exit(Result<(), DaemonError>),
 }
@@ -223,24 +314,33 @@ fn conflict_texts(plan: &Plan) -> Vec<String> {
 // The state.
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Health {
-    Pending,
-    InOrder,
-    Conflict(usize),
-    Error(String),
-}
-
 /// One managed chain in one family.
 struct Target {
     chain: usize,
     family: Family,
     labels: ChainLabels,
     sched: Sched,
-    health: Health,
+    /// What the last read found: in order, or not (`None`: never read).
+    in_order: Option<bool>,
+    /// The conflicts of the last plan.
+    conflicts: usize,
+    /// The last reconcile's error, until one succeeds.
+    error: Option<String>,
+    /// Failed reconciles in a row.
+    failures: u32,
+    /// Since when the xtables lock has been busy for this chain's write.
+    lock_since: Option<Instant>,
     conflicts_logged: Vec<String>,
     /// The other agents' jumps `after`/`before` name, witnessed.
     anchors: Anchors,
+}
+
+/// `metrics_listen`: where, and whether it is served.
+struct Listening {
+    addr: Option<SocketAddr>,
+    bound: bool,
+    retry: Option<Instant>,
+    backoff: Backoff,
 }
 
 /// The open backend.
@@ -275,8 +375,14 @@ pub struct Engine<H: Host> {
     timers: Timers,
     rng: Jitter,
     reload_error: Option<String>,
+    /// Fragments left out of the running config.
+    rejected: Vec<Rejected>,
+    /// Writes stopped, and why (the local API's pause switch).
+    paused: Option<String>,
+    listening: Listening,
     ready: bool,
     status: String,
+    health: Health,
     out: Vec<Action>,
 }
 
@@ -293,7 +399,11 @@ fn build_targets(cfg: &Config, sel: &Selection, t: &Tuning, policy: PolicyFactor
                     chain: spec.chain.clone(),
                 },
                 sched: Sched::new(t, policy(t)),
-                health: Health::Pending,
+                in_order: None,
+                conflicts: 0,
+                error: None,
+                failures: 0,
+                lock_since: None,
                 conflicts_logged: Vec::new(),
                 anchors: Anchors::new(spec),
             });
@@ -364,14 +474,30 @@ impl<H: Host> Engine<H> {
             backend_name: "none",
             waiting: None,
             reload_error: None,
+            rejected: Vec::new(),
+            paused: None,
+            listening: Listening {
+                addr: None,
+                bound: false,
+                retry: None,
+                backoff: Backoff::new(LISTEN_RETRY, Duration::from_secs(30)),
+            },
             ready: false,
             status: String::new(),
+            health: Health::default(),
             out: Vec::new(),
             cfg,
             opts,
         };
         e.init_series();
         e
+    }
+
+    /// Fragments left out of `cfg` when it was loaded ([`Config::load_lenient`]): reported
+    /// at start (before [`Event::Start`]).
+    pub fn with_rejected(mut self, rejected: Vec<Rejected>) -> Self {
+        self.rejected = rejected;
+        self
     }
 
     /// Use `policy` for fights instead of the standard one (before [`Event::Start`]).
@@ -396,9 +522,38 @@ impl<H: Host> Engine<H> {
         &self.cfg
     }
 
-    /// The state as `STATUS=` and `/healthz` last showed it.
+    /// The state as `STATUS=` and `/readyz` last showed it.
     pub fn status(&self) -> &str {
         &self.status
+    }
+
+    /// What `/readyz` last said.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Stop every write (`Some(why)`: chains are still read and reported, the daemon is
+    /// not ready) or resume them (`None`: every chain is re-read and repaired). The hook
+    /// of the local API's pause switch.
+    pub fn set_paused(&mut self, now: Instant, why: Option<String>) {
+        if self.paused == why {
+            return;
+        }
+        match &why {
+            Some(w) => self.warn(format!("paused: no writes until resumed ({w})")),
+            None => self.info("resumed: repairing again".into()),
+        }
+        let resumed = why.is_none();
+        self.paused = why;
+        if resumed {
+            self.wake_all(now, Cause::Resync);
+        }
+        self.tick(now);
+    }
+
+    /// Whether writes are paused.
+    pub fn paused(&self) -> Option<&str> {
+        self.paused.as_deref()
     }
 
     /// Handle `event`, which happened at `now`.
@@ -414,6 +569,13 @@ impl<H: Host> Engine<H> {
             Event::Tick => {}
             Event::Notifications(batch) => self.on_notices(now, batch),
             Event::Reload(r) => self.reload(now, r),
+            Event::Call(id, command) => {
+                let answer = match command {
+                    Command::Ping => Answer::Pong,
+                    Command::Status => Answer::Status(self.health.clone()),
+                };
+                self.out.push(Action::Answer(id, answer));
+            }
             Event::Stop => {
                 self.stop();
                 return self.exit(Ok(()));
@@ -474,17 +636,62 @@ impl<H: Host> Engine<H> {
         }
     }
 
-    fn listen(&mut self, addr: SocketAddr) -> std::io::Result<()> {
-        let local = self.host.listen(Some(addr))?.unwrap_or(addr);
-        self.info(format!("serving /metrics and /healthz on http://{local}"));
-        Ok(())
+    /// Serve on `metrics_listen` (`addr`), now and until it works: a failure is logged
+    /// and retried with backoff, never fatal (the chains matter more than the metrics).
+    fn listen(&mut self, now: Instant, addr: Option<SocketAddr>) {
+        if addr != self.listening.addr || addr.is_none() {
+            if self.listening.bound || addr.is_none() {
+                let _ = self.host.listen(None);
+            }
+            self.listening = Listening {
+                addr,
+                bound: false,
+                retry: None,
+                backoff: Backoff::new(LISTEN_RETRY, Duration::from_secs(30)),
+            };
+            if addr.is_none() {
+                self.info("metrics_listen = \"\": not serving /metrics and the probes".into());
+                return;
+            }
+        }
+        self.try_listen(now);
+    }
+
+    fn try_listen(&mut self, now: Instant) {
+        let Some(addr) = self.listening.addr else {
+            return;
+        };
+        match self.host.listen(Some(addr)) {
+            Ok(local) => {
+                let local = local.unwrap_or(addr);
+                self.listening.bound = true;
+                self.listening.retry = None;
+                self.info(format!(
+                    "serving /metrics, /livez, /readyz and /healthz on http://{local}"
+                ));
+            }
+            Err(e) => {
+                let wait = self.listening.backoff.next_delay();
+                self.listening.retry = Some(now + wait);
+                self.error(format!(
+                    "metrics_listen = \"{addr}\": cannot listen: {e}; no metrics or probes until it works (trying again in {}); the chains are kept in order all the same",
+                    ms(wait)
+                ));
+            }
+        }
     }
 
     fn start(&mut self, now: Instant) -> Result<(), DaemonError> {
-        if let Some(addr) = self.cfg.daemon.metrics_listen {
-            self.listen(addr)
-                .map_err(|err| DaemonError::Usage(format!("metrics_listen = \"{addr}\": {err}")))?;
-        }
+        self.shared
+            .metrics
+            .build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                revision: self.opts.build_revision.clone(),
+            })
+            .set(1);
+        self.report_rejected(&[]);
+        self.listen(now, self.cfg.daemon.metrics_listen);
         self.wake_all(now, Cause::Start);
         if let Some(BackendError::Permission { step, capability }) = self.ensure_backend(now) {
             return Err(DaemonError::Privilege(format!(
@@ -626,11 +833,12 @@ impl<H: Host> Engine<H> {
         for (i, t) in self.targets.iter().enumerate() {
             let spec = &self.cfg.chains[t.chain];
             let mut touched = false;
-            for tc in c
-                .touched
-                .iter()
-                .filter(|tc| tc.covers(t.family, &spec.table, &spec.chain))
-            {
+            // The chain itself, its table deleted, or any chain of its table created,
+            // renamed or deleted (a jump of the chain may now lead elsewhere).
+            for tc in c.touched.iter().filter(|tc| {
+                tc.covers(t.family, &spec.table, &spec.chain)
+                    || (tc.chain_changed && tc.family == t.family && tc.table == spec.table)
+            }) {
                 touched = true;
                 for a in &tc.agents {
                     if !agents.contains(a) {
@@ -715,9 +923,71 @@ impl<H: Host> Engine<H> {
                 return;
             }
             if self.targets[i].sched.due(now) {
-                self.reconcile_one(i);
+                if self.paused.is_some() {
+                    // No writes: read and report only; resuming re-reads everything.
+                    let _ = self.targets[i].sched.begin();
+                    self.check_one(i);
+                } else {
+                    self.reconcile_one(i);
+                }
+            } else if self.targets[i].sched.check_due(now) {
+                self.targets[i].sched.checked();
+                self.check_one(i);
             }
         }
+    }
+
+    /// Read target `i` without writing (its repair is held off, or writes are paused):
+    /// what is reported follows the kernel.
+    fn check_one(&mut self, i: usize) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let t = &self.targets[i];
+        let spec = &self.cfg.chains[t.chain];
+        match conn.backend.read(t.family, &spec.table, &spec.chain) {
+            Ok(snap) => {
+                let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
+                let in_order = plan.ops.is_empty() && plan.conflicts.is_empty();
+                let changes = self.targets[i].anchors.on_read(&snap);
+                self.on_anchors(i, changes);
+                self.targets[i].conflicts = plan.conflicts.len();
+                self.set_in_order(i, Some(in_order));
+                let name = self.target_name(i);
+                self.debug(|| {
+                    format!(
+                        "{name}: read while its repair is held off: {}",
+                        if in_order { "in order" } else { "out of order" }
+                    )
+                });
+                if plan.ops.is_empty() {
+                    // Nothing to write after all (the other writer put it back, or the
+                    // kernel came round): say so. The pending reconcile stays the
+                    // policy's to run (it will find nothing to write).
+                    let t = &mut self.targets[i];
+                    t.error = None;
+                    t.failures = 0;
+                }
+            }
+            Err(e) => {
+                let name = self.target_name(i);
+                self.debug(|| format!("{name}: read while its repair is held off failed: {e}"));
+            }
+        }
+    }
+
+    fn set_in_order(&mut self, i: usize, in_order: Option<bool>) {
+        let expect_anchors = self.cfg.expect_anchors;
+        let t = &mut self.targets[i];
+        t.in_order = in_order;
+        // With expect_anchors, an absent anchor is drift too.
+        let anchors_ok = !expect_anchors || t.anchors.absent().is_empty();
+        let ok = in_order == Some(true) && t.conflicts == 0 && anchors_ok;
+        self.shared
+            .metrics
+            .in_order
+            .get_or_create(&t.labels)
+            .set(i64::from(ok));
     }
 
     /// Begin, run and complete the reconcile of target `i`. (The kernel round trip in
@@ -732,13 +1002,37 @@ impl<H: Host> Engine<H> {
         let t = &self.targets[i];
         let spec = &self.cfg.chains[t.chain];
         let started = self.host.now();
-        let res = reconcile::reconcile(conn.backend.as_mut(), t.family, spec, Goal::Converge);
+        let mut progress = Progress::default();
+        let res = reconcile::reconcile_with(
+            conn.backend.as_mut(),
+            t.family,
+            spec,
+            Goal::Converge,
+            &mut progress,
+        );
         let ended = self.host.now();
-        self.complete(i, cause, changed_at, started, ended, res);
+        self.complete(i, cause, changed_at, started, ended, progress, res);
+    }
+
+    /// The `step` label of a failed reconcile.
+    fn error_step(e: &ReconcileError, progress: &Progress) -> &'static str {
+        match e {
+            ReconcileError::TooManyRetries { .. } => "stale",
+            ReconcileError::Verify { .. } => "verify",
+            ReconcileError::Backend(b) => match b {
+                BackendError::LockHeld { .. } => "lock",
+                BackendError::MissingTarget { .. } => "missing_target",
+                BackendError::Unsupported(_) => "unsupported_chain",
+                BackendError::WouldMix { .. } => "would_mix",
+                BackendError::Permission { .. } => "permission",
+                _ => progress.step.name(),
+            },
+        }
     }
 
     /// Account for a reconcile of target `i` begun for `cause` that ran from `started`
-    /// to `ended` and came to `res`.
+    /// to `ended`, got as far as `progress` says and came to `res`.
+    #[allow(clippy::too_many_arguments)]
     fn complete(
         &mut self,
         i: usize,
@@ -746,31 +1040,31 @@ impl<H: Host> Engine<H> {
         changed_at: Option<Instant>,
         started: Instant,
         ended: Instant,
+        progress: Progress,
         res: Result<Outcome, ReconcileError>,
     ) {
         let name = self.target_name(i);
         let m = self.shared.metrics.clone();
         m.reconcile_seconds
             .observe(ended.saturating_duration_since(started).as_secs_f64());
+        // Every stale attempt counts, also those of a reconcile that gave up.
+        m.stale_retries.inc_by(u64::from(progress.stale));
         let result = |r: &str| ResultLabel { result: r.into() };
         let done = match res {
             Ok(o) => {
                 let changes = self.targets[i].anchors.on_read(&o.before);
                 self.on_anchors(i, changes);
-                let anchors_absent =
-                    self.cfg.expect_anchors && !self.targets[i].anchors.absent().is_empty();
-                let spec = &self.cfg.chains[self.targets[i].chain];
-                let labels = &self.targets[i].labels;
-                m.stale_retries.inc_by(u64::from(o.retries));
+                let labels = self.targets[i].labels.clone();
                 let conflicts = conflict_texts(&o.plan);
-                let health = if conflicts.is_empty() {
-                    Health::InOrder
-                } else {
-                    Health::Conflict(conflicts.len())
-                };
-                m.in_order
-                    .get_or_create(labels)
-                    .set(i64::from(health == Health::InOrder && !anchors_absent));
+                {
+                    let t = &mut self.targets[i];
+                    t.conflicts = conflicts.len();
+                    t.error = None;
+                    t.failures = 0;
+                    t.lock_since = None;
+                }
+                self.set_in_order(i, Some(true));
+                let spec = &self.cfg.chains[self.targets[i].chain];
                 m.last_success.set(
                     self.host
                         .wall()
@@ -779,11 +1073,11 @@ impl<H: Host> Engine<H> {
                         .unwrap_or(0.0),
                 );
                 if !conflicts.is_empty() {
-                    m.conflicts.get_or_create(labels).inc();
+                    m.conflicts.get_or_create(&labels).inc();
                 }
                 let done = if o.committed {
                     m.reconciles.get_or_create(&result("repaired")).inc();
-                    m.repairs.get_or_create(labels).inc();
+                    m.repairs.get_or_create(&labels).inc();
                     let agents = moved_agents(&o, spec);
                     if let Cause::Change(w) = &mut cause {
                         for a in agents.iter().copied() {
@@ -832,9 +1126,12 @@ impl<H: Host> Engine<H> {
                         "{name}: repaired in one transaction (generation {} -> {}{}), {why}: {}",
                         o.generation_before,
                         o.generation_after,
-                        match o.retries {
-                            0 => String::new(),
-                            n => format!(", re-planned {n} time(s) after concurrent writes"),
+                        match (o.retries, o.anchored) {
+                            (0, _) => String::new(),
+                            (n, false) => format!(", re-planned {n} time(s) after concurrent writes"),
+                            (n, true) => format!(
+                                ", anchored on the rules it moves after {n} stale attempt(s) under concurrent writes"
+                            ),
                         },
                         plan_text(&o, spec)
                     );
@@ -860,23 +1157,69 @@ impl<H: Host> Engine<H> {
                     }
                     self.targets[i].conflicts_logged = conflicts;
                 }
-                self.targets[i].health = health;
                 done
             }
             Err(e) => {
-                m.reconciles.get_or_create(&result("error")).inc();
-                let reopen = matches!(
-                    &e,
-                    ReconcileError::Backend(BackendError::Io { .. } | BackendError::Decode { .. })
-                );
-                self.targets[i].health = Health::Error(e.to_string());
-                self.warn(format!("{name}: reconcile failed: {e}"));
-                if reopen {
-                    self.drop_backend("the kernel socket failed");
+                // What the read said before the failure; a failed read says nothing new.
+                if progress.in_order.is_some() {
+                    self.set_in_order(i, progress.in_order);
                 }
-                Done::Failed
+                let lock_for = self.cfg.xtables_lock_timeout;
+                let busy_since = *self.targets[i].lock_since.get_or_insert(started);
+                let busy = matches!(e, ReconcileError::Backend(BackendError::LockHeld { .. }));
+                if busy && ended.saturating_duration_since(busy_since) < lock_for {
+                    // Not an error yet: try the lock again soon, on the timer.
+                    self.debug(|| format!("{name}: the xtables lock is busy; trying again"));
+                    Done::Busy
+                } else {
+                    m.reconciles.get_or_create(&result("error")).inc();
+                    m.errors
+                        .get_or_create(&ErrorLabels {
+                            family: self.targets[i].labels.family.clone(),
+                            table: self.targets[i].labels.table.clone(),
+                            chain: self.targets[i].labels.chain.clone(),
+                            step: Self::error_step(&e, &progress).into(),
+                        })
+                        .inc();
+                    let reopen = matches!(
+                        &e,
+                        ReconcileError::Backend(
+                            BackendError::Io { .. } | BackendError::Decode { .. }
+                        )
+                    );
+                    let text = match &e {
+                        ReconcileError::Backend(BackendError::LockHeld { path, .. }) => format!(
+                            "the xtables lock {} was held by another process (iptables-legacy or another agent) {}; see who holds it with `fuser -v {}`",
+                            path.display(),
+                            if lock_for.is_zero() {
+                                "at the one try xtables_lock_timeout = \"0s\" allows".to_string()
+                            } else {
+                                format!(
+                                    "for all of xtables_lock_timeout = {}",
+                                    ms(lock_for)
+                                )
+                            },
+                            path.display()
+                        ),
+                        e => e.to_string(),
+                    };
+                    if busy {
+                        self.targets[i].lock_since = None;
+                    }
+                    let t = &mut self.targets[i];
+                    t.failures = t.failures.saturating_add(1);
+                    t.error = Some(text.clone());
+                    self.warn(format!("{name}: reconcile failed: {text}"));
+                    if reopen {
+                        self.drop_backend("the kernel socket failed");
+                    }
+                    Done::Failed
+                }
             }
         };
+        if done != Done::Busy {
+            self.targets[i].lock_since = None;
+        }
         let ev = self.targets[i]
             .sched
             .finish(ended, cause, done, &self.opts.tuning, &mut self.rng);
@@ -944,44 +1287,134 @@ impl<H: Host> Engine<H> {
     // Status, time.
     // -----------------------------------------------------------------------------------
 
+    /// What `STATUS=` says about target `i`.
+    fn target_state(&self, i: usize) -> String {
+        let t = &self.targets[i];
+        let mut p = match (&t.error, t.in_order, t.conflicts) {
+            (_, Some(true), 0) if t.lock_since.is_some() => "in order".to_string(),
+            (_, Some(_), n) if n > 0 => format!("conflict ({n} constraint(s) cannot be met)"),
+            (Some(e), _, _) => format!("error: {e}"),
+            (None, Some(true), _) => "in order".to_string(),
+            (None, Some(false), _) => "out of order".to_string(),
+            (None, None, _) => "pending".to_string(),
+        };
+        if t.lock_since.is_some() {
+            p.push_str(", waiting for the xtables lock");
+        }
+        if let Some(f) = t.sched.status() {
+            p.push_str(&format!(", {f}"));
+        }
+        let absent = t.anchors.absent();
+        if self.cfg.expect_anchors && !absent.is_empty() {
+            p.push_str(&format!(", anchor {} absent", absent.join(", ")));
+        }
+        p
+    }
+
     fn status_line(&self) -> String {
         let mut s = match &self.waiting {
             Some(w) if self.conn.is_none() => format!("waiting: {w}"),
             _ => {
                 let parts: Vec<String> = (0..self.targets.len())
-                    .map(|i| {
-                        let t = &self.targets[i];
-                        let mut p = format!(
-                            "{}: {}",
-                            self.target_name(i),
-                            match &t.health {
-                                Health::Pending => "pending".to_string(),
-                                Health::InOrder => "in order".to_string(),
-                                Health::Conflict(n) =>
-                                    format!("conflict ({n} constraint(s) cannot be met)"),
-                                Health::Error(e) => format!("error: {e}"),
-                            }
-                        );
-                        if let Some(f) = t.sched.status() {
-                            p.push_str(&format!(", {f}"));
-                        }
-                        let absent = t.anchors.absent();
-                        if self.cfg.expect_anchors && !absent.is_empty() {
-                            p.push_str(&format!(", anchor {} absent", absent.join(", ")));
-                        }
-                        p
-                    })
+                    .map(|i| format!("{}: {}", self.target_name(i), self.target_state(i)))
                     .collect();
                 format!("{}: {}", self.backend_name, parts.join("; "))
             }
         };
+        if let Some(p) = &self.paused {
+            s.push_str(&format!(" | paused: {p}"));
+        }
+        if !self.rejected.is_empty() {
+            s.push_str(&format!(
+                " | {} config fragment(s) left out",
+                self.rejected.len()
+            ));
+        }
         if let Some(e) = &self.reload_error {
             s.push_str(&format!(" | config reload failed, old config kept: {e}"));
         }
         s
     }
 
-    fn publish_status(&mut self) {
+    /// Why the daemon is not ready at `now` (empty: ready). See the module docs.
+    fn not_ready(&self, now: Instant) -> Vec<String> {
+        let mut v = Vec::new();
+        if let (Some(w), None) = (&self.waiting, &self.conn) {
+            v.push(format!("waiting: {w}"));
+        }
+        if let Some(p) = &self.paused {
+            v.push(format!("paused: {p}"));
+        }
+        for r in &self.rejected {
+            v.push(format!("config: {} left out: {}", r.origin, r.error));
+        }
+        if self.conn.is_none() && self.waiting.is_none() {
+            v.push("no backend open".into());
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            let name = self.target_name(i);
+            match (t.in_order, t.conflicts) {
+                (Some(true), 0) => {}
+                (Some(true), n) => {
+                    v.push(format!("{name}: conflict: {n} constraint(s) cannot be met"))
+                }
+                (Some(false), _) => v.push(format!(
+                    "{name}: out of order{}",
+                    t.error
+                        .as_ref()
+                        .map(|e| format!(" (last reconcile failed: {e})"))
+                        .unwrap_or_default()
+                )),
+                (None, _) => v.push(format!(
+                    "{name}: not read yet{}",
+                    t.error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )),
+            }
+            if t.failures >= READY_FAILURES {
+                v.push(format!(
+                    "{name}: {} reconciles failed in a row{}",
+                    t.failures,
+                    t.error
+                        .as_ref()
+                        .map(|e| format!(", the last: {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+            if let Some(since) = t.sched.due_since() {
+                let d = now.saturating_duration_since(since);
+                if d >= READY_STALL {
+                    v.push(format!(
+                        "{name}: no reconcile succeeded for {} although one was due",
+                        ms(d)
+                    ));
+                }
+            }
+            // The chain is left to another writer: not ready however it looks now. (A
+            // fight in which jumpset still writes shows as the chain's own state.)
+            if t.sched.yielding() {
+                v.push(format!(
+                    "{name}: yielding in a fight{}",
+                    t.sched
+                        .status()
+                        .map(|f| format!(" ({f})"))
+                        .unwrap_or_default()
+                ));
+            }
+            let absent = t.anchors.absent();
+            if self.cfg.expect_anchors && !absent.is_empty() {
+                v.push(format!(
+                    "{name}: anchor {} absent (expect_anchors)",
+                    absent.join(", ")
+                ));
+            }
+        }
+        v
+    }
+
+    fn publish_status(&mut self, now: Instant) {
         for t in &self.targets {
             self.shared
                 .metrics
@@ -990,6 +1423,25 @@ impl<H: Host> Engine<H> {
                 .set(i64::from(t.sched.yielding()));
         }
         let s = self.status_line();
+        let health = Health {
+            started: self.ready,
+            status: s.clone(),
+            not_ready: self.not_ready(now),
+        };
+        if health != self.health {
+            if health.ready() != self.health.ready() && self.ready {
+                // Debug: every repair held off for the writer's quiet is a short "not
+                // ready"; failures and fights have records of their own.
+                if health.ready() {
+                    self.debug(|| "ready: every managed chain is as declared".into());
+                } else {
+                    let why = health.not_ready.join("; ");
+                    self.debug(|| format!("not ready: {why}"));
+                }
+            }
+            self.shared.set_health(health.clone());
+            self.health = health;
+        }
         if s == self.status {
             return;
         }
@@ -997,7 +1449,6 @@ impl<H: Host> Engine<H> {
         if self.ready {
             self.out.push(Action::Notify(Notify::Status(s.clone())));
         }
-        self.shared.set_health(self.ready, &s);
         self.status = s;
     }
 
@@ -1006,7 +1457,13 @@ impl<H: Host> Engine<H> {
         self.status = self.status_line();
         self.out
             .push(Action::Notify(Notify::Ready(self.status.clone())));
-        self.shared.set_health(true, &self.status);
+        let now = self.host.now();
+        self.health = Health {
+            started: true,
+            status: self.status.clone(),
+            not_ready: self.not_ready(now),
+        };
+        self.shared.set_health(self.health.clone());
         self.info(format!("ready: {}", self.status));
     }
 
@@ -1032,9 +1489,12 @@ impl<H: Host> Engine<H> {
                 self.timers.watchdog = Some((interval, now + interval));
             }
         }
+        if self.listening.retry.is_some_and(|r| now >= r) {
+            self.try_listen(now);
+        }
         self.ensure_backend(now);
         self.run_due(now);
-        self.publish_status();
+        self.publish_status(now);
     }
 
     fn next_deadline(&self, now: Instant) -> Instant {
@@ -1042,12 +1502,26 @@ impl<H: Host> Engine<H> {
         if let Some((_, w)) = self.timers.watchdog {
             d = d.min(w);
         }
+        if let Some(r) = self.listening.retry {
+            d = d.min(r);
+        }
         if self.conn.is_none() {
             d = d.min(self.timers.open.unwrap_or(now));
         } else {
             for t in &self.targets {
                 if let Some(n) = t.sched.next_wake() {
                     d = d.min(n);
+                }
+                if let Some(n) = t.sched.check_at() {
+                    d = d.min(n);
+                }
+            }
+        }
+        // When a due reconcile's stall would make the daemon not ready.
+        for t in &self.targets {
+            if let Some(since) = t.sched.due_since() {
+                if since + READY_STALL > now {
+                    d = d.min(since + READY_STALL);
                 }
             }
         }
@@ -1059,8 +1533,11 @@ impl<H: Host> Engine<H> {
     // Reload, stop.
     // -----------------------------------------------------------------------------------
 
-    fn refuse_reload(&mut self, why: String) {
-        self.error(format!("SIGHUP: keeping the old config: {why}"));
+    fn refuse_reload(&mut self, trigger: Trigger, why: String) {
+        self.error(format!(
+            "{}: keeping the old config: {why}",
+            trigger.prefix()
+        ));
         self.shared
             .metrics
             .reloads
@@ -1071,13 +1548,34 @@ impl<H: Host> Engine<H> {
         self.reload_error = Some(why);
     }
 
-    fn reload(&mut self, now: Instant, loaded: Result<Config, SpecError>) {
+    /// Log the fragments left out now that were not before, and those taken again.
+    fn report_rejected(&mut self, before: &[Rejected]) {
+        let now: Vec<Rejected> = self.rejected.clone();
+        for r in &now {
+            if !before.contains(r) {
+                self.error(format!(
+                    "config: {} is left out, the rest runs: {}",
+                    r.origin, r.error
+                ));
+            }
+        }
+        for r in before {
+            if !now.iter().any(|n| n.origin == r.origin) {
+                self.info(format!("config: {} is taken again", r.origin));
+            }
+        }
+        self.shared.metrics.rejected_fragments.set(now.len() as i64);
+    }
+
+    fn reload(&mut self, now: Instant, reload: Reload) {
         let path = self.opts.config_path.display().to_string();
-        let cfg = match loaded {
+        let trigger = reload.trigger;
+        let prefix = trigger.prefix();
+        let (cfg, rejected) = match reload.loaded {
             Ok(c) => c,
             Err(e) => {
                 self.error(format!(
-                    "SIGHUP: {path} is invalid, keeping the old config: {e}"
+                    "{prefix}: {path} is invalid, keeping the old config: {e}"
                 ));
                 self.shared
                     .metrics
@@ -1090,11 +1588,18 @@ impl<H: Host> Engine<H> {
                 return;
             }
         };
+        if trigger == Trigger::Changed && cfg == self.cfg && rejected == self.rejected {
+            // Touched, not changed (or changed back).
+            if self.reload_error.take().is_some() {
+                self.info(format!("{prefix}: {path} is valid again, as in force"));
+            }
+            return;
+        }
         let sel = selection(&cfg, &self.opts);
         if sel.backend != self.sel.backend {
             let missing = self.host.missing_capabilities(sel.backend);
             if !missing.is_empty() {
-                self.refuse_reload(format!(
+                self.refuse_reload(trigger, format!(
                     "backend {} needs {}, which this process dropped at start; restart it to switch backends",
                     sel.backend.name(),
                     missing.join(", ")
@@ -1103,20 +1608,7 @@ impl<H: Host> Engine<H> {
             }
         }
         if cfg.daemon.metrics_listen != self.cfg.daemon.metrics_listen {
-            match cfg.daemon.metrics_listen {
-                Some(addr) => {
-                    if let Err(e) = self.listen(addr) {
-                        self.refuse_reload(format!("metrics_listen = \"{addr}\": {e}"));
-                        return;
-                    }
-                }
-                None => {
-                    let _ = self.host.listen(None);
-                    self.info(
-                        "metrics_listen = \"\": no longer serving /metrics and /healthz".into(),
-                    );
-                }
-            }
+            self.listen(now, cfg.daemon.metrics_listen);
         }
         let backend_changed = sel.backend != self.sel.backend;
         for t in &self.targets {
@@ -1147,6 +1639,8 @@ impl<H: Host> Engine<H> {
             self.waiting = None;
         }
         self.reload_error = None;
+        let before = std::mem::replace(&mut self.rejected, rejected);
+        self.report_rejected(&before);
         self.shared
             .metrics
             .reloads
@@ -1155,7 +1649,7 @@ impl<H: Host> Engine<H> {
             })
             .inc();
         self.info(format!(
-            "SIGHUP: reloaded {path}: {} chain(s), families {}, backend {}",
+            "{prefix}: reloaded {path}: {} chain(s), families {}, backend {}",
             self.cfg.chains.len(),
             self.sel
                 .families
@@ -1193,25 +1687,39 @@ impl<H: Host> Engine<H> {
             return;
         };
         let mut records = Vec::new();
+        let lock_for = self.cfg.xtables_lock_timeout;
         for t in &self.targets {
             let spec = &self.cfg.chains[t.chain];
             let name = format!("{} {} {}", t.family, spec.table, spec.chain);
-            records.push(
-                match reconcile::reconcile(conn.backend.as_mut(), t.family, spec, Goal::Remove) {
-                    Ok(o) if o.committed => (
-                        Level::INFO,
-                        format!(
-                            "{name}: cleanup_on_exit: removed the owned jumps: {}",
-                            plan_text(&o, spec)
-                        ),
+            // On the way out the engine may wait: for the xtables lock, up to its timeout.
+            let begun = self.host.now();
+            let mut pause = self.opts.tuning.lock_retry;
+            let res = loop {
+                let r = reconcile::reconcile(conn.backend.as_mut(), t.family, spec, Goal::Remove);
+                match r {
+                    Err(ReconcileError::Backend(BackendError::LockHeld { .. }))
+                        if self.host.now().saturating_duration_since(begun) < lock_for =>
+                    {
+                        self.host.sleep(pause);
+                        pause = (pause * 2).min(self.opts.tuning.lock_retry_cap);
+                    }
+                    r => break r,
+                }
+            };
+            records.push(match res {
+                Ok(o) if o.committed => (
+                    Level::INFO,
+                    format!(
+                        "{name}: cleanup_on_exit: removed the owned jumps: {}",
+                        plan_text(&o, spec)
                     ),
-                    Ok(_) => (
-                        Level::INFO,
-                        format!("{name}: cleanup_on_exit: no owned jump to remove"),
-                    ),
-                    Err(e) => (Level::ERROR, format!("{name}: cleanup_on_exit failed: {e}")),
-                },
-            );
+                ),
+                Ok(_) => (
+                    Level::INFO,
+                    format!("{name}: cleanup_on_exit: no owned jump to remove"),
+                ),
+                Err(e) => (Level::ERROR, format!("{name}: cleanup_on_exit failed: {e}")),
+            });
         }
         for (level, msg) in records {
             self.log(level, msg);

@@ -2,7 +2,9 @@
 //! sleeps, deterministic (a fixed jitter seed). The real-kernel counterparts of these
 //! behaviours are in `tests/daemon.rs`.
 
-use super::engine::{Action, Engine, Event, Host, Notice, Notify, Opened};
+use super::engine::{
+    Action, Answer, Command, Engine, Event, Host, Notice, Notify, Opened, Reload, Trigger,
+};
 use super::fight::{Jitter, Tuning, Writer};
 use super::ident::{Cgroup, Found, Identity, Proc};
 use super::metrics::Shared;
@@ -10,7 +12,7 @@ use super::policy::{FightEvent, FightPolicy, PolicyFactory};
 use super::{DaemonError, Options};
 use crate::backend::BackendError;
 use crate::snapshot::{Family, Match, Rule, Verdict, ADDRTYPE_LOCAL};
-use crate::spec::{BackendChoice, Config};
+use crate::spec::{BackendChoice, Config, Origin, Rejected, SpecError};
 use crate::testing::{jump, rule, FakeKernel, Fault, Step, Subscription};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,7 +54,7 @@ chain = "PREROUTING"
 "#;
 
 fn config_text(daemon: &str) -> String {
-    format!("{SPEC}\n[daemon]\nresync_interval = \"30s\"\nmetrics_listen = \"127.0.0.1:9464\"\n{daemon}\n")
+    format!("{SPEC}\n[daemon]\nresync_interval = \"30s\"\nmetrics_listen = \"127.0.0.1:10296\"\n{daemon}\n")
 }
 
 fn portmap() -> Rule {
@@ -202,11 +204,16 @@ impl Host for FakeHost {
     }
 
     fn listen(&mut self, addr: Option<SocketAddr>) -> std::io::Result<Option<SocketAddr>> {
-        if let Some(kind) = self.listen_error.take() {
+        if let (Some(_), Some(kind)) = (addr, self.listen_error) {
+            self.listen_error = None;
             return Err(kind.into());
         }
         self.listening = addr;
         Ok(addr)
+    }
+
+    fn sleep(&mut self, d: Duration) {
+        self.now += d;
     }
 
     fn identify(&mut self, pid: u32, _comm: Option<&str>) -> Identity {
@@ -258,16 +265,15 @@ struct Sim {
     deadline: Instant,
     logs: Vec<(Duration, Level, String)>,
     notified: Vec<(Duration, Notify)>,
+    answers: Vec<(u64, Answer)>,
     exit: Option<Result<(), DaemonError>>,
 }
 
 fn options() -> Options {
     Options {
-        config_path: "/etc/jumpset/jumpset.toml".into(),
-        backend: None,
-        families: None,
-        tuning: Tuning::default(),
         jitter_seed: 7,
+        build_revision: "0123456789ab".into(),
+        ..Options::new("/etc/jumpset/jumpset.toml")
     }
 }
 
@@ -309,6 +315,7 @@ impl Sim {
             deadline: now,
             logs: Vec::new(),
             notified: Vec::new(),
+            answers: Vec::new(),
             exit: None,
         }
     }
@@ -327,6 +334,7 @@ impl Sim {
             match a {
                 Action::Log(level, msg) => self.logs.push((at, level, msg)),
                 Action::Notify(n) => self.notified.push((at, n)),
+                Action::Answer(id, a) => self.answers.push((id, a)),
                 Action::Exit(r) => self.exit = Some(r),
             }
         }
@@ -392,6 +400,16 @@ impl Sim {
         self.kernel.listing(IP, "nat", "PREROUTING")
     }
 
+    fn listing_of(&self, k: &FakeKernel) -> Vec<String> {
+        k.listing(IP, "nat", "PREROUTING")
+    }
+
+    /// What `/readyz` says: 200 or 503, and the reasons.
+    fn readiness(&self) -> (u16, Vec<String>) {
+        let h = self.shared.health();
+        (if h.ready() { 200 } else { 503 }, h.not_ready)
+    }
+
     /// The log records containing `text`, with their time.
     fn logged(&self, text: &str) -> Vec<(Duration, Level, String)> {
         self.logs
@@ -452,7 +470,7 @@ fn start_repairs_a_broken_chain_in_one_commit_then_says_ready() {
     assert!(repaired[0].2.contains("at start"), "{}", repaired[0].2);
     assert_eq!(
         sim.engine.host().listening,
-        Some("127.0.0.1:9464".parse().unwrap())
+        Some("127.0.0.1:10296".parse().unwrap())
     );
     assert_eq!(
         sim.notified,
@@ -494,10 +512,14 @@ fn a_foreign_change_is_repaired_once_its_writer_is_quiet_and_a_burst_is_read_onc
     let reads = sim.our_reads();
     sim.run_for(settle - ms(1));
     assert_eq!(
-        sim.our_reads(),
-        reads,
+        sim.our_commits(),
+        0,
         "still waiting for the writer to be quiet"
     );
+    // Read once (at the debounce) all the same, so what is reported is what the kernel
+    // has: out of order.
+    assert_eq!(sim.our_reads(), reads + 1);
+    assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 0.0);
     sim.run_for(ms(1));
     assert_eq!(
         sim.listing(),
@@ -550,9 +572,14 @@ fn a_foreign_change_is_repaired_once_its_writer_is_quiet_and_a_burst_is_read_onc
     }
     sim.run_for(margin - ms(2));
     assert_eq!(
-        sim.our_reads(),
-        reads,
+        sim.our_commits(),
+        2,
         "not before the margin after its last commit"
+    );
+    assert_eq!(
+        sim.our_reads(),
+        reads + 1,
+        "read once, after the burst's debounce"
     );
     sim.run_for(ms(1));
     assert_eq!(sim.listing(), healthy());
@@ -563,25 +590,27 @@ fn a_foreign_change_is_repaired_once_its_writer_is_quiet_and_a_burst_is_read_onc
         .unwrap();
     sim.deliver();
     sim.run_for(settle - ms(1));
-    assert_eq!(sim.our_reads(), reads);
+    assert_eq!(sim.our_reads(), reads + 1, "the held-off read");
     sim.run_for(ms(1));
     assert_eq!(sim.listing(), healthy());
-    // One read for the plan and one to verify the commit.
-    assert_eq!(sim.our_reads() - reads, 2);
+    // Then one read for the plan and one to verify the commit.
+    assert_eq!(sim.our_reads() - reads, 3);
 }
 
 #[test]
 fn our_own_commits_are_ignored() {
     let k = FakeKernel::new();
     scene(&k, Some(4));
+    let other = k.connect(99, "kube-proxy");
+    other.new_chain(IP, "nat", "KUBE-MARK-MASQ").unwrap();
     let mut sim = Sim::new(&k, &config_text(""));
     sim.start();
     assert_eq!(sim.our_commits(), 1);
     let reads = sim.our_reads();
-    // The notification of our repair arrives, and later ones of nothing we manage.
+    // The notification of our repair arrives, and later ones of nothing we manage (rules
+    // of other chains; a chain created in another table).
     sim.run_for(ms(10));
-    let other = k.connect(99, "kube-proxy");
-    other.new_chain(IP, "nat", "KUBE-MARK-MASQ").unwrap();
+    other.new_chain(IP, "filter", "KUBE-FIREWALL").unwrap();
     other
         .append(IP, "nat", "KUBE-MARK-MASQ", rule(Verdict::Accept))
         .unwrap();
@@ -826,9 +855,10 @@ fn the_engine_paces_repairs_as_its_fight_policy_says() {
     assert_eq!(sim.metric(&series("jumpset_fights_total")), 1.0);
     sim.run_for(ms(100));
     assert_eq!(ovn_position(&k), None, "held, not repaired at the debounce");
+    // Held, but read: what is reported follows the kernel.
     assert!(
         sim.last_status()
-            .contains("in order, held by the test policy"),
+            .contains("PREROUTING: out of order, held by the test policy"),
         "{}",
         sim.last_status()
     );
@@ -850,7 +880,9 @@ fn an_invalid_reload_keeps_the_old_config() {
     let mut sim = Sim::new(&k, &config_text(""));
     sim.start();
     sim.run_for(secs(1));
-    sim.send(Event::Reload(Config::from_toml("[[chain]]\ntable = 7\n")));
+    sim.send(Event::Reload(Reload::signal(Config::from_toml(
+        "[[chain]]\ntable = 7\n",
+    ))));
     let refused =
         sim.logged("SIGHUP: /etc/jumpset/jumpset.toml is invalid, keeping the old config");
     assert_eq!(refused.len(), 1, "{:?}", sim.logs);
@@ -873,31 +905,41 @@ fn an_invalid_reload_keeps_the_old_config() {
 
     // A config this process cannot honour (another backend, its capability dropped).
     sim.engine.host_mut().missing = vec!["CAP_NET_RAW".into()];
-    sim.send(Event::Reload(Config::from_toml(
+    sim.send(Event::Reload(Reload::signal(Config::from_toml(
         &config_text("").replace("backend = \"nft\"", "backend = \"legacy\""),
-    )));
+    ))));
     assert_eq!(
         sim.logged("SIGHUP: keeping the old config: backend legacy needs CAP_NET_RAW")
             .len(),
         1
     );
-    // One whose metrics address cannot be listened on.
+    // One whose metrics address cannot be listened on (yet) is taken all the same: the
+    // chains matter more than the metrics; the address is tried again until it works.
     sim.engine.host_mut().listen_error = Some(std::io::ErrorKind::AddrInUse);
-    sim.send(Event::Reload(Config::from_toml(
-        &config_text("").replace("127.0.0.1:9464", "127.0.0.1:9465"),
-    )));
-    assert_eq!(
-        sim.logged("SIGHUP: keeping the old config: metrics_listen = \"127.0.0.1:9465\"")
-            .len(),
-        1
+    sim.send(Event::Reload(Reload::signal(Config::from_toml(
+        &config_text("").replace("127.0.0.1:10296", "127.0.0.1:10297"),
+    ))));
+    let failed = sim.logged("metrics_listen = \"127.0.0.1:10297\": cannot listen");
+    assert_eq!(failed.len(), 1, "{:?}", sim.logs);
+    assert_eq!(failed[0].1, Level::ERROR);
+    assert!(
+        failed[0].2.contains("trying again in 1.0 s"),
+        "{}",
+        failed[0].2
     );
     assert_eq!(
         sim.metric("jumpset_config_reloads_total{result=\"error\"}"),
-        3.0
+        2.0
     );
     assert_eq!(
         sim.engine.config().daemon.metrics_listen.unwrap().port(),
-        9464
+        10297
+    );
+    assert_eq!(sim.engine.host().listening, None);
+    sim.run_for(secs(1));
+    assert_eq!(
+        sim.engine.host().listening,
+        Some("127.0.0.1:10297".parse().unwrap())
     );
     assert_eq!(sim.engine.host().opened.len(), 1, "the backend was kept");
 
@@ -906,13 +948,17 @@ fn an_invalid_reload_keeps_the_old_config() {
         "{}\n  [[chain.jump]]\n  target = \"EXTRA-PREROUTING\"\n  comment = \"extra\"\n  after = [\"CNI-HOSTPORT-DNAT\"]\n  create_chain = true\n",
         SPEC.trim_end()
     );
-    sim.send(Event::Reload(Config::from_toml(&format!(
-        "{extra}\n[daemon]\nresync_interval = \"30s\"\nmetrics_listen = \"127.0.0.1:9464\"\n"
-    ))));
-    assert_eq!(sim.logged("SIGHUP: reloaded").len(), 1);
+    sim.send(Event::Reload(Reload::signal(Config::from_toml(&format!(
+        "{extra}\n[daemon]\nresync_interval = \"30s\"\nmetrics_listen = \"127.0.0.1:10296\"\n"
+    )))));
+    assert_eq!(sim.logged("SIGHUP: reloaded").len(), 2);
     assert_eq!(
         sim.metric("jumpset_config_reloads_total{result=\"ok\"}"),
-        1.0
+        2.0
+    );
+    assert_eq!(
+        sim.engine.host().listening,
+        Some("127.0.0.1:10296".parse().unwrap())
     );
     let l = sim.listing();
     assert_eq!(l.len(), 5);
@@ -925,7 +971,7 @@ fn an_invalid_reload_keeps_the_old_config() {
         "{}",
         sim.last_status()
     );
-    assert!(sim.logged("after a config reload").len() == 1);
+    assert_eq!(sim.logged("after a config reload").len(), 1);
 }
 
 #[test]
@@ -934,7 +980,9 @@ fn kernel_errors_back_off_exponentially_then_recover() {
     scene(&k, Some(2));
     let mut sim = Sim::new(&k, &config_text(""));
     sim.start();
-    for _ in 0..6 {
+    // Seven failing reads: the first is the read at the debounce while the repair waits
+    // for the writer's quiet, the six others those of six reconciles.
+    for _ in 0..7 {
         k.fail_next(Step::Read, Fault::Errno(libc::EBUSY));
     }
     ovn_agent(&k).delete_at(IP, "nat", "PREROUTING", 2).unwrap();
@@ -1081,13 +1129,16 @@ fn a_missing_target_with_create_chain_false_is_an_error_until_it_appears() {
     );
     assert_eq!(sim.our_commits(), 0);
     sim.run_for(secs(1));
-    // Kube-OVN creates its chain (no rule moves: no notification for us); the next retry
-    // finds it.
+    assert_eq!(sim.readiness().0, 503);
+    // Kube-OVN creates its chain (a chain created in the managed table: read at once);
+    // the next retry repairs.
     ovn_agent(&k)
         .new_chain(IP, "nat", "OVN-PREROUTING")
         .unwrap();
+    sim.deliver();
     sim.run_for(secs(2));
     assert_eq!(sim.listing(), healthy());
+    assert_eq!(sim.readiness(), (200, vec![]));
     assert_eq!(sim.last_status(), "fake: ip nat PREROUTING: in order");
 }
 
@@ -1159,7 +1210,7 @@ fn auto_waits_for_an_undecided_host_and_detects_again() {
 }
 
 #[test]
-fn start_fails_only_for_privilege_or_an_unusable_metrics_address() {
+fn start_fails_only_for_privilege_and_an_unusable_metrics_address_is_retried() {
     let k = FakeKernel::new();
     let mut host = FakeHost::new(&k);
     host.open_errors.push(BackendError::Permission {
@@ -1177,14 +1228,30 @@ fn start_fails_only_for_privilege_or_an_unusable_metrics_address() {
     }
     assert!(sim.notified.is_empty(), "no READY=1");
 
-    let mut host = FakeHost::new(&k);
+    // A metrics port another process holds: logged, retried, never fatal.
+    let k2 = FakeKernel::new();
+    scene(&k2, Some(4));
+    let mut host = FakeHost::new(&k2);
     host.listen_error = Some(std::io::ErrorKind::AddrInUse);
     let mut sim = Sim::with(host, &config_text(""), None, None);
     sim.start();
-    assert!(
-        matches!(&sim.exit, Some(Err(e)) if e.exit_code() == 2 && e.to_string().starts_with("metrics_listen = \"127.0.0.1:9464\"")),
-        "{:?}",
-        sim.exit
+    assert!(sim.exit.is_none(), "{:?}", sim.exit);
+    assert_eq!(
+        sim.listing_of(&k2),
+        healthy(),
+        "the chain is repaired all the same"
+    );
+    assert_eq!(
+        sim.logged("metrics_listen = \"127.0.0.1:10296\": cannot listen")
+            .len(),
+        1
+    );
+    assert_eq!(sim.engine.host().listening, None);
+    sim.run_for(secs(1));
+    assert_eq!(
+        sim.engine.host().listening,
+        Some("127.0.0.1:10296".parse().unwrap()),
+        "listening once the port is free"
     );
 
     // Any other failure to open is retried with backoff, READY=1 all the same.
@@ -1445,4 +1512,522 @@ fn a_deleted_anchor_is_logged_with_its_writer_counted_and_not_written_back() {
     assert_eq!(sim.metric(&anchor("KUBE-SERVICES")), 1.0);
     assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 1.0);
     assert_eq!(sim.last_status(), "fake: ip nat PREROUTING: in order");
+}
+
+// ---------------------------------------------------------------------------------------
+// What the daemon tells: health that follows the kernel, readiness with its reasons.
+// ---------------------------------------------------------------------------------------
+
+/// The scene with our jump in place and a config whose jump does not create its chain.
+fn no_create() -> String {
+    config_text("").replace("create_chain = true", "create_chain = false")
+}
+
+#[test]
+fn every_reconcile_failing_is_out_of_order_and_not_ready_then_recovers() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut sim = Sim::new(&k, &no_create());
+    sim.start();
+    assert_eq!(sim.readiness(), (200, vec![]));
+    assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 1.0);
+    // Kube-OVN goes away with its chain: our jump cannot be put back without it.
+    ovn_agent(&k)
+        .transaction(|tx| {
+            tx.delete_at(IP, "nat", "PREROUTING", 2)?;
+            tx.delete_chain(IP, "nat", "OVN-PREROUTING")
+        })
+        .unwrap();
+    sim.deliver();
+    // Read at the debounce while the repair waits for the writer's quiet: out of order.
+    sim.run_for(ms(2));
+    assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 0.0);
+    assert_eq!(
+        sim.readiness(),
+        (503, vec!["ip nat PREROUTING: out of order".into()])
+    );
+    // The repair fails.
+    sim.run_for(Tuning::default().fight.settle_unknown);
+    let (code, why) = sim.readiness();
+    assert_eq!(code, 503);
+    assert!(
+        why[0].starts_with("ip nat PREROUTING: out of order (last reconcile failed: ")
+            && why[0].contains("OVN-PREROUTING does not exist"),
+        "{why:?}"
+    );
+    assert!(
+        sim.last_status().contains("error: "),
+        "{}",
+        sim.last_status()
+    );
+    // Three in a row: said so.
+    sim.run_for(ms(400));
+    let (_, why) = sim.readiness();
+    assert!(
+        why.iter()
+            .any(|w| w.starts_with("ip nat PREROUTING: 3 reconciles failed in a row")),
+        "{why:?}"
+    );
+    assert_eq!(
+        sim.metric("jumpset_errors_total{family=\"ip\",table=\"nat\",chain=\"PREROUTING\",step=\"missing_target\"}"),
+        3.0
+    );
+    // Its chain comes back: in order and ready again.
+    ovn_agent(&k)
+        .new_chain(IP, "nat", "OVN-PREROUTING")
+        .unwrap();
+    sim.deliver();
+    sim.run_for(secs(2));
+    assert_eq!(sim.listing(), healthy());
+    assert_eq!(sim.readiness(), (200, vec![]));
+    assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 1.0);
+    assert_eq!(sim.metric("jumpset_ready"), 1.0);
+}
+
+#[test]
+fn a_renamed_target_chain_is_noticed_at_once_and_its_return_too() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut sim = Sim::new(&k, &no_create());
+    sim.start();
+    sim.run_for(secs(1));
+    let reads = sim.our_reads();
+    // `nft rename chain ip nat OVN-PREROUTING OVN-OLD`: our jump now leads there.
+    let nft = k.connect(9, "nft");
+    nft.rename_chain(IP, "nat", "OVN-PREROUTING", "OVN-OLD")
+        .unwrap();
+    sim.deliver();
+    sim.run_for(ms(2));
+    assert!(sim.our_reads() > reads, "read at once, not at the resync");
+    assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 0.0);
+    assert_eq!(sim.readiness().0, 503);
+    // Renamed back: read at once again, in order, ready (no write was possible or needed).
+    nft.rename_chain(IP, "nat", "OVN-OLD", "OVN-PREROUTING")
+        .unwrap();
+    sim.deliver();
+    sim.run_for(ms(2));
+    assert_eq!(sim.listing(), healthy());
+    assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 1.0);
+    assert_eq!(sim.readiness(), (200, vec![]));
+    assert_eq!(sim.last_status(), "fake: ip nat PREROUTING: in order");
+    assert_eq!(sim.our_commits(), 0);
+}
+
+#[test]
+fn a_renamed_target_chain_with_create_chain_is_declared_again() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut sim = Sim::new(&k, &config_text(""));
+    sim.start();
+    let nft = k.connect(9, "nft");
+    nft.rename_chain(IP, "nat", "OVN-PREROUTING", "OVN-OLD")
+        .unwrap();
+    sim.deliver();
+    sim.run_for(Tuning::default().fight.settle_unknown);
+    // Our jump to the renamed chain is not ours any more than a jump elsewhere would be:
+    // the declared one is back, with its chain.
+    assert!(k.chain_exists(IP, "nat", "OVN-PREROUTING"));
+    assert_eq!(ovn_position(&k), Some(2), "{:?}", sim.listing());
+    assert_eq!(sim.readiness(), (200, vec![]));
+}
+
+#[test]
+fn while_a_repair_is_held_off_the_chain_is_read_and_reported_as_it_is() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let policy: PolicyFactory = |_| Box::new(HoldHalfASecond::default());
+    let mut sim = Sim::with(FakeHost::new(&k), &config_text(""), None, Some(policy));
+    sim.start();
+    let ovn = ovn_agent(&k);
+    ovn.delete_at(IP, "nat", "PREROUTING", 2).unwrap();
+    sim.deliver();
+    sim.run_for(ms(2));
+    assert_eq!(ovn_position(&k), None, "held");
+    assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 0.0);
+    let (code, why) = sim.readiness();
+    assert_eq!(code, 503);
+    assert_eq!(why, ["ip nat PREROUTING: out of order"]);
+    // The other writer puts it back itself while we hold off: read, in order, nothing
+    // left to write when the hold ends.
+    ovn.insert(IP, "nat", "PREROUTING", 2, jump(OVN, "OVN-PREROUTING"))
+        .unwrap();
+    sim.deliver();
+    sim.run_for(ms(2));
+    assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 1.0);
+    assert!(
+        sim.last_status()
+            .contains("in order, held by the test policy"),
+        "{}",
+        sim.last_status()
+    );
+    sim.run_for(secs(1));
+    assert_eq!(sim.our_commits(), 0);
+    assert_eq!(sim.readiness(), (200, vec![]));
+}
+
+#[test]
+fn a_fight_is_not_ready_until_it_ends_and_never_stops_the_engine() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut sim = Sim::with(FakeHost::new(&k), &config_text(""), Some(secs(1)), None);
+    sim.start();
+    let ovn = ovn_agent(&k);
+    let mut samples = Vec::new();
+    let end = sim.at() + secs(10);
+    while sim.at() < end {
+        let first = k.rules(IP, "nat", "PREROUTING").unwrap()[0].clone();
+        if first.target() != Some("OVN-PREROUTING") {
+            ovn.insert(IP, "nat", "PREROUTING", 1, jump(OVN, "OVN-PREROUTING"))
+                .unwrap();
+            sim.deliver();
+        }
+        sim.run_for(ms(25));
+        // What the kernel has, against what the daemon says.
+        let truly = ovn_position(&k) == Some(2);
+        samples.push((truly, sim.metric(&series("jumpset_chain_in_order")) == 1.0));
+        sim.run_for(ms(25));
+    }
+    assert_eq!(sim.metric(&series("jumpset_fight_active")), 1.0);
+    let (code, why) = sim.readiness();
+    assert_eq!(code, 503);
+    assert!(
+        why.iter().any(|w| w.starts_with(
+            "ip nat PREROUTING: yielding in a fight (fight with pid 4242 (iptables-nft)"
+        )),
+        "{why:?}"
+    );
+    // Never said "in order" when it was not.
+    let lies = samples.iter().filter(|(t, said)| *said && !*t).count();
+    assert_eq!(lies, 0, "{samples:?}");
+    assert!(samples.iter().filter(|(t, _)| !*t).count() > samples.len() / 2);
+    // The engine kept its rhythm: a watchdog ping every second.
+    let pings = sim
+        .notified
+        .iter()
+        .filter(|(_, n)| *n == Notify::Watchdog)
+        .count();
+    assert!(pings >= 9, "{pings}");
+    // It ends (once the writer stopped: a retry when quiet, the episode over after
+    // `end_quiet`): ready again.
+    sim.run_for(Tuning::default().fight.end_quiet + secs(5));
+    assert_eq!(sim.listing(), healthy());
+    assert_eq!(sim.readiness(), (200, vec![]));
+}
+
+/// A policy that holds every repair 90 s after a change.
+#[derive(Debug, Default)]
+struct HoldLong {
+    until: Option<Instant>,
+}
+
+impl FightPolicy for HoldLong {
+    fn changed(&mut self, now: Instant, _writer: &Writer, _rng: &mut Jitter) -> Option<FightEvent> {
+        self.until = Some(now + secs(90));
+        None
+    }
+    fn reconciled(
+        &mut self,
+        _now: Instant,
+        _undid: Option<&Writer>,
+        _rng: &mut Jitter,
+    ) -> Option<FightEvent> {
+        None
+    }
+    fn not_before(&self) -> Option<Instant> {
+        self.until
+    }
+    fn next_check(&self) -> Option<Instant> {
+        None
+    }
+    fn tick(&mut self, _now: Instant, _pending: bool) -> Option<FightEvent> {
+        None
+    }
+    fn active(&self) -> bool {
+        false
+    }
+    fn status(&self) -> Option<String> {
+        None
+    }
+}
+
+#[test]
+fn no_reconcile_succeeding_for_60_s_while_one_is_due_is_not_ready() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let policy: PolicyFactory = |_| Box::new(HoldLong::default());
+    let mut sim = Sim::with(FakeHost::new(&k), &config_text(""), None, Some(policy));
+    sim.start();
+    ovn_agent(&k).delete_at(IP, "nat", "PREROUTING", 2).unwrap();
+    sim.deliver();
+    sim.run_for(secs(59));
+    let (_, why) = sim.readiness();
+    assert_eq!(why, ["ip nat PREROUTING: out of order"]);
+    sim.run_for(secs(1));
+    let (_, why) = sim.readiness();
+    assert_eq!(
+        why[1], "ip nat PREROUTING: no reconcile succeeded for 60.0 s although one was due",
+        "{why:?}"
+    );
+    sim.run_for(secs(31));
+    assert_eq!(sim.listing(), healthy());
+    assert_eq!(sim.readiness(), (200, vec![]));
+}
+
+/// Run `f` right before the `n`th next apply (by any handle).
+fn at_apply(k: &FakeKernel, n: usize, f: impl FnOnce() + Send + 'static) {
+    if n <= 1 {
+        k.before_next_apply(f);
+    } else {
+        let k2 = k.clone();
+        k.before_next_apply(move || at_apply(&k2, n - 1, f));
+    }
+}
+
+#[test]
+fn under_unrelated_churn_the_write_is_anchored_after_three_stale_attempts() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut sim = Sim::new(&k, &config_text(""));
+    sim.start();
+    // Another table changes between each of our reads and writes: every guarded write
+    // is stale.
+    k.churn(true);
+    ovn_agent(&k).delete_at(IP, "nat", "PREROUTING", 2).unwrap();
+    sim.deliver();
+    sim.run_for(Tuning::default().fight.settle_unknown);
+    assert_eq!(
+        sim.listing(),
+        healthy(),
+        "repaired once the writer is quiet"
+    );
+    assert_eq!(sim.our_commits(), 1);
+    assert_eq!(sim.metric("jumpset_stale_retries_total"), 3.0);
+    let line = &sim.logged("repaired in one transaction")[0].2;
+    assert!(
+        line.contains("anchored on the rules it moves after 3 stale attempt(s)"),
+        "{line}"
+    );
+
+    // An anchored write cannot see a rule inserted since its read: a duplicate of our
+    // jump put on top right before it commits is found by the read-back, and removed.
+    let ovn = ovn_agent(&k);
+    let dup = ovn.clone();
+    at_apply(&k, 4, move || {
+        dup.insert(IP, "nat", "PREROUTING", 1, jump(OVN, "OVN-PREROUTING"))
+            .unwrap();
+    });
+    ovn.delete_at(IP, "nat", "PREROUTING", 2).unwrap();
+    sim.deliver();
+    sim.run_for(Tuning::default().fight.settle_unknown);
+    assert_eq!(sim.listing(), healthy());
+    assert_eq!(
+        sim.our_commits(),
+        3,
+        "the anchored write, then the one after its read-back"
+    );
+    assert_eq!(sim.metric("jumpset_stale_retries_total"), 7.0);
+    k.churn(false);
+}
+
+#[test]
+fn a_busy_xtables_lock_is_tried_again_on_the_timer_and_never_waited_for() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let text = config_text("").replace("families", "xtables_lock_timeout = \"1s\"\nfamilies");
+    let mut sim = Sim::with(FakeHost::new(&k), &text, Some(ms(200)), None);
+    sim.start();
+    for _ in 0..8 {
+        k.fail_next(Step::Apply, Fault::Locked);
+    }
+    ovn_agent(&k).delete_at(IP, "nat", "PREROUTING", 2).unwrap();
+    sim.deliver();
+    sim.run_for(ms(500));
+    assert_eq!(ovn_position(&k), None);
+    assert!(
+        sim.last_status()
+            .contains("PREROUTING: out of order, waiting for the xtables lock"),
+        "{}",
+        sim.last_status()
+    );
+    assert!(
+        sim.logged("PREROUTING: reconcile failed").is_empty(),
+        "not an error yet"
+    );
+    sim.run_for(secs(2));
+    assert_eq!(sim.listing(), healthy(), "repaired once the lock is free");
+    let failed = sim.logged("PREROUTING: reconcile failed");
+    assert_eq!(failed.len(), 1, "{:?}", sim.logs);
+    assert!(
+        failed[0].2.contains(
+            "the xtables lock /run/xtables.lock was held by another process (iptables-legacy or another agent) for all of xtables_lock_timeout = 1.0 s"
+        ),
+        "{}",
+        failed[0].2
+    );
+    // Tried first once the writer is quiet, then for 1 s.
+    let first = Tuning::default().fight.settle_unknown;
+    assert!(
+        failed[0].0 >= first + secs(1) && failed[0].0 < first + ms(1200),
+        "{:?}",
+        failed[0].0
+    );
+    assert!(sim.logged("the kernel socket failed").is_empty());
+    assert_eq!(sim.engine.host().opened.len(), 1);
+    assert_eq!(
+        sim.metric(
+            "jumpset_errors_total{family=\"ip\",table=\"nat\",chain=\"PREROUTING\",step=\"lock\"}"
+        ),
+        1.0
+    );
+    // The watchdog kept its rhythm all along.
+    let pings: Vec<Duration> = sim
+        .notified
+        .iter()
+        .filter(|(_, n)| *n == Notify::Watchdog)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(pings, (1..=12).map(|i| ms(200 * i)).collect::<Vec<_>>());
+
+    // "0s": one try, then it is an error.
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let text = config_text("").replace("families", "xtables_lock_timeout = \"0s\"\nfamilies");
+    let mut sim = Sim::new(&k, &text);
+    sim.start();
+    k.fail_next(Step::Apply, Fault::Locked);
+    ovn_agent(&k).delete_at(IP, "nat", "PREROUTING", 2).unwrap();
+    sim.deliver();
+    sim.run_for(Tuning::default().fight.settle_unknown);
+    let failed = sim.logged("PREROUTING: reconcile failed");
+    assert_eq!(failed.len(), 1, "{:?}", sim.logs);
+    assert!(
+        failed[0]
+            .2
+            .contains("at the one try xtables_lock_timeout = \"0s\" allows"),
+        "{}",
+        failed[0].2
+    );
+    sim.run_for(ms(200));
+    assert_eq!(sim.listing(), healthy());
+}
+
+#[test]
+fn paused_writes_read_and_report_and_resume_repairs() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut sim = Sim::new(&k, &config_text(""));
+    sim.start();
+    let now = sim.now;
+    sim.engine.set_paused(now, Some("maintenance".into()));
+    ovn_agent(&k).delete_at(IP, "nat", "PREROUTING", 2).unwrap();
+    sim.deliver();
+    sim.run_for(secs(40));
+    assert_eq!(ovn_position(&k), None, "no write while paused");
+    assert_eq!(sim.our_commits(), 0);
+    assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 0.0);
+    let (code, why) = sim.readiness();
+    assert_eq!(code, 503);
+    assert_eq!(why[0], "paused: maintenance");
+    let now = sim.now;
+    sim.engine.set_paused(now, None);
+    sim.run_for(ms(1));
+    assert_eq!(sim.listing(), healthy());
+    assert_eq!(sim.readiness(), (200, vec![]));
+}
+
+#[test]
+fn a_rejected_fragment_is_reported_and_the_rest_runs() {
+    let k = FakeKernel::new();
+    scene(&k, Some(4));
+    let rejected = Rejected {
+        agent: "felix".into(),
+        origin: Origin::DropIn {
+            path: "/etc/jumpset/jumpset.d/20-felix.toml".into(),
+            agent: "felix".into(),
+        },
+        error: SpecError::new("chain[0].jump[0].after", Some(3), "a cycle"),
+    };
+    let shared = Shared::new();
+    let cfg = Config::from_toml(&config_text("")).unwrap();
+    let mut engine = Engine::new(options(), cfg, FakeHost::new(&k), shared.clone(), None)
+        .with_rejected(vec![rejected.clone()]);
+    let out = engine.on_event(Instant::now(), Event::Start);
+    assert_eq!(
+        k.listing(IP, "nat", "PREROUTING"),
+        healthy(),
+        "the rest runs"
+    );
+    assert!(out.actions.iter().any(|a| matches!(a,
+        Action::Log(Level::ERROR, m) if m.starts_with("config: /etc/jumpset/jumpset.d/20-felix.toml is left out, the rest runs: "))));
+    let h = shared.health();
+    assert!(!h.ready());
+    assert!(
+        h.not_ready[0].starts_with("config: /etc/jumpset/jumpset.d/20-felix.toml left out: "),
+        "{:?}",
+        h.not_ready
+    );
+    assert!(
+        h.status.ends_with("| 1 config fragment(s) left out"),
+        "{}",
+        h.status
+    );
+    let text = shared.encode();
+    assert!(
+        text.contains("jumpset_config_fragments_rejected 1"),
+        "{text}"
+    );
+
+    // The file is fixed: a change of the files reloads, the fragment is taken again.
+    let cfg = Config::from_toml(&config_text("")).unwrap();
+    let out = engine.on_event(
+        Instant::now(),
+        Event::Reload(Reload {
+            trigger: Trigger::Changed,
+            loaded: Ok((cfg.clone(), Vec::new())),
+        }),
+    );
+    assert!(out.actions.iter().any(|a| matches!(a,
+        Action::Log(Level::INFO, m) if m == "config: /etc/jumpset/jumpset.d/20-felix.toml is taken again")));
+    assert!(shared.health().ready());
+    assert!(shared
+        .encode()
+        .contains("jumpset_config_fragments_rejected 0"));
+    // The same again (files touched, not changed): nothing reloaded.
+    let out = engine.on_event(
+        Instant::now(),
+        Event::Reload(Reload {
+            trigger: Trigger::Changed,
+            loaded: Ok((cfg, Vec::new())),
+        }),
+    );
+    assert!(
+        !out.actions
+            .iter()
+            .any(|a| matches!(a, Action::Log(_, m) if m.contains("reloaded"))),
+        "{:?}",
+        out.actions
+    );
+}
+
+#[test]
+fn a_status_call_is_answered_and_the_build_is_in_the_metrics() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut sim = Sim::new(&k, &config_text(""));
+    sim.start();
+    sim.send(Event::Call(7, Command::Status));
+    match &sim.answers[..] {
+        [(7, Answer::Status(h))] => {
+            assert!(h.ready());
+            assert_eq!(h.status, "fake: ip nat PREROUTING: in order");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        sim.metric(&format!(
+            "jumpset_build_info{{version=\"{}\",revision=\"0123456789ab\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
 }

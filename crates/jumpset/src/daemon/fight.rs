@@ -34,6 +34,11 @@ pub struct Tuning {
     pub jitter: f64,
     /// Receive buffer of the notification socket (SO_RCVBUFFORCE).
     pub monitor_rcvbuf: usize,
+    /// First wait before trying the xtables lock again when another process holds it
+    /// (doubling up to `lock_retry_cap`, until `xtables_lock_timeout` has passed).
+    pub lock_retry: Duration,
+    /// Longest wait between two tries of the xtables lock.
+    pub lock_retry_cap: Duration,
 }
 
 impl Default for Tuning {
@@ -46,6 +51,8 @@ impl Default for Tuning {
             error_backoff_cap: Duration::from_secs(30),
             jitter: 0.2,
             monitor_rcvbuf: 4 << 20,
+            lock_retry: Duration::from_millis(20),
+            lock_retry_cap: Duration::from_millis(500),
         }
     }
 }
@@ -274,6 +281,9 @@ pub enum Done {
     Repaired,
     /// It failed; try again later.
     Failed,
+    /// It could not write because the xtables lock was busy; try again soon (not a
+    /// failure until `xtables_lock_timeout` has passed).
+    Busy,
 }
 
 /// When one (chain, family) may be reconciled next.
@@ -287,6 +297,12 @@ pub struct Sched {
     errors: Backoff,
     /// When the first change not yet repaired was noticed (for the repair latency).
     changed_at: Option<Instant>,
+    /// Since when a reconcile has been due without one succeeding.
+    due_since: Option<Instant>,
+    /// Whether the chain was read since the last change while its repair is held off.
+    checked: bool,
+    /// Tries of a busy xtables lock.
+    busy: Backoff,
 }
 
 impl Sched {
@@ -299,6 +315,9 @@ impl Sched {
             policy,
             errors: Backoff::new(t.error_backoff_base, t.error_backoff_cap),
             changed_at: None,
+            due_since: None,
+            checked: false,
+            busy: Backoff::new(t.lock_retry, t.lock_retry_cap),
         }
     }
 
@@ -312,23 +331,45 @@ impl Sched {
         rng: &mut Jitter,
     ) -> Option<FightEvent> {
         let ev = self.policy.changed(now, &writer, rng);
-        self.mark(Cause::Change(writer));
+        self.mark(now, Cause::Change(writer));
         self.changed_at.get_or_insert(now);
+        self.checked = false;
         self.debounce.poke(now, t.debounce, t.debounce_max);
         ev
     }
 
     /// Reconcile as soon as any hold-off allows (start, reload, resync, poll, overflow).
     pub fn wake(&mut self, now: Instant, cause: Cause) {
-        self.mark(cause);
+        self.mark(now, cause);
         self.debounce.fire_now(now);
     }
 
-    fn mark(&mut self, cause: Cause) {
+    fn mark(&mut self, now: Instant, cause: Cause) {
+        self.due_since.get_or_insert(now);
         match &mut self.dirty {
             Some(c) => c.merge(cause),
             None => self.dirty = Some(cause),
         }
+    }
+
+    /// Since when a reconcile has been due without one succeeding, if one is.
+    pub fn due_since(&self) -> Option<Instant> {
+        self.due_since
+    }
+
+    /// Whether the chain should be read now although its repair is held off (by the fight
+    /// policy, an error backoff or a busy lock): once after each change, at the end of
+    /// its debounce, so that what is reported follows what the kernel has.
+    pub fn check_due(&self, now: Instant) -> bool {
+        !self.checked
+            && self.dirty.is_some()
+            && self.debounce.deadline().is_some_and(|d| d <= now)
+            && !self.due(now)
+    }
+
+    /// The held-off read was done.
+    pub fn checked(&mut self) {
+        self.checked = true;
     }
 
     /// Whether a reconcile is pending (possibly held off).
@@ -370,12 +411,20 @@ impl Sched {
         self.due_at().is_some_and(|d| d <= now)
     }
 
-    /// The next instant something is to be done for this chain.
+    /// The next instant something is to be done for this chain (besides the read of
+    /// [`Sched::check_at`]).
     pub fn next_wake(&self) -> Option<Instant> {
         [self.due_at(), self.policy.next_check()]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// When the read of a held-off chain is due ([`Sched::check_due`]), if one is.
+    pub fn check_at(&self) -> Option<Instant> {
+        (!self.checked && self.dirty.is_some())
+            .then(|| self.debounce.deadline())
+            .flatten()
     }
 
     /// Take the pending cause: the reconcile starts. Returns it and when the change it
@@ -395,18 +444,29 @@ impl Sched {
         t: &Tuning,
         rng: &mut Jitter,
     ) -> Option<FightEvent> {
+        if done == Done::Busy {
+            // Try the lock again soon, keeping the cause; not an error (yet).
+            self.mark(now, cause);
+            self.debounce.fire_now(now);
+            self.error_until = Some(now + self.busy.next_delay());
+            self.checked = true;
+            return None;
+        }
+        self.busy.reset();
         if done == Done::Failed {
             // Try again after the error backoff, keeping the cause.
-            self.mark(cause);
+            self.mark(now, cause);
             self.debounce.fire_now(now);
             let wait = rng.stretch(self.errors.next_delay(), t.jitter);
             self.error_until = Some(now + wait);
+            self.checked = true;
             return None;
         }
         self.errors.reset();
         self.error_until = None;
         if self.dirty.is_none() {
             self.changed_at = None;
+            self.due_since = None;
         }
         let undid = match cause {
             _ if done == Done::Clean || !cause.is_undo() => None,

@@ -1,20 +1,18 @@
 //! The real world of the engine ([`SystemHost`]): the system clock, host detection, the
 //! process's capabilities, the nf_tables and x_tables backends with the notification
-//! socket, and the HTTP listener for `/metrics` and `/healthz`.
+//! socket, and the HTTP server for `/metrics` and the probes.
 
 use super::engine::{Host, Notice, Opened};
 use super::fight::Tuning;
+use super::http::{Router, Server, Serving};
 use super::ident::{self, Identity};
-use super::metrics::{self, Shared};
 use super::monitor::{Classifier, Monitor, RecvError};
 use super::privilege;
 use crate::backend::nft::codec;
 use crate::backend::BackendError;
 use crate::spec::{BackendChoice, Config};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
-use tokio::task::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Most datagrams taken in one batch after the first (the rest wait for the next).
 const BATCH: usize = 10_000;
@@ -26,11 +24,12 @@ struct Feed {
 }
 
 /// The engine's [`Host`] in production. Must be used inside a tokio runtime (the
-/// notification socket and the HTTP task live on it).
+/// notification socket lives on it); the HTTP server runs on a thread of its own.
 pub struct SystemHost {
-    shared: Arc<Shared>,
+    server: Server,
+    probes: Router,
     feed: Option<Feed>,
-    http: Option<JoinHandle<()>>,
+    http: Option<Serving>,
     /// Whether the host's processes can be seen in `/proc` (probed at the first look).
     visible: Option<Result<(), &'static str>>,
 }
@@ -45,14 +44,21 @@ impl std::fmt::Debug for SystemHost {
 }
 
 impl SystemHost {
-    /// A host serving `shared` over HTTP once asked to.
-    pub fn new(shared: Arc<Shared>) -> Self {
+    /// A host that serves `probes` (the routes of `metrics_listen`) on `server` once
+    /// asked to.
+    pub fn new(server: Server, probes: Router) -> Self {
         SystemHost {
-            shared,
+            server,
+            probes,
             feed: None,
             http: None,
             visible: None,
         }
+    }
+
+    /// The HTTP server (the local API adds its listener to it).
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// Wait for the next notification datagram, then take every one already queued
@@ -95,14 +101,6 @@ impl SystemHost {
     }
 }
 
-impl Drop for SystemHost {
-    fn drop(&mut self) {
-        if let Some(task) = self.http.take() {
-            task.abort();
-        }
-    }
-}
-
 /// HOST DETECTION — the single call site for `--backend auto`: with an undecided host the
 /// daemon waits and detects again every `resync_interval`.
 fn detect_backend() -> Result<BackendChoice, String> {
@@ -130,12 +128,6 @@ fn into_backend_error(e: crate::Error) -> BackendError {
     }
 }
 
-fn bind_metrics(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    tokio::net::TcpListener::from_std(l)
-}
-
 impl Host for SystemHost {
     fn now(&self) -> Instant {
         Instant::now()
@@ -159,11 +151,13 @@ impl Host for SystemHost {
     fn open(
         &mut self,
         choice: BackendChoice,
-        cfg: &Config,
+        _cfg: &Config,
         t: &Tuning,
     ) -> Result<Opened, BackendError> {
+        // One try of the xtables lock per attempt: the engine tries again on its timer
+        // until `xtables_lock_timeout` has passed, so its loop never waits for the lock.
         let options = crate::backend::OpenOptions {
-            xtables_lock_timeout: cfg.xtables_lock_timeout,
+            xtables_lock_timeout: Duration::ZERO,
             ..Default::default()
         };
         if choice == BackendChoice::Legacy {
@@ -219,17 +213,17 @@ impl Host for SystemHost {
 
     fn listen(&mut self, addr: Option<SocketAddr>) -> std::io::Result<Option<SocketAddr>> {
         let Some(addr) = addr else {
-            if let Some(task) = self.http.take() {
-                task.abort();
-            }
+            self.http = None;
             return Ok(None);
         };
-        let listener = bind_metrics(addr)?;
-        let local = listener.local_addr().unwrap_or(addr);
-        let task = tokio::spawn(metrics::serve(listener, self.shared.clone()));
-        if let Some(old) = self.http.replace(task) {
-            old.abort();
-        }
+        // The old listener goes first: the new address may be the same port.
+        self.http = None;
+        let (serving, local) = self.server.serve_tcp(addr, self.probes.clone())?;
+        self.http = Some(serving);
         Ok(Some(local))
+    }
+
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d);
     }
 }

@@ -1,18 +1,31 @@
-//! Metrics (Prometheus/OpenMetrics text, every series prefixed `jumpset_`) and `/healthz`,
-//! served on `daemon.metrics_listen` by a tiny HTTP/1.1 responder: one request per
-//! connection, GET or HEAD, bounded in size, time and concurrency.
+//! Metrics and the probe endpoints, served on `daemon.metrics_listen` by the daemon's
+//! HTTP server ([`super::http`]):
+//!
+//! - `/metrics`: every `jumpset_*` series, the standard `process_*` ones, in the
+//!   Prometheus text format 0.0.4 or in OpenMetrics 1.0, as the client's `Accept` asks
+//!   (Prometheus asks for OpenMetrics; curl and promtool get the text format);
+//! - `/livez`: 200 while the daemon's loop answers (within [`LIVENESS_WAIT`]) — what a
+//!   liveness probe or a watchdog should restart on, and nothing else: a fight or a chain
+//!   that cannot be fixed never fails it;
+//! - `/readyz`: 200 when every managed chain is as declared, else 503 with the reasons
+//!   (out of order, failing reconciles, yielding in a fight, paused, waiting, a rejected
+//!   config fragment) — for a readiness probe and dashboards;
+//! - `/healthz`: the same as `/readyz` (as kube-proxy's `/healthz`).
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use super::engine::Command;
+use super::http::{self, BoxFuture, Handler, Router};
+use bytes::Bytes;
+use hyper::StatusCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// Labels of a managed chain.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +93,29 @@ pub struct SourceLabel {
     pub source: String,
 }
 
+/// A failed reconcile's chain and the step it failed in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `ip` or `ip6`.
+    pub family: String,
+    /// Table.
+    pub table: String,
+    /// Chain.
+    pub chain: String,
+    /// `read`, `commit`, `verify`, `lock` (the xtables lock), `stale` (other writers kept
+    /// committing), `missing_target`, `unsupported_chain`, `would_mix`, `permission`.
+    pub step: String,
+}
+
+/// The build.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// jumpset's version.
+    pub version: String,
+    /// The git revision it was built from, `unknown` when not known at build time.
+    pub revision: String,
+}
+
 /// The backend in use.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InfoLabels {
@@ -96,7 +132,7 @@ pub struct Metrics {
     pub reconciles: Family<ResultLabel, Counter>,
     /// Transactions committed to repair a chain.
     pub repairs: Family<ChainLabels, Counter>,
-    /// Writes refused as stale (another writer got in) and re-planned.
+    /// Stale attempts (another writer got in), every one, also of a reconcile that gave up.
     pub stale_retries: Counter,
     /// Reconciles that ended as close as a conflict allows.
     pub conflicts: Family<ChainLabels, Counter>,
@@ -126,16 +162,35 @@ pub struct Metrics {
     pub overflows: Counter,
     /// Full re-reads (timer, poll, overflow).
     pub resyncs: Counter,
-    /// Config reloads (SIGHUP) by result.
+    /// Config reloads (SIGHUP or a change of the files) by result.
     pub reloads: Family<ResultLabel, Counter>,
     /// 1, labelled with the backend in use.
     pub info: Family<InfoLabels, Gauge>,
+    /// 1, labelled with the version and revision.
+    pub build_info: Family<BuildLabels, Gauge>,
+    /// Failed reconciles by chain and step.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// 1 when `/readyz` answers 200.
+    pub ready: Gauge,
+    /// Config fragments (drop-ins, API claims) left out of the running config.
+    pub rejected_fragments: Gauge,
+    /// Connections the HTTP server closed to make room for newer ones.
+    pub http_evictions: Counter,
+}
+
+/// Log records that could not be written (the log sink failed) and were dropped: the
+/// logger of the binary counts them here, `/metrics` shows them.
+pub fn dropped_log_writes() -> &'static Counter {
+    static DROPPED: OnceLock<Counter> = OnceLock::new();
+    DROPPED.get_or_init(Counter::default)
 }
 
 impl Metrics {
-    /// The series, registered in a registry prefixed `jumpset`.
+    /// The series: `jumpset_*` in a sub-registry, `process_*` at the root.
     pub fn new() -> (Metrics, Registry) {
-        let mut r = Registry::with_prefix("jumpset");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let r = root.sub_registry_with_prefix("jumpset");
         let m = Metrics {
             reconciles: Family::default(),
             repairs: Family::default(),
@@ -156,6 +211,11 @@ impl Metrics {
             resyncs: Counter::default(),
             reloads: Family::default(),
             info: Family::default(),
+            build_info: Family::default(),
+            errors: Family::default(),
+            ready: Gauge::default(),
+            rejected_fragments: Gauge::default(),
+            http_evictions: Counter::default(),
         };
         r.register(
             "reconciles",
@@ -169,7 +229,7 @@ impl Metrics {
         );
         r.register(
             "stale_retries",
-            "Writes the kernel refused as planned from an old generation, re-planned",
+            "Stale attempts: writes refused as planned from an old generation, reads that commits kept racing, anchored writes not converged on read-back",
             m.stale_retries.clone(),
         );
         r.register(
@@ -244,35 +304,210 @@ impl Metrics {
         );
         r.register(
             "config_reloads",
-            "Config reloads (SIGHUP), by result",
+            "Config reloads (SIGHUP or a change of the config files), by result",
             m.reloads.clone(),
         );
         r.register("info", "The backend in use", m.info.clone());
-        (m, r)
+        r.register(
+            "build_info",
+            "The jumpset build: its version and git revision",
+            m.build_info.clone(),
+        );
+        r.register(
+            "errors",
+            "Failed reconciles, by chain and the step that failed",
+            m.errors.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when every managed chain is as declared (/readyz answers 200)",
+            m.ready.clone(),
+        );
+        r.register(
+            "config_fragments_rejected",
+            "Config fragments (drop-ins, API claims) left out of the running config",
+            m.rejected_fragments.clone(),
+        );
+        r.register(
+            "http_connections_evicted",
+            "HTTP connections closed to make room for newer ones (connection limit)",
+            m.http_evictions.clone(),
+        );
+        r.register(
+            "log_writes_dropped",
+            "Log records dropped because the log sink failed",
+            dropped_log_writes().clone(),
+        );
+        (m, root)
     }
 }
 
-/// What `/healthz` reports.
-#[derive(Debug, Clone, Default)]
-pub struct Health {
-    /// The first reconcile attempt is done (READY=1 was sent).
-    pub ready: bool,
-    /// The STATUS= line.
-    pub status: String,
+/// The standard `process_*` series (as the Prometheus client libraries export them),
+/// read from `/proc/self` at each scrape.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// What `/proc/self/stat` says: CPU seconds, start time, virtual and resident bytes.
+fn proc_stat() -> Option<(f64, f64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the comm, which is in parentheses and may hold anything.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): field n is f[n - 3].
+    let num = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    let ticks = super::sys::clock_ticks() as f64;
+    let cpu = (num(14)? + num(15)?) as f64 / ticks;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    let start = boot as f64 + num(22)? as f64 / ticks;
+    Some((cpu, start, num(23)?, num(24)? * super::sys::page_size()))
 }
 
-/// State shared with the HTTP task.
+/// The soft limit on open files (`/proc/self/limits`).
+fn max_fds() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some((cpu, start, vsize, rss)) = proc_stat() {
+            let c = ConstCounter::new(cpu);
+            c.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                c.metric_type(),
+            )?)?;
+            for (name, help, v) in [
+                (
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds",
+                    start,
+                ),
+                (
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size in bytes",
+                    vsize as f64,
+                ),
+                (
+                    "process_resident_memory_bytes",
+                    "Resident memory size in bytes",
+                    rss as f64,
+                ),
+            ] {
+                let g = ConstGauge::new(v);
+                g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            let g = ConstGauge::new(dir.count() as i64);
+            g.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        if let Some(max) = max_fds() {
+            let g = ConstGauge::new(max as f64);
+            g.encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The first reconcile attempt is done (READY=1 was sent).
+    pub started: bool,
+    /// The STATUS= line.
+    pub status: String,
+    /// Why the daemon is not ready (empty: ready), one reason each.
+    pub not_ready: Vec<String>,
+}
+
+impl Health {
+    /// Whether `/readyz` answers 200.
+    pub fn ready(&self) -> bool {
+        self.started && self.not_ready.is_empty()
+    }
+}
+
+/// State shared with the HTTP server.
 #[derive(Debug)]
 pub struct Shared {
     /// The series.
     pub metrics: Metrics,
     registry: Registry,
-    /// Health and status.
-    pub health: Mutex<Health>,
+    health: Mutex<Health>,
+}
+
+/// The exposition formats of `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4 (`text/plain; version=0.0.4`).
+    Text,
+    /// OpenMetrics 1.0 text (`application/openmetrics-text; version=1.0.0`).
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// The format an `Accept` header asks for: OpenMetrics when it names it with a
+    /// quality above the text format's (Prometheus does), else the text format.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Text;
+        };
+        let (mut om, mut text) = (-1.0f32, -1.0f32);
+        for item in accept.split(',') {
+            let mut parts = item.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = parts
+                .find_map(|p| p.strip_prefix("q="))
+                .and_then(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => om = om.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if om > 0.0 && om >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
 }
 
 impl Shared {
-    /// Fresh series and a not-yet-ready health.
+    /// Fresh series and a daemon not yet started.
     pub fn new() -> Arc<Shared> {
         let (metrics, registry) = Metrics::new();
         Arc::new(Shared {
@@ -282,136 +517,112 @@ impl Shared {
         })
     }
 
-    /// Update `/healthz`.
-    pub fn set_health(&self, ready: bool, status: &str) {
+    /// Update what `/readyz` says.
+    pub fn set_health(&self, health: Health) {
+        self.metrics.ready.set(i64::from(health.ready()));
         if let Ok(mut h) = self.health.lock() {
-            h.ready = ready;
-            h.status = status.to_string();
+            *h = health;
         }
     }
 
-    /// The exposition text.
-    pub fn encode(&self) -> String {
+    /// What `/readyz` says.
+    pub fn health(&self) -> Health {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// The exposition in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
         let mut s = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        let _ = match format {
+            Format::Text => {
+                prometheus_client::encoding::prometheus_text::encode(&mut s, &self.registry)
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            }
+        };
         s
     }
-}
 
-/// Most requests served at once; more connections are closed at once.
-const MAX_CONNECTIONS: usize = 16;
-/// Longest a request head may be.
-const MAX_REQUEST: usize = 8 * 1024;
-/// Longest a connection may take.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Status code, content type and body for a request head.
-pub fn respond(head: &[u8], shared: &Shared) -> (u16, &'static str, String, bool) {
-    let line = head
-        .split(|b| *b == b'\n')
-        .next()
-        .map(|l| String::from_utf8_lossy(l).trim_end().to_string())
-        .unwrap_or_default();
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        return (405, "text/plain", "method not allowed\n".into(), false);
-    }
-    match path {
-        "/metrics" => (
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.encode(),
-            head_only,
-        ),
-        "/healthz" => {
-            let h = shared.health.lock().map(|h| h.clone()).unwrap_or_default();
-            if h.ready {
-                (200, "text/plain", format!("ok\n{}\n", h.status), head_only)
-            } else {
-                (503, "text/plain", "starting\n".into(), head_only)
-            }
-        }
-        _ => (
-            404,
-            "text/plain",
-            "not found: try /metrics or /healthz\n".into(),
-            head_only,
-        ),
+    /// The exposition in OpenMetrics.
+    pub fn encode(&self) -> String {
+        self.encode_as(Format::OpenMetrics)
     }
 }
 
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        503 => "Service Unavailable",
-        _ => "Bad Request",
+/// How long `/livez` waits for the loop to answer.
+pub const LIVENESS_WAIT: Duration = Duration::from_secs(2);
+
+/// `/readyz` (and `/healthz`): 200 `ok` and the status, or 503 with the reasons.
+pub fn readiness_reply(h: &Health) -> hyper::Response<http::Body> {
+    if !h.started {
+        return http::text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
     }
+    if h.not_ready.is_empty() {
+        return http::text(StatusCode::OK, format!("ok\n{}\n", h.status));
+    }
+    let mut body = String::from("not ready:\n");
+    for r in &h.not_ready {
+        body.push_str(&format!("- {r}\n"));
+    }
+    body.push_str(&format!("{}\n", h.status));
+    http::text(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
-async fn handle(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            break;
-        }
-        if head.len() > MAX_REQUEST {
-            break;
-        }
-    }
-    let (code, ctype, body, head_only) = respond(&head, shared);
-    let mut out = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        reason(code),
-        body.len()
-    )
-    .into_bytes();
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
-    s.write_all(&out).await?;
-    s.shutdown().await
-}
-
-/// Serve `/metrics` and `/healthz` on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::debug!("metrics listener: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // too many at once: drop it
-        };
+/// The routes of the metrics listener: `/metrics`, `/livez`, `/readyz`, `/healthz`.
+/// `calls` reaches the daemon's loop (for `/livez`).
+pub fn probes(shared: Arc<Shared>, calls: super::Caller) -> Router {
+    let metrics: Handler = {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, handle(stream, &shared)).await;
-            drop(permit);
-        });
-    }
+        http::get(move |req| {
+            let format = Format::negotiate(
+                req.headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            let body = shared.encode_as(format);
+            Box::pin(async move {
+                http::reply(StatusCode::OK, format.content_type(), Bytes::from(body))
+            }) as BoxFuture<_>
+        })
+    };
+    let ready: Handler = {
+        let shared = shared.clone();
+        http::get(move |_| {
+            let h = shared.health();
+            Box::pin(async move { readiness_reply(&h) }) as BoxFuture<_>
+        })
+    };
+    let live: Handler = http::get(move |_| {
+        let calls = calls.clone();
+        Box::pin(async move {
+            match calls.call(Command::Ping, LIVENESS_WAIT).await {
+                Ok(_) => http::text(StatusCode::OK, "alive\n"),
+                Err(e) => http::text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
+        }) as BoxFuture<_>
+    });
+    Router::new()
+        .route("/metrics", metrics)
+        .route("/livez", live)
+        .route("/readyz", ready.clone())
+        .route("/healthz", ready)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn chain() -> ChainLabels {
+        ChainLabels {
+            family: "ip".into(),
+            table: "nat".into(),
+            chain: "PREROUTING".into(),
+        }
+    }
+
     #[test]
-    fn metrics_are_prefixed_and_healthz_follows_readiness() {
+    fn both_formats_carry_every_series_with_help_and_the_process_ones() {
         let s = Shared::new();
         s.metrics
             .reconciles
@@ -419,32 +630,74 @@ mod tests {
                 result: "noop".into(),
             })
             .inc();
-        let _ = s.metrics.fights.get_or_create(&ChainLabels {
-            family: "ip".into(),
-            table: "nat".into(),
-            chain: "PREROUTING".into(),
-        });
-        let (code, _, body, _) = respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &s);
-        assert_eq!(code, 200);
+        let _ = s.metrics.fights.get_or_create(&chain());
+        let text = s.encode_as(Format::Text);
+        assert!(text.contains("# HELP jumpset_reconciles_total "), "{text}");
         assert!(
-            body.contains("jumpset_reconciles_total{result=\"noop\"} 1"),
-            "{body}"
+            text.contains("# TYPE jumpset_reconciles_total counter"),
+            "{text}"
         );
-        assert!(body
+        assert!(
+            text.contains("jumpset_reconciles_total{result=\"noop\"} 1"),
+            "{text}"
+        );
+        assert!(text
             .contains("jumpset_fights_total{family=\"ip\",table=\"nat\",chain=\"PREROUTING\"} 0"));
-        for line in body.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("jumpset_"), "{line}");
+        assert!(!text.contains("# EOF"));
+        for p in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_start_time_seconds ",
+            "process_open_fds ",
+            "process_max_fds ",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(p)), "{p}: {text}");
         }
-        assert_eq!(respond(b"GET /healthz HTTP/1.1\r\n\r\n", &s).0, 503);
-        s.set_health(true, "ip nat PREROUTING: in order");
-        let (code, _, body, _) = respond(b"GET /healthz?x=1 HTTP/1.0\r\n\r\n", &s);
-        assert_eq!(
-            (code, body.as_str()),
-            (200, "ok\nip nat PREROUTING: in order\n")
-        );
-        assert_eq!(respond(b"POST /healthz HTTP/1.1\r\n\r\n", &s).0, 405);
-        assert_eq!(respond(b"GET / HTTP/1.1\r\n\r\n", &s).0, 404);
-        assert!(respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", &s).3);
-        assert_eq!(respond(b"", &s).0, 405);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.starts_with("jumpset_") || line.starts_with("process_"),
+                "{line}"
+            );
+        }
+        let om = s.encode_as(Format::OpenMetrics);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE jumpset_reconciles counter"), "{om}");
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked_for_as_prometheus_does() {
+        use Format::*;
+        for (accept, want) in [
+            (None, Text),
+            (Some("*/*"), Text),
+            (Some("text/plain"), Text),
+            (
+                Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+                OpenMetrics,
+            ),
+            (Some("application/openmetrics-text; version=1.0.0"), OpenMetrics),
+            (Some("text/plain;q=1,application/openmetrics-text;q=0.5"), Text),
+            (Some("application/json"), Text),
+        ] {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn readiness_says_why_not() {
+        let mut h = Health::default();
+        assert_eq!(readiness_reply(&h).status(), 503);
+        h.started = true;
+        h.status = "nft: ip nat PREROUTING: in order".into();
+        assert_eq!(readiness_reply(&h).status(), 200);
+        h.not_ready.push("ip nat PREROUTING: out of order".into());
+        let r = readiness_reply(&h);
+        assert_eq!(r.status(), 503);
+        let s = Shared::new();
+        s.set_health(h.clone());
+        assert_eq!(s.metrics.ready.get(), 0);
+        h.not_ready.clear();
+        s.set_health(h);
+        assert_eq!(s.metrics.ready.get(), 1);
     }
 }

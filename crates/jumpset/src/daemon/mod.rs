@@ -3,9 +3,9 @@
 //! Three pieces:
 //!
 //! - the [`engine`]: every decision, as a state machine ([`engine::Engine::on_event`])
-//!   fed with events and the time, answering with log records, systemd notifications and
-//!   its next deadline; the clock, host detection, capabilities, backends and the HTTP
-//!   listener reach it through a [`engine::Host`];
+//!   fed with events and the time, answering with log records, systemd notifications,
+//!   answers to HTTP handlers and its next deadline; the clock, host detection,
+//!   capabilities, backends and the HTTP listener reach it through a [`engine::Host`];
 //! - the timing it relies on: [`fight`] (debounce, backoff, when each chain may be
 //!   reconciled) and the fight [`policy`] (a repair waits until the writer that triggered
 //!   it is quiet; in a fight jumpset yields);
@@ -13,28 +13,38 @@
 //!   notification time) and [`anchors`] (the other agents' jumps `after`/`before` name,
 //!   witnessed);
 //! - the loop ([`run`]): one task on a current-thread tokio runtime that only waits — for
-//!   shutdown, SIGHUP, an nf_tables notification datagram ([`monitor`]) or the engine's
-//!   deadline — and hands what woke it to the engine, then carries out the engine's
-//!   answer (logs through `tracing`, [`notify`] for systemd). The production host is
-//!   [`host::SystemHost`]; the HTTP responder for `/metrics` and `/healthz` ([`metrics`])
-//!   is a second task on the same thread. Reconciles are synchronous kernel round trips
-//!   of microseconds (milliseconds when the kernel waits for its deferred xt
-//!   destructors), run from the engine itself.
+//!   shutdown, SIGHUP, a config read, a request from an HTTP handler, an nf_tables
+//!   notification datagram ([`monitor`]) or the engine's deadline — and hands what woke
+//!   it to the engine, then carries out the engine's answer (logs through `tracing`,
+//!   [`notify`] for systemd, replies to handlers). The production host is
+//!   [`host::SystemHost`].
 //!
-//! SIGHUP re-reads the config file (the engine keeps the old config when the new one is
-//! invalid). The shutdown future (SIGTERM/SIGINT in `main`) stops the loop with `Ok`,
-//! after the engine removed the owned jumps when `cleanup_on_exit` is set.
+//! Nothing the loop does can wait long: the HTTP server ([`http`]) runs on a thread and
+//! runtime of its own (`/metrics` and the probes, [`metrics`]), the config is read by a
+//! thread of its own ([`watch`]: SIGHUP, and a `stat` poll that sees a ConfigMap
+//! update), and the kernel work is bounded: reconciles are synchronous kernel round
+//! trips of microseconds (milliseconds for a long chain, or when the kernel waits for
+//! its deferred xt destructors), and the xtables lock is only ever tried, never waited
+//! for (the engine tries again on its timer). So `WATCHDOG=1`, signals and `/livez` keep
+//! their rhythm; the commits come from the loop's thread, so `nft monitor` names the
+//! daemon's process (`jumpset`).
+//!
+//! The shutdown future (SIGTERM/SIGINT in `main`) stops the loop with `Ok`, after the
+//! engine removed the owned jumps when `cleanup_on_exit` is set.
 
 pub mod anchors;
 pub mod engine;
 pub mod fight;
 pub mod host;
+pub mod http;
 pub mod ident;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod policy;
 pub mod privilege;
+pub mod sys;
+pub mod watch;
 
 #[cfg(all(test, feature = "testing"))]
 mod engine_tests;
@@ -42,21 +52,23 @@ mod engine_tests;
 use crate::exit::{KERNEL as EXIT_KERNEL, PRIVILEGE as EXIT_PRIVILEGE, USAGE as EXIT_USAGE};
 use crate::snapshot::Family;
 use crate::spec::{BackendChoice, Config, SpecError};
-use engine::{Action, Engine, Event, Notify};
+use engine::{Action, Answer, Command, Engine, Event, Notify};
 use fight::{Jitter, Tuning};
 use host::SystemHost;
 use metrics::Shared;
 use notify::Notifier;
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, trace, warn, Level};
 
 /// What to run: the config file, the command-line overrides, the timing.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The config file (re-read on SIGHUP).
+    /// The config file (re-read on SIGHUP and when it changes).
     pub config_path: PathBuf,
     /// `--backend`, overriding the config's (also after a reload).
     pub backend: Option<BackendChoice>,
@@ -66,6 +78,12 @@ pub struct Options {
     pub tuning: Tuning,
     /// Seed of the jitter added to backoffs ([`Options::new`]: from the clock and pid).
     pub jitter_seed: u64,
+    /// The git revision of the build (`jumpset_build_info`), `unknown` when not known.
+    pub build_revision: String,
+    /// How often the config files are checked for a change ([`watch::POLL`]).
+    pub config_poll: Duration,
+    /// The HTTP server's bounds.
+    pub http: http::Limits,
 }
 
 impl Options {
@@ -77,6 +95,9 @@ impl Options {
             families: None,
             tuning: Tuning::default(),
             jitter_seed: Jitter::entropy_seed(),
+            build_revision: "unknown".into(),
+            config_poll: watch::POLL,
+            http: http::Limits::default(),
         }
     }
 }
@@ -87,7 +108,7 @@ pub enum DaemonError {
     /// The config file is invalid (exit 2).
     #[error("config: {0}")]
     Config(#[from] SpecError),
-    /// Bad usage, e.g. an address that cannot be listened on (exit 2).
+    /// Bad usage (exit 2).
     #[error("{0}")]
     Usage(String),
     /// A capability is missing (exit 3).
@@ -132,6 +153,54 @@ pub(crate) fn ms(d: Duration) -> String {
     }
 }
 
+/// A request on its way to the loop, with where to answer.
+#[derive(Debug)]
+pub struct Call {
+    command: Command,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The loop did not answer in time.
+    #[error("the daemon's loop did not answer within {}", ms(*.0))]
+    Timeout(Duration),
+    /// The loop is gone.
+    #[error("the daemon's loop has stopped")]
+    Closed,
+}
+
+/// How an HTTP handler reaches the daemon's loop (and through it the engine): send a
+/// [`Command`], await its [`Answer`]. Cheap to clone; usable from any runtime.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    tx: mpsc::Sender<Call>,
+}
+
+impl Caller {
+    /// A caller and the loop's end of it, holding at most `bound` calls in flight.
+    pub fn channel(bound: usize) -> (Caller, mpsc::Receiver<Call>) {
+        let (tx, rx) = mpsc::channel(bound.max(1));
+        (Caller { tx }, rx)
+    }
+
+    /// Send `command` and wait up to `wait` for the answer (the wait covers a full queue).
+    pub async fn call(&self, command: Command, wait: Duration) -> Result<Answer, CallError> {
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.tx
+                .send(Call { command, reply })
+                .await
+                .map_err(|_| CallError::Closed)?;
+            answer.await.map_err(|_| CallError::Closed)
+        };
+        tokio::time::timeout(wait, exchange)
+            .await
+            .unwrap_or(Err(CallError::Timeout(wait)))
+    }
+}
+
 /// Emit one of the engine's log records (under the engine's target, which decides which
 /// debug records it builds).
 fn emit(level: Level, msg: &str) {
@@ -145,36 +214,52 @@ fn emit(level: Level, msg: &str) {
     }
 }
 
-/// Carry out the engine's actions; the exit it asked for, if any.
-fn perform(notifier: &mut Notifier, actions: Vec<Action>) -> Option<Result<(), DaemonError>> {
-    let mut exit = None;
-    for a in actions {
-        match a {
-            Action::Log(level, msg) => emit(level, &msg),
-            Action::Notify(Notify::Ready(status)) => notifier.ready(&status),
-            Action::Notify(Notify::Status(status)) => notifier.status(&status),
-            Action::Notify(Notify::Watchdog) => notifier.watchdog(),
-            Action::Notify(Notify::Stopping(status)) => notifier.stopping(&status),
-            Action::Exit(r) => exit = Some(r),
+/// What the loop keeps besides the engine: the service manager and the callers waiting.
+struct Outside {
+    notifier: Notifier,
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    next_call: u64,
+}
+
+impl Outside {
+    /// Carry out the engine's actions; the exit it asked for, if any.
+    fn perform(&mut self, actions: Vec<Action>) -> Option<Result<(), DaemonError>> {
+        let mut exit = None;
+        for a in actions {
+            match a {
+                Action::Log(level, msg) => emit(level, &msg),
+                Action::Notify(Notify::Ready(status)) => self.notifier.ready(&status),
+                Action::Notify(Notify::Status(status)) => self.notifier.status(&status),
+                Action::Notify(Notify::Watchdog) => self.notifier.watchdog(),
+                Action::Notify(Notify::Stopping(status)) => self.notifier.stopping(&status),
+                Action::Answer(id, answer) => {
+                    if let Some(reply) = self.waiting.remove(&id) {
+                        let _ = reply.send(answer);
+                    }
+                }
+                Action::Exit(r) => exit = Some(r),
+            }
         }
+        self.notifier.flush();
+        exit
     }
-    notifier.flush();
-    exit
 }
 
 enum Wake {
     Stop,
     Hup,
+    Loaded(engine::Reload),
+    Call(Option<Call>),
     Notified(Vec<engine::Notice>),
     Timer,
 }
 
 /// Run the daemon until `shutdown` resolves; `Ok(())` then (exit 0). Errors only at
-/// start: an invalid config (2), an unusable `metrics_listen` (2), a missing capability
-/// (3). Must run on a tokio runtime with IO and time enabled, in the network namespace
-/// to manage (the calling thread's).
+/// start: an invalid main config file (2), a missing capability (3), a runtime that
+/// cannot be set up (4). Must run on a tokio runtime with IO and time enabled, in the
+/// network namespace to manage (the calling thread's).
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let cfg = Config::load(&opts.config_path)?;
+    let (cfg, rejected) = Config::load_lenient(&opts.config_path)?;
     let mut hup = signal(SignalKind::hangup())
         .map_err(|e| DaemonError::Setup(format!("cannot watch SIGHUP: {e}")))?;
     info!(
@@ -185,16 +270,31 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         cfg.chains.len(),
         ms(cfg.daemon.resync_interval)
     );
-    let path = opts.config_path.clone();
     let shared = Shared::new();
-    let mut notifier = Notifier::from_env();
-    let host = SystemHost::new(shared.clone());
-    let mut engine = Engine::new(opts, cfg, host, shared, notifier.watchdog_interval());
+    let (caller, mut calls) = Caller::channel(64);
+    let server = http::Server::start(opts.http.clone(), shared.metrics.http_evictions.clone())
+        .map_err(|e| DaemonError::Setup(format!("cannot start the HTTP server's thread: {e}")))?;
+    let host = SystemHost::new(server, metrics::probes(shared.clone(), caller));
+    let mut watcher = watch::Watcher::spawn(
+        opts.config_path.clone(),
+        cfg.daemon.state_dir.clone(),
+        opts.config_poll,
+    )
+    .map_err(|e| DaemonError::Setup(format!("cannot start the config reader's thread: {e}")))?;
+    let mut outside = Outside {
+        notifier: Notifier::from_env(),
+        waiting: HashMap::new(),
+        next_call: 0,
+    };
+    let watchdog = outside.notifier.watchdog_interval();
+    let mut engine = Engine::new(opts, cfg, host, shared, watchdog).with_rejected(rejected);
 
     tokio::pin!(shutdown);
+    // Until every caller is gone (never while the host serves the probes).
+    let mut calls_open = true;
     let mut out = engine.on_event(Instant::now(), Event::Start);
     loop {
-        if let Some(exit) = perform(&mut notifier, out.actions) {
+        if let Some(exit) = outside.perform(out.actions) {
             return exit;
         }
         let deadline = out.deadline;
@@ -202,12 +302,34 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             biased;
             _ = &mut shutdown => Wake::Stop,
             _ = hup.recv() => Wake::Hup,
+            r = watcher.next() => Wake::Loaded(r),
+            c = calls.recv(), if calls_open => Wake::Call(c),
             n = engine.host_mut().notifications() => Wake::Notified(n),
             _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
         };
         let event = match wake {
             Wake::Stop => Event::Stop,
-            Wake::Hup => Event::Reload(Config::load(&path)),
+            Wake::Hup => {
+                // The config reader reads it; the result comes as `Loaded`.
+                watcher.read_now();
+                Event::Tick
+            }
+            Wake::Loaded(r) => Event::Reload(r),
+            Wake::Call(None) => {
+                calls_open = false;
+                Event::Tick
+            }
+            Wake::Call(Some(call)) if call.command == Command::Ping => {
+                // The loop is alive: it answers, the engine need not.
+                let _ = call.reply.send(Answer::Pong);
+                Event::Tick
+            }
+            Wake::Call(Some(call)) => {
+                outside.next_call += 1;
+                let id = outside.next_call;
+                outside.waiting.insert(id, call.reply);
+                Event::Call(id, call.command)
+            }
             Wake::Notified(n) => Event::Notifications(n),
             Wake::Timer => Event::Tick,
         };

@@ -77,11 +77,18 @@ pub fn drop_all_but(keep: &[Capability]) -> Result<(), String> {
     }
 }
 
-/// `check`, then `drop_all_but(needed)`. A bounding set that cannot be lowered is
+/// `check`, then `no_new_privs` ([`super::sys::set_no_new_privs`]), then
+/// `drop_all_but(needed)`. A bounding set that cannot be lowered is
 /// reported as a warning (the process never executes a program, which is the only
 /// thing the bounding set limits); failing to lower the other sets is an error.
 pub fn restrict(choice: BackendChoice) -> Result<Option<String>, Error> {
     check(choice)?;
+    // Whatever the unit or the pod says: nothing this process could execute gains
+    // privileges (it executes nothing; a bug or an exploit might try).
+    super::sys::set_no_new_privs().map_err(|e| Error::Privilege {
+        missing: Vec::new(),
+        message: format!("cannot set no_new_privs: {e}"),
+    })?;
     let keep = needed(choice);
     match drop_all_but(&keep) {
         Ok(()) => Ok(None),

@@ -355,7 +355,7 @@ impl ConfigBuilder {
                             "daemon.metrics_listen",
                             lines.of(s),
                             format!(
-                                "{:?} is not \"host:port\" (e.g. \"127.0.0.1:9464\"); \"\" turns metrics off",
+                                "{:?} is not \"host:port\" (e.g. \"127.0.0.1:10296\"); \"\" turns metrics off",
                                 s.get_ref()
                             ),
                         )
@@ -421,6 +421,20 @@ impl Fragment {
             chains: lines.chains(&raw.chain),
         })
     }
+}
+
+/// Every file and directory a config at `path` is read from, with the daemon's
+/// `state_dir`: the main file, the drop-in directory and its fragments, the claims
+/// directory and its claims (missing ones included: their appearance is a change). What
+/// the daemon watches to reload on a change, ConfigMap symlink swaps included.
+pub fn config_sources(path: &Path, state_dir: &Path) -> Vec<PathBuf> {
+    let dropins = path.parent().unwrap_or(Path::new("/")).join(DROPIN_DIR);
+    let claims = state_dir.join("claims");
+    let mut v = vec![path.to_path_buf(), dropins.clone()];
+    v.extend(toml_files(&dropins, "toml").unwrap_or_default());
+    v.push(claims.clone());
+    v.extend(toml_files(&claims, "json").unwrap_or_default());
+    v
 }
 
 /// The drop-in files of the config at `path`: `jumpset.d/*.toml` beside it, by name.

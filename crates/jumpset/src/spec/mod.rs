@@ -45,7 +45,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use file::{parse_duration, read_config_file, MAX_CONFIG_BYTES};
+pub use file::{config_sources, parse_duration, read_config_file, MAX_CONFIG_BYTES};
 
 use crate::snapshot::{CommentEncoding, Family};
 use serde::{Deserialize, Serialize};
@@ -180,7 +180,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             resync_interval: Duration::from_secs(30),
-            metrics_listen: Some(([127, 0, 0, 1], 9464).into()),
+            metrics_listen: Some(([127, 0, 0, 1], 10296).into()),
             cleanup_on_exit: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
@@ -263,7 +263,7 @@ impl Config {
         &self.families
     }
 
-    /// `xtables_lock_timeout` (zero: wait forever).
+    /// `xtables_lock_timeout` (zero: one try of the lock, no wait).
     pub fn xtables_lock_timeout(&self) -> Duration {
         self.xtables_lock_timeout
     }
@@ -481,7 +481,7 @@ impl ConfigBuilder {
         self
     }
 
-    /// `xtables_lock_timeout` (default 10 s; zero waits forever).
+    /// `xtables_lock_timeout` (default 10 s; zero: one try of the lock, no wait).
     pub fn xtables_lock_timeout(mut self, timeout: Duration) -> Self {
         self.xtables_lock_timeout = Some(timeout);
         self

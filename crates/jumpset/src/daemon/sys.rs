@@ -1,0 +1,43 @@
+//! The daemon's few direct system calls (the backends keep their own in their `sys`
+//! modules): `no_new_privs`, and the clock tick and page size the `process_*` metrics
+//! need to read `/proc/self/stat`.
+
+use std::io;
+
+/// Set `no_new_privs` on the process: nothing it executes (it executes nothing, but a
+/// bug or an exploit might) can gain privileges through setuid bits or file
+/// capabilities. Inherited by every thread created afterwards and irreversible.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl(2) with PR_SET_NO_NEW_PRIVS takes integer arguments only (1, then
+    // zeros, as the man page requires) and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `no_new_privs` is set on the calling thread (`/proc/thread-self/status`).
+pub fn no_new_privs() -> bool {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1'))
+        })
+        .unwrap_or(false)
+}
+
+/// Clock ticks per second (`_SC_CLK_TCK`), the unit of CPU times in `/proc/*/stat`.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf(3) takes an integer and returns one; no memory is involved.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+/// The page size (`_SC_PAGESIZE`), the unit of the RSS in `/proc/*/stat`.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf(3) takes an integer and returns one; no memory is involved.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
