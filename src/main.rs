@@ -60,8 +60,13 @@ enum Command {
     /// Remove the owned jumps (uninstall).
     Cleanup,
     /// Keep the chains reconciled: react to nf_tables change notifications (legacy: poll
-    /// every `resync_interval`), back off from fights, notify systemd, serve metrics.
-    Daemon,
+    /// every `resync_interval`), back off from fights, notify systemd, serve metrics and
+    /// the probes, reload the config when it changes.
+    Daemon {
+        /// How log records are written on stderr.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: logging::LogFormat,
+    },
     /// Wait until every managed chain has converged (for node bootstrap scripts): exit 0
     /// then, 1 if it has not by the timeout; reads only, never writes.
     Wait {
@@ -148,7 +153,7 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
                 .map_err(|e| CmdError::new(EXIT_USAGE, format!("--timeout: {e}")))?;
             commands::wait(&js, timeout)
         }
-        Command::Demo | Command::Detect | Command::Bench { .. } | Command::Daemon => {
+        Command::Demo | Command::Detect | Command::Bench { .. } | Command::Daemon { .. } => {
             unreachable!("handled before the config is read")
         }
     }
@@ -192,13 +197,13 @@ fn main() -> ExitCode {
         return match demo::run(&mut std::io::stdout()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("jumpset demo: {e}");
+                output::to_stderr(&format!("jumpset demo: {e}\n"));
                 ExitCode::from(e.code as u8)
             }
         };
     }
-    if matches!(cli.command, Command::Daemon) {
-        return daemon(cli);
+    if let Command::Daemon { log_format } = cli.command {
+        return daemon(cli, log_format);
     }
     print(run(cli), json)
 }
@@ -206,19 +211,22 @@ fn main() -> ExitCode {
 /// `jumpset daemon`: load the config, check the capabilities and drop every other one
 /// BEFORE the tokio runtime starts (capabilities are per thread), then run the loop on a
 /// current-thread runtime until SIGTERM/SIGINT (exit 0).
-fn daemon(cli: Cli) -> ExitCode {
+fn daemon(cli: Cli, log_format: logging::LogFormat) -> ExitCode {
     use jumpset::daemon;
-    logging::init();
+    logging::init(log_format);
     let fail = |code: i32, msg: String| {
-        eprintln!("jumpset daemon: {msg}");
+        tracing::error!("{msg}");
+        output::to_stderr(&format!("jumpset daemon: {msg}\n"));
         ExitCode::from(code as u8)
     };
     let (backend, families) = cli.overrides();
     let path = cli
         .config
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    let cfg = match Config::load(&path) {
-        Ok(c) => c,
+    // The main file must be valid; a drop-in or claim that is not is left out, and
+    // reported by the daemon.
+    let cfg = match Config::load_lenient(&path) {
+        Ok((c, _)) => c,
         Err(e) => return fail(EXIT_USAGE, format!("config: {e}")),
     };
     match daemon::privilege::restrict(backend.unwrap_or(cfg.backend())) {
@@ -241,6 +249,7 @@ fn daemon(cli: Cli) -> ExitCode {
     let opts = daemon::Options {
         backend,
         families,
+        build_revision: env!("JUMPSET_GIT_REVISION").to_string(),
         ..daemon::Options::new(path)
     };
     match rt.block_on(async { daemon::run(opts, daemon::termination()?).await }) {
@@ -250,21 +259,23 @@ fn daemon(cli: Cli) -> ExitCode {
 }
 
 /// Print a command's output (or error) and turn its code into the process exit code.
+/// Output that cannot be written (`jumpset status | head -c1`, a full disk) is dropped:
+/// the command's work is done and its exit code says how it went.
 fn print(result: Result<Output, CmdError>, json: bool) -> ExitCode {
     match result {
         Ok(out) => {
             if json {
-                println!("{}", out.json);
+                output::to_stdout(&format!("{}\n", out.json));
             } else {
-                print!("{}", out.text);
+                output::to_stdout(&out.text);
             }
             ExitCode::from(out.code as u8)
         }
         Err(e) => {
             if json {
-                println!("{}", e.to_json());
+                output::to_stdout(&format!("{}\n", e.to_json()));
             }
-            eprintln!("jumpset: {e}");
+            output::to_stderr(&format!("jumpset: {e}\n"));
             ExitCode::from(e.code as u8)
         }
     }

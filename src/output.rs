@@ -75,3 +75,18 @@ pub fn require_capability(cap: caps::Capability, why: &str) -> Result<(), CmdErr
         )),
     }
 }
+
+/// Write `text` to stdout; a failure (a closed pipe, a full disk) is ignored, never a
+/// panic as `print!` would make it.
+pub fn to_stdout(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes());
+    let _ = o.flush();
+}
+
+/// Write `text` to stderr; a failure is ignored, never a panic as `eprint!` would make it.
+pub fn to_stderr(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
