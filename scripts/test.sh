@@ -7,15 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for bin in iptables-nft iptables-legacy nft strace setpriv systemd-analyze cc go valgrind pkg-config readelf; do
+for bin in iptables-nft iptables-legacy nft strace setpriv systemd-analyze cc go valgrind pkg-config readelf promtool flock; do
     command -v "$bin" >/dev/null 2>&1 || missing+=("$bin")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing test dependencies (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # prometheus: its promtool checks a live scrape of the daemon's /metrics.
     apt-get install -y -qq iptables nftables strace util-linux systemd gcc golang-go valgrind \
-        pkg-config binutils >/dev/null
+        pkg-config binutils prometheus >/dev/null
 fi
 if [ "$(id -u)" != 0 ]; then
     echo "the integration tests need root (they create network namespaces)" >&2

@@ -56,10 +56,17 @@ fn systemd_unit_is_hardened_and_verifies() {
             "AF_NETLINK AF_UNIX AF_INET AF_INET6",
         ),
         ("ReadWritePaths", "-/run/xtables.lock"),
-        ("ExecReload", "/bin/kill -HUP $MAINPID"),
     ] {
         assert_eq!(get(k), vec![v], "{k}");
     }
+    // `systemctl reload` validates first: an invalid config fails it unsignalled.
+    assert_eq!(
+        get("ExecReload"),
+        [
+            "/usr/local/bin/jumpset validate --config /etc/jumpset/jumpset.toml",
+            "/bin/kill -HUP $MAINPID"
+        ]
+    );
     assert!(get("WatchdogSec").len() == 1, "WatchdogSec");
     assert!(get("ExecStart")[0].contains("jumpset daemon --config /etc/jumpset/jumpset.toml"));
     // The capability drop happens in the daemon itself: capset must stay allowed.
@@ -150,7 +157,7 @@ fn shipped_configs_are_valid() {
             .metrics_listen
             .map(|a| a.to_string())
             .as_deref(),
-        Some("0.0.0.0:9464")
+        Some("0.0.0.0:10296")
     );
 }
 
@@ -180,15 +187,26 @@ fn daemonset_has_what_a_node_agent_needs() {
         .collect();
     assert_eq!(added, ["NET_ADMIN", "NET_RAW"]);
     assert_eq!(sc["capabilities"]["drop"][0], "ALL");
-    for probe in ["readinessProbe", "livenessProbe"] {
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/livez")] {
         let p = &c[probe]["httpGet"];
         assert_eq!(p["host"], "127.0.0.1", "{probe}");
-        assert_eq!(p["path"], "/healthz", "{probe}");
-        assert_eq!(p["port"], 9464, "{probe}");
+        assert_eq!(p["path"], path, "{probe}");
+        assert_eq!(p["port"], 10296, "{probe}");
     }
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    // The ConfigMap as a directory (a subPath mount is never updated): the daemon sees
+    // the kubelet's swap and reloads.
+    let cm = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/jumpset")
+        .expect("the config is mounted");
+    assert!(cm.get("subPath").is_none());
     let ann = &ds["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(ann["prometheus.io/scrape"], "true");
-    assert_eq!(ann["prometheus.io/port"], "9464");
+    assert_eq!(ann["prometheus.io/port"], "10296");
     assert!(c["resources"]["requests"]["memory"].is_string());
     assert!(c["resources"]["limits"]["memory"].is_string());
     // The host's xtables lock, as a FILE: without FileOrCreate the runtime creates a
