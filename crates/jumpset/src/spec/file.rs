@@ -2,8 +2,9 @@
 //! parsed strictly (every parse error names the key path and the line).
 
 use super::{
-    agent_of_file, err, At, BackendChoice, ChainBuilder, Config, ConfigBuilder, DaemonConfig,
-    Fragment, JumpBuilder, Keys, Origin, Rejected, SpecError, DROPIN_DIR,
+    agent_of_file, err, socket_path_problem, ApiGroup, At, BackendChoice, ChainBuilder, Config,
+    ConfigBuilder, DaemonConfig, Fragment, JumpBuilder, Keys, Origin, Rejected, SpecError,
+    DROPIN_DIR,
 };
 use crate::snapshot::{CommentEncoding, Family};
 use serde::Deserialize;
@@ -166,6 +167,88 @@ struct RawDaemon {
     metrics_listen: Option<Spanned<String>>,
     cleanup_on_exit: Option<bool>,
     state_dir: Option<Spanned<String>>,
+    api_socket: Option<Spanned<String>>,
+    api_group: Option<Spanned<RawGroup>>,
+}
+
+/// `daemon.api_group` as written: a gid or a name.
+#[derive(Deserialize, Clone, Debug)]
+#[serde(untagged)]
+pub(crate) enum RawGroup {
+    Id(u32),
+    Name(String),
+}
+
+/// The `[daemon]` keys as read from TOML or JSON, with the line of each when known.
+#[derive(Default)]
+pub(crate) struct DaemonDraft {
+    pub(crate) resync_interval: Option<At<String>>,
+    pub(crate) metrics_listen: Option<At<String>>,
+    pub(crate) cleanup_on_exit: Option<bool>,
+    pub(crate) state_dir: Option<At<String>>,
+    pub(crate) api_socket: Option<At<String>>,
+    pub(crate) api_group: Option<At<RawGroup>>,
+}
+
+impl DaemonDraft {
+    /// The `[daemon]` table it describes, checked (and the line of `resync_interval`).
+    pub(crate) fn build(self) -> Result<(DaemonConfig, Option<usize>), SpecError> {
+        let mut daemon = DaemonConfig::default();
+        let mut resync_line = None;
+        if let Some(s) = &self.resync_interval {
+            resync_line = s.line;
+            daemon.resync_interval = parse_duration(&s.value)
+                .map_err(|m| err("daemon.resync_interval", resync_line, m))?;
+        }
+        if let Some(s) = &self.metrics_listen {
+            daemon.metrics_listen = if s.value.is_empty() {
+                None
+            } else {
+                Some(s.value.parse().map_err(|_| {
+                    err(
+                        "daemon.metrics_listen",
+                        s.line,
+                        format!(
+                            "{:?} is not \"host:port\" (e.g. \"127.0.0.1:10296\"); \"\" turns metrics off",
+                            s.value
+                        ),
+                    )
+                })?)
+            };
+        }
+        if let Some(b) = self.cleanup_on_exit {
+            daemon.cleanup_on_exit = b;
+        }
+        if let Some(s) = &self.state_dir {
+            if !Path::new(&s.value).is_absolute() {
+                return Err(err(
+                    "daemon.state_dir",
+                    s.line,
+                    format!("{:?} is not an absolute path", s.value),
+                ));
+            }
+            daemon.state_dir = PathBuf::from(&s.value);
+        }
+        if let Some(s) = &self.api_socket {
+            daemon.api_socket = if s.value.is_empty() {
+                None
+            } else {
+                if let Some(p) = socket_path_problem(&s.value) {
+                    return Err(err("daemon.api_socket", s.line, p));
+                }
+                Some(PathBuf::from(&s.value))
+            };
+        }
+        if let Some(g) = &self.api_group {
+            daemon.api_group = Some(match &g.value {
+                RawGroup::Id(id) => ApiGroup::Id(*id),
+                RawGroup::Name(n) => {
+                    ApiGroup::parse(n).map_err(|m| err("daemon.api_group", g.line, m))?
+                }
+            });
+        }
+        Ok((daemon, resync_line))
+    }
 }
 
 /// Maps byte offsets to 1-based line numbers.
@@ -264,7 +347,7 @@ impl ConfigBuilder {
 
     /// The config file at `path` (which must be readable and parse), with every drop-in
     /// and claim that reads and parses; the others are returned as rejected.
-    fn load_parts(path: &Path) -> Result<(ConfigBuilder, Vec<Rejected>), SpecError> {
+    pub(super) fn load_parts(path: &Path) -> Result<(ConfigBuilder, Vec<Rejected>), SpecError> {
         let text = read_config_file(path)?;
         let mut b =
             ConfigBuilder::from_toml(&text).map_err(|e| e.in_source(path.display().to_string()))?;
@@ -338,44 +421,18 @@ impl ConfigBuilder {
                     .map_err(|m| err("xtables_lock_timeout", lines.of(s), m))?,
             ),
         };
-        let mut daemon = DaemonConfig::default();
-        let mut resync_line = None;
-        if let Some(d) = &raw.daemon {
-            if let Some(s) = &d.resync_interval {
-                resync_line = lines.of(s);
-                daemon.resync_interval = parse_duration(s.get_ref())
-                    .map_err(|m| err("daemon.resync_interval", resync_line, m))?;
+        let (daemon, resync_line) = match &raw.daemon {
+            None => (DaemonConfig::default(), None),
+            Some(d) => DaemonDraft {
+                resync_interval: d.resync_interval.as_ref().map(|s| lines.at(s)),
+                metrics_listen: d.metrics_listen.as_ref().map(|s| lines.at(s)),
+                cleanup_on_exit: d.cleanup_on_exit,
+                state_dir: d.state_dir.as_ref().map(|s| lines.at(s)),
+                api_socket: d.api_socket.as_ref().map(|s| lines.at(s)),
+                api_group: d.api_group.as_ref().map(|s| lines.at(s)),
             }
-            if let Some(s) = &d.metrics_listen {
-                daemon.metrics_listen = if s.get_ref().is_empty() {
-                    None
-                } else {
-                    Some(s.get_ref().parse().map_err(|_| {
-                        err(
-                            "daemon.metrics_listen",
-                            lines.of(s),
-                            format!(
-                                "{:?} is not \"host:port\" (e.g. \"127.0.0.1:10296\"); \"\" turns metrics off",
-                                s.get_ref()
-                            ),
-                        )
-                    })?)
-                };
-            }
-            if let Some(b) = d.cleanup_on_exit {
-                daemon.cleanup_on_exit = b;
-            }
-            if let Some(s) = &d.state_dir {
-                if !Path::new(s.get_ref()).is_absolute() {
-                    return Err(err(
-                        "daemon.state_dir",
-                        lines.of(s),
-                        format!("{:?} is not an absolute path", s.get_ref()),
-                    ));
-                }
-                daemon.state_dir = PathBuf::from(s.get_ref());
-            }
-        }
+            .build()?,
+        };
         Ok(ConfigBuilder {
             keys: Keys::Toml,
             backend: raw.backend,
@@ -442,6 +499,11 @@ pub fn config_sources(path: &Path, state_dir: &Path) -> Vec<PathBuf> {
 pub(crate) fn dropin_files(path: &Path) -> Result<Vec<PathBuf>, SpecError> {
     let dir = path.parent().unwrap_or(Path::new("/")).join(DROPIN_DIR);
     toml_files(&dir, "toml")
+}
+
+/// Where the daemon persists `agent`'s API claim: `STATE_DIR/claims/AGENT.json`.
+pub fn claim_path(state_dir: &Path, agent: &str) -> PathBuf {
+    state_dir.join("claims").join(format!("{agent}.json"))
 }
 
 /// The persisted API claims in `state_dir`: `claims/AGENT.json`, by name.

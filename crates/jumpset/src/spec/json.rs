@@ -3,9 +3,10 @@
 //! config file, with `chains` and `jumps` as lists; errors name the key path in that
 //! spelling (`chains[0].jumps[1].after`).
 
+use super::file::{DaemonDraft, RawGroup};
 use super::{
-    err, parse_duration, At, BackendChoice, ChainBuilder, ConfigBuilder, DaemonConfig, Fragment,
-    JumpBuilder, Keys, Origin, SpecError,
+    err, parse_duration, At, BackendChoice, ChainBuilder, ConfigBuilder, Fragment, JumpBuilder,
+    Keys, Origin, SpecError,
 };
 use crate::snapshot::{CommentEncoding, Family};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,19 @@ struct JsonConfig {
     expect_anchors: bool,
     #[serde(default)]
     chains: Vec<JsonChain>,
+    daemon: Option<JsonDaemon>,
+}
+
+/// The `[daemon]` table of the JSON form: the same keys, the same values.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonDaemon {
+    resync_interval: Option<String>,
+    metrics_listen: Option<String>,
+    cleanup_on_exit: Option<bool>,
+    state_dir: Option<String>,
+    api_socket: Option<String>,
+    api_group: Option<RawGroup>,
 }
 
 /// An agent's claim: its chains (the body of `PUT /v1/agents/{agent}`), and in a persisted
@@ -107,6 +121,18 @@ impl super::Config {
             None => None,
             Some(s) => Some(parse_duration(s).map_err(|m| err("xtables_lock_timeout", None, m))?),
         };
+        let (daemon, _) = match raw.daemon {
+            None => DaemonDraft::default(),
+            Some(d) => DaemonDraft {
+                resync_interval: d.resync_interval.map(At::new),
+                metrics_listen: d.metrics_listen.map(At::new),
+                cleanup_on_exit: d.cleanup_on_exit,
+                state_dir: d.state_dir.map(At::new),
+                api_socket: d.api_socket.map(At::new),
+                api_group: d.api_group.map(At::new),
+            },
+        }
+        .build()?;
         ConfigBuilder {
             keys: Keys::Json,
             backend: raw.backend,
@@ -117,7 +143,7 @@ impl super::Config {
             xtables_lock_timeout,
             expect_anchors: raw.expect_anchors,
             chains: chains(raw.chains),
-            daemon: DaemonConfig::default(),
+            daemon,
             resync_line: None,
             source: None,
             fragments: Vec::new(),

@@ -38,6 +38,7 @@
 //! assert_eq!(err.key, "chain[0].jump[0].after");
 //! ```
 
+mod claims;
 mod file;
 mod json;
 mod validate;
@@ -45,7 +46,8 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use file::{config_sources, parse_duration, read_config_file, MAX_CONFIG_BYTES};
+pub use claims::ClaimError;
+pub use file::{claim_path, config_sources, parse_duration, read_config_file, MAX_CONFIG_BYTES};
 
 use crate::snapshot::{CommentEncoding, Family};
 use serde::{Deserialize, Serialize};
@@ -63,6 +65,13 @@ pub const DROPIN_DIR: &str = "jumpset.d";
 /// Where the daemon keeps its state (the agents' API claims) when
 /// `daemon.state_dir` is not given.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/jumpset";
+
+/// Where the daemon serves its local API when `daemon.api_socket` is not given.
+pub const DEFAULT_API_SOCKET: &str = "/run/jumpset/jumpset.sock";
+
+/// The longest path a Unix socket can be bound at (`sun_path` holds 108 bytes with the
+/// terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Which kernel interface to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default)]
@@ -174,6 +183,10 @@ pub struct DaemonConfig {
     pub cleanup_on_exit: bool,
     /// Where the daemon keeps the agents' API claims (read by every command too).
     pub state_dir: PathBuf,
+    /// The Unix socket of the local API (`docs/api.md`); `None` turns it off.
+    pub api_socket: Option<PathBuf>,
+    /// The group whose members may use the local API besides root (`None`: root only).
+    pub api_group: Option<ApiGroup>,
 }
 
 impl Default for DaemonConfig {
@@ -183,7 +196,72 @@ impl Default for DaemonConfig {
             metrics_listen: Some(([127, 0, 0, 1], 10296).into()),
             cleanup_on_exit: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            api_socket: Some(PathBuf::from(DEFAULT_API_SOCKET)),
+            api_group: None,
         }
+    }
+}
+
+/// `daemon.api_group`: a group by name (looked up in `/etc/group` when a request comes)
+/// or by number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiGroup {
+    /// A group name, e.g. `jumpset`.
+    Name(String),
+    /// A numeric gid.
+    Id(u32),
+}
+
+impl fmt::Display for ApiGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiGroup::Name(n) => f.write_str(n),
+            ApiGroup::Id(g) => write!(f, "{g}"),
+        }
+    }
+}
+
+impl ApiGroup {
+    /// `value` as a group: all digits is a gid, anything else a name (checked: 1 to 32
+    /// letters, digits, `.`, `_` or `-`, not starting with `-`, as `groupadd` takes).
+    pub fn parse(value: &str) -> Result<ApiGroup, String> {
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            return value
+                .parse()
+                .map(ApiGroup::Id)
+                .map_err(|_| format!("{value:?} is not a gid (0 to 4294967295)"));
+        }
+        let ok = !value.is_empty()
+            && value.len() <= 32
+            && !value.starts_with('-')
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if ok {
+            Ok(ApiGroup::Name(value.to_string()))
+        } else {
+            Err(format!(
+                "{value:?} is not a group name: use 1 to 32 letters, digits, '.', '_' or '-' (or a numeric gid)"
+            ))
+        }
+    }
+}
+
+/// Why `path` cannot be `daemon.api_socket`, if it cannot.
+pub(crate) fn socket_path_problem(path: &str) -> Option<String> {
+    if !Path::new(path).is_absolute() {
+        Some(format!(
+            "{path:?} is not an absolute path; \"\" turns the local API off"
+        ))
+    } else if path.len() > MAX_SOCKET_PATH {
+        Some(format!(
+            "{path:?} is {} bytes; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+            path.len()
+        ))
+    } else if path.contains('\0') {
+        Some("cannot hold a NUL character".to_string())
+    } else {
+        None
     }
 }
 
@@ -199,6 +277,23 @@ pub struct SpecError {
     pub message: String,
     /// The file (or API claim) the key is in, when not the main config text.
     pub location: Option<String>,
+    /// When the error is a contradiction between declarations (a cycle, a shared
+    /// comment or target): the constraint and what it contradicts.
+    pub contradiction: Option<Box<Contradiction>>,
+}
+
+/// A declaration that contradicts others: what the daemon's API answers a refused claim
+/// with (409, `docs/api.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Contradiction {
+    /// The key of the declaration's constraint in its own spelling, e.g.
+    /// `chains[0].jumps[0].after`, or `.target` / `.comment` for a shared one.
+    pub constraint: String,
+    /// Where the declarations it contradicts were made (never its own source).
+    pub with: Vec<Origin>,
+    /// The chain names of the cycle, first = last; empty for a shared comment or target.
+    pub cycle: Vec<String>,
 }
 
 impl fmt::Display for SpecError {
@@ -223,6 +318,7 @@ impl SpecError {
             line,
             message: message.into(),
             location: None,
+            contradiction: None,
         }
     }
 

@@ -558,3 +558,217 @@ fn config_files_are_read_as_a_root_daemon_must() {
     let e = read_config_file(&d.0.join("big.toml")).unwrap_err();
     assert!(e.message.contains("at most"), "{e}");
 }
+
+#[test]
+fn the_local_api_keys_are_read_checked_and_spelled_alike_in_json() {
+    let c = Config::from_toml(&format!(
+        "{HARVESTER}\n[daemon]\napi_socket = \"/run/x/api.sock\"\napi_group = \"jumpset\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.daemon().api_socket.as_deref(),
+        Some(Path::new("/run/x/api.sock"))
+    );
+    assert_eq!(c.daemon().api_group, Some(ApiGroup::Name("jumpset".into())));
+    let c = Config::from_toml(&format!(
+        "{HARVESTER}\n[daemon]\napi_socket = \"\"\napi_group = 4242\n"
+    ))
+    .unwrap();
+    assert_eq!(c.daemon().api_socket, None, "\"\" turns the API off");
+    assert_eq!(c.daemon().api_group, Some(ApiGroup::Id(4242)));
+    assert_eq!(
+        Config::from_toml(HARVESTER)
+            .unwrap()
+            .daemon()
+            .api_socket
+            .as_deref(),
+        Some(Path::new(DEFAULT_API_SOCKET))
+    );
+    for (line, key) in [
+        ("api_socket = \"run/jumpset.sock\"", "daemon.api_socket"),
+        (
+            &*format!("api_socket = \"/{}\"", "x".repeat(MAX_SOCKET_PATH)),
+            "daemon.api_socket",
+        ),
+        ("api_group = \"bad group\"", "daemon.api_group"),
+        ("api_group = \"-x\"", "daemon.api_group"),
+        ("api_group = \"99999999999\"", "daemon.api_group"),
+    ] {
+        let e = load_err(&format!("{HARVESTER}\n[daemon]\n{line}\n"));
+        assert_eq!(e.key, key, "{line}: {e}");
+        assert!(e.line.is_some(), "{e}");
+    }
+    // The JSON form takes the [daemon] table too, the same keys and checks.
+    let c = Config::from_json(
+        r#"{"daemon": {"api_socket": "/run/y.sock", "api_group": 7, "state_dir": "/var/lib/y",
+            "resync_interval": "5s", "metrics_listen": "", "cleanup_on_exit": true}}"#,
+    )
+    .unwrap();
+    let d = c.daemon();
+    assert_eq!(d.api_socket.as_deref(), Some(Path::new("/run/y.sock")));
+    assert_eq!(d.api_group, Some(ApiGroup::Id(7)));
+    assert_eq!(d.state_dir, Path::new("/var/lib/y"));
+    assert_eq!(d.resync_interval, Duration::from_secs(5));
+    assert_eq!(d.metrics_listen, None);
+    assert!(d.cleanup_on_exit);
+    let e = Config::from_json(r#"{"daemon": {"api_group": "a b"}}"#).unwrap_err();
+    assert_eq!(e.key, "daemon.api_group", "{e}");
+    let e = Config::from_json(r#"{"daemon": {"api_sock": "/x"}}"#).unwrap_err();
+    assert!(e.to_string().contains("api_sock"), "{e}");
+}
+
+#[test]
+fn contradictions_say_which_constraint_and_whose() {
+    let d = Dir::new(CALICO_ANCHORED);
+    d.dropin(
+        "30-kube-proxy.toml",
+        "[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n[[chain.jump]]\ntarget = \"KUBE-SERVICES\"\ncomment = \"kubernetes service portals\"\nbefore = [\"OVN-PREROUTING\"]\n",
+    );
+    let e = Config::load(&d.main()).unwrap_err();
+    let c = e.contradiction.as_deref().expect("a contradiction");
+    assert_eq!(c.constraint, "chain[0].jump[0].before");
+    assert_eq!(c.with, [Origin::Main]);
+    assert_eq!(c.cycle.first(), c.cycle.last());
+    assert!(c.cycle.contains(&"KUBE-SERVICES".to_string()), "{c:?}");
+    // A shared comment: the other declaration, no cycle.
+    let f = Fragment::from_json(
+        "other",
+        r#"{"chains": [{"table": "nat", "chain": "PREROUTING", "jumps": [{"target": "X", "comment": "kube-ovn prerouting rules"}]}]}"#,
+    )
+    .unwrap();
+    let e = Config::builder()
+        .chain(
+            ChainSpec::builder("nat", "PREROUTING").jump(JumpSpec::builder(
+                "OVN-PREROUTING",
+                "kube-ovn prerouting rules",
+            )),
+        )
+        .fragment(f)
+        .build()
+        .unwrap_err();
+    let c = e.contradiction.as_deref().unwrap();
+    assert_eq!(
+        (c.constraint.as_str(), &c.with[..], c.cycle.len()),
+        ("chains[0].jumps[0].comment", &[Origin::Main][..], 0)
+    );
+    // An invalid value is no contradiction.
+    assert!(load_err(&one_jump("after = [\"OVN-PREROUTING\"]"))
+        .contradiction
+        .is_none());
+}
+
+fn claim(agent: &str, jumps: &str) -> Fragment {
+    Fragment::from_json(
+        agent,
+        &format!(
+            r#"{{"chains": [{{"table": "nat", "chain": "PREROUTING", "jumps": [{jumps}]}}]}}"#
+        ),
+    )
+    .unwrap()
+}
+
+/// Persist a claim as the daemon does (its JSON form in `claims/AGENT.json`).
+fn persist(d: &Dir, f: &Fragment) {
+    let p = claim_path(&d.0.join("state"), f.agent());
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, f.to_json().to_string()).unwrap();
+}
+
+#[test]
+fn a_claim_is_checked_against_everything_else_and_gives_what_loading_it_gives() {
+    let d = Dir::new(CALICO_ANCHORED);
+    let mesh = claim(
+        "meshd",
+        r#"{"target": "MESH-PREROUTING", "comment": "mesh", "after": ["OVN-PREROUTING"], "before": ["KUBE-SERVICES"]}"#,
+    );
+    let (c, rejected) = Config::with_claim(&d.main(), "meshd", Some(mesh.clone())).unwrap();
+    assert!(rejected.is_empty());
+    assert_eq!(c.chains()[0].jumps().len(), 2);
+    persist(&d, &mesh);
+    assert_eq!(Config::load_lenient(&d.main()).unwrap(), (c, vec![]));
+
+    // A claim sorting before the stored one comes out as the files are read.
+    let alpha = claim(
+        "alpha",
+        r#"{"target": "ALPHA", "comment": "alpha", "after": ["MESH-PREROUTING"]}"#,
+    );
+    let (c, _) = Config::with_claim(&d.main(), "alpha", Some(alpha.clone())).unwrap();
+    persist(&d, &alpha);
+    assert_eq!(Config::load_lenient(&d.main()).unwrap().0, c);
+
+    // Contradicting the stored claim: refused, naming it, nothing changes.
+    let bad = claim(
+        "zeta",
+        r#"{"target": "ZETA", "comment": "z", "after": ["KUBE-SERVICES"], "before": ["MESH-PREROUTING"]}"#,
+    );
+    let Err(ClaimError::Conflict(e)) = Config::with_claim(&d.main(), "zeta", Some(bad)) else {
+        panic!("a cycle through meshd's claim is a conflict")
+    };
+    let c = e.contradiction.as_deref().unwrap();
+    assert_eq!(c.constraint, "chains[0].jumps[0].after");
+    assert!(
+        c.with.contains(&Origin::Api {
+            agent: "meshd".into()
+        }),
+        "{c:?}"
+    );
+    assert!(e.to_string().contains("cycle"), "{e}");
+    // The same comment as the main file's jump.
+    let dup = claim(
+        "zeta",
+        r#"{"target": "ZETA", "comment": "kube-ovn prerouting rules"}"#,
+    );
+    let Err(ClaimError::Conflict(e)) = Config::with_claim(&d.main(), "zeta", Some(dup)) else {
+        panic!("a shared comment is a conflict")
+    };
+    assert_eq!(e.contradiction.as_deref().unwrap().with, [Origin::Main]);
+    // Replacing one's own claim is no contradiction with oneself; contradicting alpha's is.
+    let again = claim(
+        "meshd",
+        r#"{"target": "MESH-PREROUTING", "comment": "mesh", "after": ["OVN-PREROUTING"]}"#,
+    );
+    assert!(Config::with_claim(&d.main(), "meshd", Some(again)).is_ok());
+    let against = claim(
+        "meshd",
+        r#"{"target": "MESH-PREROUTING", "comment": "mesh", "after": ["ALPHA"]}"#,
+    );
+    let Err(ClaimError::Conflict(e)) = Config::with_claim(&d.main(), "meshd", Some(against)) else {
+        panic!("a cycle with alpha's claim")
+    };
+    assert_eq!(
+        e.contradiction.as_deref().unwrap().with,
+        [Origin::Api {
+            agent: "alpha".into()
+        }]
+    );
+
+    // Invalid on its own: a 400 naming the key in the body's spelling.
+    let invalid = claim(
+        "zeta",
+        r#"{"target": "ZETA", "comment": "z", "after": ["ZETA"]}"#,
+    );
+    let Err(ClaimError::Invalid(e)) = Config::with_claim(&d.main(), "zeta", Some(invalid)) else {
+        panic!("invalid")
+    };
+    assert_eq!(e.key, "chains[0].jumps[0].after");
+    // A drop-in speaks for kube-ovn: no claim for kube-ovn.
+    d.dropin("10-kube-ovn.toml", "[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n[[chain.jump]]\ntarget = \"K\"\ncomment = \"k\"\n");
+    let Err(ClaimError::Fragment { path }) = Config::with_claim(
+        &d.main(),
+        "kube-ovn",
+        Some(claim("kube-ovn", r#"{"target": "Y", "comment": "y"}"#)),
+    ) else {
+        panic!("a drop-in speaks for kube-ovn")
+    };
+    assert!(path.ends_with("10-kube-ovn.toml"));
+    // Dropped: what loading gives without the file.
+    let (c, _) = Config::with_claim(&d.main(), "alpha", None).unwrap();
+    std::fs::remove_file(claim_path(&d.0.join("state"), "alpha")).unwrap();
+    assert_eq!(Config::load_lenient(&d.main()).unwrap().0, c);
+    // The main file broken: nothing can be checked.
+    d.write("jumpset.toml", "bogus = 1\n");
+    assert!(matches!(
+        Config::with_claim(&d.main(), "alpha", Some(alpha)),
+        Err(ClaimError::Main(_))
+    ));
+}

@@ -2,8 +2,8 @@
 //! file, from JSON or built in code, with or without fragments.
 
 use super::{
-    agent_name_problem, err, At, ChainBuilder, ChainSpec, Config, ConfigBuilder, Fragment,
-    JumpBuilder, JumpSpec, Keys, Origin, Rejected, SpecError,
+    agent_name_problem, err, At, ChainBuilder, ChainSpec, Config, ConfigBuilder, Contradiction,
+    Fragment, JumpBuilder, JumpSpec, Keys, Origin, Rejected, SpecError,
 };
 use crate::iptables::{base_chain, chain_name_problem, BASE_CHAINS};
 use crate::snapshot::{CommentEncoding, Family};
@@ -110,6 +110,31 @@ impl Entry<'_> {
             Some(s) => e.in_source(s.clone()),
             None => e,
         }
+    }
+
+    /// The same error as [`Entry::err`], saying it contradicts `others`' declarations (its
+    /// own source left out) through `field` and `cycle`.
+    fn contradiction(
+        &self,
+        field: &str,
+        line: Option<usize>,
+        message: impl Into<String>,
+        others: &[&Entry<'_>],
+        cycle: Vec<String>,
+    ) -> SpecError {
+        let mut e = self.err(field, line, message);
+        let mut with: Vec<Origin> = Vec::new();
+        for o in others {
+            if o.origin != self.origin && !with.contains(&o.origin) {
+                with.push(o.origin.clone());
+            }
+        }
+        e.contradiction = Some(Box::new(Contradiction {
+            constraint: format!("{}.{field}", self.key),
+            with,
+            cycle,
+        }));
+        e
     }
 
     /// How another entry's error names this one: its key, and its file when that differs.
@@ -256,13 +281,15 @@ fn check_jumps(
             return Err(e.err("target", rj.target.line, p));
         }
         if let Some(prev) = targets.insert(target, i) {
-            return Err(e.err(
+            return Err(e.contradiction(
                 "target",
                 rj.target.line,
                 format!(
                     "{} already jumps to {target}; one jump per target",
                     entries[prev].name_from(e)
                 ),
+                &[&entries[prev]],
+                Vec::new(),
             ));
         }
         let encoding = rj.encoding.unwrap_or(default_encoding);
@@ -303,13 +330,15 @@ fn check_jumps(
             ));
         }
         if let Some(prev) = comments.insert(comment, i) {
-            return Err(e.err(
+            return Err(e.contradiction(
                 "comment",
                 cline,
                 format!(
                     "{} has the same comment; each owned jump needs its own",
                     entries[prev].name_from(e)
                 ),
+                &[&entries[prev]],
+                Vec::new(),
             ));
         }
         let names = |list: &[At<String>], what: &str| -> Result<Vec<String>, SpecError> {
@@ -369,7 +398,16 @@ fn check_jumps(
             }
         }
         let e = &entries[last];
-        return Err(e.err(
+        // Which of its constraints closes the cycle: an `after` (an edge into its target)
+        // or a `before` (an edge out of it).
+        let target = jumps[last].target.as_str();
+        let in_cycle = |a: &str, b: &str| cycle.windows(2).any(|w| w[0] == a && w[1] == b);
+        let field = if jumps[last].after.iter().any(|a| in_cycle(a, target)) {
+            "after"
+        } else {
+            "before"
+        };
+        let mut error = e.err(
             "",
             e.jump.target.line,
             format!(
@@ -377,7 +415,11 @@ fn check_jumps(
                 cycle.join(" -> "),
                 whose.join(", ")
             ),
-        ));
+        );
+        let others: Vec<&Entry<'_>> = involved.iter().map(|&i| &entries[i]).collect();
+        let described = e.contradiction(field, None, "", &others, cycle);
+        error.contradiction = described.contradiction;
+        return Err(error);
     }
     Ok(ChainSpec {
         table: table.to_string(),
