@@ -20,18 +20,25 @@ use serde::Serialize;
 /// The results of one operation over every managed chain and family.
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct Report<T> {
+pub struct Report<T, E = Error> {
     /// The backend used: `nft` or `legacy` (or the fake kernel's name).
     pub backend: &'static str,
     /// One entry per (chain, family), chains in declaration order, families in the
     /// config's order.
-    pub chains: Vec<ChainResult<T>>,
+    pub chains: Vec<ChainResult<T, E>>,
+}
+
+impl<T, E> Report<T, E> {
+    /// A report of `chains` made with `backend`.
+    pub fn new(backend: &'static str, chains: Vec<ChainResult<T, E>>) -> Self {
+        Report { backend, chains }
+    }
 }
 
 /// The result for one chain in one family.
 #[derive(Debug)]
 #[non_exhaustive]
-pub struct ChainResult<T> {
+pub struct ChainResult<T, E = Error> {
     /// Address family.
     pub family: Family,
     /// Table.
@@ -39,7 +46,78 @@ pub struct ChainResult<T> {
     /// Chain.
     pub chain: String,
     /// What the operation found or did, or why it failed.
-    pub outcome: Result<T, Error>,
+    pub outcome: Result<T, E>,
+}
+
+impl<T, E> ChainResult<T, E> {
+    /// The result `outcome` for `family` `table` `chain`.
+    pub fn new(family: Family, table: &str, chain: &str, outcome: Result<T, E>) -> Self {
+        ChainResult {
+            family,
+            table: table.to_string(),
+            chain: chain.to_string(),
+            outcome,
+        }
+    }
+}
+
+/// What a report says of a chain whose operation failed: the message and the exit code
+/// (`{.., "error": message, "exit_code": code}` in its JSON).
+pub trait Failure {
+    /// The message, as the `jumpset` command prints it.
+    fn message(&self) -> String;
+    /// The command's exit code for it.
+    fn exit_code(&self) -> i32;
+}
+
+impl Failure for Error {
+    fn message(&self) -> String {
+        self.to_string()
+    }
+
+    fn exit_code(&self) -> i32 {
+        Error::exit_code(self)
+    }
+}
+
+/// A failure kept as its message and exit code (where the error itself is not kept, as
+/// in the daemon's answers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// The message.
+    pub message: String,
+    /// The exit code.
+    pub exit_code: i32,
+}
+
+impl Failed {
+    /// The message and exit code of `e`.
+    pub fn of(e: &impl Failure) -> Self {
+        Failed {
+            message: e.message(),
+            exit_code: e.exit_code(),
+        }
+    }
+}
+
+impl Failure for Failed {
+    fn message(&self) -> String {
+        self.message.clone()
+    }
+
+    fn exit_code(&self) -> i32 {
+        self.exit_code
+    }
+}
+
+impl Failure for crate::reconcile::ReconcileError {
+    fn message(&self) -> String {
+        self.to_string()
+    }
+
+    fn exit_code(&self) -> i32 {
+        crate::reconcile::ReconcileError::exit_code(self)
+    }
 }
 
 /// What each kind of report says about the exit code of the command that printed it.
@@ -700,12 +778,12 @@ pub fn conflict_lines(conflicts: &[Conflict]) -> Vec<String> {
 
 // ---- the JSON of the command ----
 
-struct Entry<'a, T> {
+struct Entry<'a, T, E> {
     backend: &'static str,
-    result: &'a ChainResult<T>,
+    result: &'a ChainResult<T, E>,
 }
 
-impl<T: Serialize> Serialize for Entry<'_, T> {
+impl<T: Serialize, E: Failure> Serialize for Entry<'_, T, E> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let r = self.result;
         match &r.outcome {
@@ -728,7 +806,7 @@ impl<T: Serialize> Serialize for Entry<'_, T> {
                 m.serialize_entry("family", &r.family)?;
                 m.serialize_entry("table", &r.table)?;
                 m.serialize_entry("chain", &r.chain)?;
-                m.serialize_entry("error", &e.to_string())?;
+                m.serialize_entry("error", &e.message())?;
                 m.serialize_entry("exit_code", &e.exit_code())?;
                 m.end()
             }
@@ -736,12 +814,12 @@ impl<T: Serialize> Serialize for Entry<'_, T> {
     }
 }
 
-struct Group<'a, T> {
+struct Group<'a, T, E> {
     backend: &'static str,
-    items: Vec<&'a ChainResult<T>>,
+    items: Vec<&'a ChainResult<T, E>>,
 }
 
-impl<T: Serialize> Serialize for Group<'_, T> {
+impl<T: Serialize, E: Failure> Serialize for Group<'_, T, E> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let entry = |r| Entry {
             backend: self.backend,
@@ -754,8 +832,8 @@ impl<T: Serialize> Serialize for Group<'_, T> {
         m.serialize_entry("backend", self.backend)?;
         m.serialize_entry("table", &self.items[0].table)?;
         m.serialize_entry("chain", &self.items[0].chain)?;
-        struct Families<'b, U>(&'b Group<'b, U>);
-        impl<U: Serialize> Serialize for Families<'_, U> {
+        struct Families<'b, U, F>(&'b Group<'b, U, F>);
+        impl<U: Serialize, F: Failure> Serialize for Families<'_, U, F> {
             fn serialize<S2: Serializer>(&self, s: S2) -> Result<S2::Ok, S2::Error> {
                 let mut m = s.serialize_map(None)?;
                 for r in &self.0.items {
@@ -775,9 +853,9 @@ impl<T: Serialize> Serialize for Group<'_, T> {
     }
 }
 
-impl<T: Serialize> Serialize for Report<T> {
+impl<T: Serialize, E: Failure> Serialize for Report<T, E> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut groups: Vec<Group<'_, T>> = Vec::new();
+        let mut groups: Vec<Group<'_, T, E>> = Vec::new();
         for c in &self.chains {
             match groups
                 .iter_mut()

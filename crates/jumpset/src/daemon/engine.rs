@@ -76,6 +76,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::Level;
 
+mod requests;
+pub use requests::{ClaimChange, DaemonState};
+
 /// Failed reconciles in a row of one chain that make the daemon not ready.
 pub const READY_FAILURES: u32 = 3;
 /// How long a reconcile may be due without one succeeding before the daemon is not ready.
@@ -197,6 +200,8 @@ pub enum Trigger {
     /// The config file, a drop-in or a claim changed (or a symlink to them was swapped,
     /// as a ConfigMap update does).
     Changed,
+    /// An agent's claim through the local API ([`Command::Claim`]).
+    Api,
 }
 
 impl Trigger {
@@ -204,6 +209,7 @@ impl Trigger {
         match self {
             Trigger::Signal => "SIGHUP",
             Trigger::Changed => "config change",
+            Trigger::Api => "API claim",
         }
     }
 }
@@ -216,6 +222,19 @@ pub enum Command {
     Ping,
     /// The state, as `STATUS=` and `/readyz` show it.
     Status,
+    /// `GET /v1/chains`: `status` of every managed chain and family ([`Answer::Report`]).
+    Chains,
+    /// `GET /v1/check`: `check` of every managed chain and family ([`Answer::Report`]).
+    Check,
+    /// `GET /v1/state`: paused or not, ready or not ([`Answer::State`]).
+    State,
+    /// `POST /v1/pause`: stop every write, for this reason ([`Answer::State`]).
+    Pause(String),
+    /// `POST /v1/resume`: write again ([`Answer::State`]).
+    Resume,
+    /// `PUT` / `DELETE /v1/agents/{agent}`: the config with the agent's claim changed,
+    /// already stored ([`Answer::Applied`], [`Answer::Removed`], [`Answer::Held`]).
+    Claim(Box<ClaimChange>),
 }
 
 /// The daemon's answer to a [`Command`].
@@ -226,6 +245,28 @@ pub enum Answer {
     Pong,
     /// The state.
     Status(Health),
+    /// A report (`status`, `check`), as the command's JSON.
+    Report(serde_json::Value),
+    /// The claim is in force and the chains it touches were reconciled: the `apply`
+    /// report's JSON.
+    Applied(serde_json::Value),
+    /// The claim is dropped; its jumps were removed when asked to: the `cleanup`
+    /// report's JSON (`None`: left in place).
+    Removed(Option<serde_json::Value>),
+    /// The claim is in force but the daemon holds off writes: `paused`, `yielding`,
+    /// `starting` or `waiting`, and why. It is applied when they resume.
+    Held {
+        /// The state.
+        state: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The daemon cannot answer now (no backend open), and why.
+    Unavailable(String),
+    /// The daemon could not take the config (why).
+    Failed(String),
+    /// Paused or not, ready or not.
+    State(DaemonState),
 }
 
 /// One thing the notification subscription delivered.
@@ -379,6 +420,8 @@ pub struct Engine<H: Host> {
     rejected: Vec<Rejected>,
     /// Writes stopped, and why (the local API's pause switch).
     paused: Option<String>,
+    /// What the local API's requests wait for (claims, removals, the pause's time).
+    api: requests::Requests,
     listening: Listening,
     ready: bool,
     status: String,
@@ -476,6 +519,7 @@ impl<H: Host> Engine<H> {
             reload_error: None,
             rejected: Vec::new(),
             paused: None,
+            api: requests::Requests::default(),
             listening: Listening {
                 addr: None,
                 bound: false,
@@ -569,13 +613,7 @@ impl<H: Host> Engine<H> {
             Event::Tick => {}
             Event::Notifications(batch) => self.on_notices(now, batch),
             Event::Reload(r) => self.reload(now, r),
-            Event::Call(id, command) => {
-                let answer = match command {
-                    Command::Ping => Answer::Pong,
-                    Command::Status => Answer::Status(self.health.clone()),
-                };
-                self.out.push(Action::Answer(id, answer));
-            }
+            Event::Call(id, command) => self.on_call(now, id, command),
             Event::Stop => {
                 self.stop();
                 return self.exit(Ok(()));
@@ -585,6 +623,7 @@ impl<H: Host> Engine<H> {
         if starting {
             self.mark_ready();
         }
+        self.settle_requests(now);
         let now = self.host.now();
         Output {
             actions: std::mem::take(&mut self.out),
@@ -1011,6 +1050,7 @@ impl<H: Host> Engine<H> {
             &mut progress,
         );
         let ended = self.host.now();
+        self.note_for_requests(i, &res);
         self.complete(i, cause, changed_at, started, ended, progress, res);
     }
 
@@ -1588,7 +1628,7 @@ impl<H: Host> Engine<H> {
                 return;
             }
         };
-        if trigger == Trigger::Changed && cfg == self.cfg && rejected == self.rejected {
+        if trigger != Trigger::Signal && cfg == self.cfg && rejected == self.rejected {
             // Touched, not changed (or changed back).
             if self.reload_error.take().is_some() {
                 self.info(format!("{prefix}: {path} is valid again, as in force"));
@@ -1625,7 +1665,22 @@ impl<H: Host> Engine<H> {
                 });
             }
         }
-        self.targets = build_targets(&cfg, &sel, &self.opts.tuning, self.policy);
+        let old = std::mem::replace(
+            &mut self.targets,
+            build_targets(&cfg, &sel, &self.opts.tuning, self.policy),
+        );
+        // A chain still managed keeps its scheduler: a writer's burst in progress is
+        // still waited for, a fight still yielded (the reload wakes it below).
+        for o in old {
+            let spec = &self.cfg.chains[o.chain];
+            if let Some(t) = self.targets.iter_mut().find(|t| {
+                t.family == o.family
+                    && cfg.chains[t.chain].table == spec.table
+                    && cfg.chains[t.chain].chain == spec.chain
+            }) {
+                t.sched = o.sched;
+            }
+        }
         self.init_series();
         if cfg.daemon.resync_interval != self.cfg.daemon.resync_interval {
             self.timers.resync = now + cfg.daemon.resync_interval;

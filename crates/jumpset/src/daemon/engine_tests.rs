@@ -2031,3 +2031,291 @@ fn a_status_call_is_answered_and_the_build_is_in_the_metrics() {
         1.0
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The local API's requests.
+// ---------------------------------------------------------------------------------------
+
+/// The main file of a node where Kube-OVN claims its jump through the API.
+const NO_CHAINS: &str = "backend = \"nft\"\nfamilies = [\"ip\"]\n";
+
+/// The config with `agent`'s claim of `jumps` (JSON) in nat PREROUTING.
+fn claimed(agent: &str, jumps: &str) -> Config {
+    let f = crate::spec::Fragment::from_json(
+        agent,
+        &format!(
+            r#"{{"chains": [{{"table": "nat", "chain": "PREROUTING", "jumps": [{jumps}]}}]}}"#
+        ),
+    )
+    .unwrap();
+    crate::spec::ConfigBuilder::from_toml(NO_CHAINS)
+        .unwrap()
+        .fragment(f)
+        .build()
+        .unwrap()
+}
+
+const OVN_CLAIM: &str = r#"{"target": "OVN-PREROUTING", "comment": "kube-ovn prerouting rules", "after": ["cali-PREROUTING"], "before": ["KUBE-SERVICES", "CNI-HOSTPORT-DNAT"]}"#;
+
+fn claim_call(agent: &str, config: Config, reconcile: bool, remove: bool) -> Command {
+    Command::Claim(Box::new(super::engine::ClaimChange {
+        agent: agent.into(),
+        config,
+        rejected: Vec::new(),
+        reconcile,
+        remove,
+    }))
+}
+
+impl Sim {
+    /// The answer to call `id`, if it was answered.
+    fn answer(&self, id: u64) -> Option<&Answer> {
+        self.answers.iter().find(|(i, _)| *i == id).map(|(_, a)| a)
+    }
+}
+
+#[test]
+fn a_claim_is_reconciled_at_once_and_answered_with_the_report_and_its_handle() {
+    let k = FakeKernel::new();
+    scene(&k, None);
+    let mut sim = Sim::new(&k, NO_CHAINS);
+    sim.start();
+    assert_eq!(sim.listing().len(), 3, "nothing managed yet");
+    sim.send(Event::Call(
+        1,
+        claim_call("kube-ovn", claimed("kube-ovn", OVN_CLAIM), true, false),
+    ));
+    let Some(Answer::Applied(report)) = sim.answer(1) else {
+        panic!("{:?}", sim.answers)
+    };
+    assert_eq!(sim.listing(), healthy(), "in place when the answer comes");
+    assert_eq!(report["committed"], true, "{report}");
+    let handle = report["ops"][0]["handle"]
+        .as_u64()
+        .expect("the insert's handle");
+    assert_eq!(
+        k.rules(IP, "nat", "PREROUTING").unwrap()[1].handle,
+        handle,
+        "{report}"
+    );
+    assert!(!sim
+        .logged("API: agent kube-ovn claims 1 jump(s) (it claimed 0)")
+        .is_empty());
+    // The same claim again: nothing to write, answered at once.
+    let commits = sim.our_commits();
+    sim.send(Event::Call(
+        2,
+        claim_call("kube-ovn", claimed("kube-ovn", OVN_CLAIM), true, false),
+    ));
+    let Some(Answer::Applied(report)) = sim.answer(2) else {
+        panic!("{:?}", sim.answers)
+    };
+    assert_eq!(report["committed"], false);
+    assert_eq!(sim.our_commits(), commits);
+    // Status and check through the API: the claimed jump is jumpset's, declared by the agent.
+    sim.send(Event::Call(3, Command::Chains));
+    let Some(Answer::Report(status)) = sim.answer(3) else {
+        panic!()
+    };
+    let ovn = status["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["target"] == "OVN-PREROUTING")
+        .unwrap();
+    assert_eq!(
+        (&ovn["owner"], &ovn["declared_by"]),
+        (&"jumpset".into(), &"kube-ovn".into())
+    );
+    sim.send(Event::Call(4, Command::Check));
+    let Some(Answer::Report(check)) = sim.answer(4) else {
+        panic!()
+    };
+    assert_eq!(check["verdict"], "converged", "{check}");
+}
+
+#[test]
+fn a_claim_waits_for_the_writers_quiet_then_is_answered() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut sim = Sim::new(&k, &config_text(""));
+    sim.start();
+    // A foreign writer moves things: the repair waits for its quiet.
+    ovn_agent(&k).delete_at(IP, "nat", "PREROUTING", 2).unwrap();
+    sim.deliver();
+    let cfg = {
+        let f = crate::spec::Fragment::from_json(
+            "meshd",
+            r#"{"chains": [{"table": "nat", "chain": "PREROUTING", "jumps": [{"target": "MESH", "comment": "mesh", "after": ["OVN-PREROUTING"], "before": ["KUBE-SERVICES"]}]}]}"#,
+        )
+        .unwrap();
+        crate::spec::ConfigBuilder::from_toml(&config_text(""))
+            .unwrap()
+            .fragment(f)
+            .build()
+            .unwrap()
+    };
+    sim.send(Event::Call(9, claim_call("meshd", cfg, true, false)));
+    assert!(
+        sim.answer(9).is_none(),
+        "held for the writer's quiet: {:?}",
+        sim.answers
+    );
+    sim.run_for(Tuning::default().fight.settle_unknown + ms(5));
+    let Some(Answer::Applied(report)) = sim.answer(9) else {
+        panic!("{:?}", sim.answers)
+    };
+    assert_eq!(report["committed"], true, "{report}");
+    let targets: Vec<Option<String>> = k
+        .rules(IP, "nat", "PREROUTING")
+        .unwrap()
+        .iter()
+        .map(|r| r.target().map(str::to_string))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            Some("cali-PREROUTING".into()),
+            Some("OVN-PREROUTING".into()),
+            Some("MESH".into()),
+            Some("KUBE-SERVICES".into()),
+            Some("CNI-HOSTPORT-DNAT".into())
+        ]
+    );
+}
+
+#[test]
+fn paused_a_claim_is_held_and_applied_on_resume_and_the_state_says_since_when() {
+    let k = FakeKernel::new();
+    scene(&k, None);
+    let mut sim = Sim::new(&k, NO_CHAINS);
+    sim.start();
+    sim.send(Event::Call(1, Command::Pause("maintenance".into())));
+    let Some(Answer::State(s)) = sim.answer(1).cloned() else {
+        panic!()
+    };
+    assert_eq!(s.paused.as_deref(), Some("maintenance"));
+    assert_eq!(s.since, Some(sim.engine.host().wall()));
+    assert!(!s.health.ready());
+    assert!(
+        sim.last_status().contains("paused: maintenance"),
+        "{}",
+        sim.last_status()
+    );
+    sim.send(Event::Call(
+        2,
+        claim_call("kube-ovn", claimed("kube-ovn", OVN_CLAIM), true, false),
+    ));
+    match sim.answer(2) {
+        Some(Answer::Held { state, reason }) => {
+            assert_eq!((*state, reason.as_str()), ("paused", "maintenance"))
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.run_for(secs(5));
+    assert_eq!(sim.our_commits(), 0, "no write while paused");
+    sim.send(Event::Call(3, Command::Resume));
+    let Some(Answer::State(s)) = sim.answer(3).cloned() else {
+        panic!()
+    };
+    assert_eq!((s.paused, s.since), (None, None));
+    assert_eq!(sim.listing(), healthy(), "applied on resume");
+    sim.send(Event::Call(4, Command::State));
+    assert!(matches!(sim.answer(4), Some(Answer::State(s)) if s.health.ready()));
+}
+
+#[test]
+fn handing_jumps_back_leaves_them_or_removes_them_and_nothing_else() {
+    let k = FakeKernel::new();
+    scene(&k, None);
+    let mut sim = Sim::new(&k, NO_CHAINS);
+    sim.start();
+    sim.send(Event::Call(
+        1,
+        claim_call("kube-ovn", claimed("kube-ovn", OVN_CLAIM), true, false),
+    ));
+    assert_eq!(sim.listing(), healthy());
+    let none = Config::from_toml(NO_CHAINS).unwrap();
+    // Without removal: the jump stays, foreign from now on.
+    sim.send(Event::Call(
+        2,
+        claim_call("kube-ovn", none.clone(), false, false),
+    ));
+    assert_eq!(sim.answer(2), Some(&Answer::Removed(None)));
+    assert_eq!(sim.listing(), healthy());
+    assert!(!sim
+        .logged("API: agent kube-ovn handed its 1 jump(s) back")
+        .is_empty());
+    // Claimed again, then handed back with removal: one transaction, the foreign rules kept.
+    sim.send(Event::Call(
+        3,
+        claim_call("kube-ovn", claimed("kube-ovn", OVN_CLAIM), true, false),
+    ));
+    let commits = sim.our_commits();
+    sim.send(Event::Call(
+        4,
+        claim_call("kube-ovn", none.clone(), false, true),
+    ));
+    let Some(Answer::Removed(Some(report))) = sim.answer(4) else {
+        panic!("{:?}", sim.answers)
+    };
+    assert_eq!(report["committed"], true, "{report}");
+    assert_eq!(report["ops"][0]["op"], "delete", "{report}");
+    assert_eq!(sim.our_commits(), commits + 1);
+    let mut without = healthy();
+    without.remove(1);
+    assert_eq!(sim.listing(), without);
+    // While paused the removal waits for the resume.
+    sim.send(Event::Call(
+        5,
+        claim_call("kube-ovn", claimed("kube-ovn", OVN_CLAIM), true, false),
+    ));
+    sim.send(Event::Call(6, Command::Pause("maintenance".into())));
+    sim.send(Event::Call(7, claim_call("kube-ovn", none, false, true)));
+    assert!(matches!(
+        sim.answer(7),
+        Some(Answer::Held {
+            state: "paused",
+            ..
+        })
+    ));
+    assert_eq!(sim.listing(), healthy());
+    sim.send(Event::Call(8, Command::Resume));
+    assert_eq!(sim.listing(), without);
+}
+
+#[test]
+fn reads_without_a_backend_are_unavailable_and_claims_are_held_as_starting() {
+    let k = FakeKernel::new();
+    scene(&k, None);
+    let mut host = FakeHost::new(&k);
+    host.detect = Err("backend auto: the host is mixed".into());
+    let mut sim = Sim::with(host, &NO_CHAINS.replace("\"nft\"", "\"auto\""), None, None);
+    sim.start();
+    sim.send(Event::Call(1, Command::Chains));
+    assert!(
+        matches!(sim.answer(1), Some(Answer::Unavailable(w)) if w.contains("mixed")),
+        "{:?}",
+        sim.answers
+    );
+    sim.send(Event::Call(
+        2,
+        claim_call(
+            "kube-ovn",
+            claimed("kube-ovn", OVN_CLAIM).clone(),
+            true,
+            false,
+        ),
+    ));
+    assert!(
+        matches!(
+            sim.answer(2),
+            Some(Answer::Held {
+                state: "starting",
+                ..
+            })
+        ),
+        "{:?}",
+        sim.answers
+    );
+}
