@@ -2099,7 +2099,7 @@ fn a_claim_is_reconciled_at_once_and_answered_with_the_report_and_its_handle() {
         "{report}"
     );
     assert!(!sim
-        .logged("API: agent kube-ovn claims 1 jump(s) (it claimed 0)")
+        .logged("API: agent kube-ovn claims 1 jump(s) (before: 0)")
         .is_empty());
     // The same claim again: nothing to write, answered at once.
     let commits = sim.our_commits();

@@ -59,6 +59,9 @@ pub enum Peer {
         gid: u32,
         /// Its pid, when known.
         pid: Option<i32>,
+        /// Its supplementary groups when it connected (`SO_PEERGROUPS`), when the kernel
+        /// gave them.
+        groups: Option<Vec<u32>>,
     },
 }
 
@@ -207,17 +210,21 @@ impl Listener for tokio::net::UnixListener {
 
     async fn accept(&mut self) -> io::Result<(Self::Io, Peer)> {
         let (s, _) = tokio::net::UnixListener::accept(self).await?;
+        use std::os::fd::AsFd;
+        let groups = super::sys::peer_groups(s.as_fd()).ok();
         let peer = match s.peer_cred() {
             Ok(c) => Peer::Unix {
                 uid: c.uid(),
                 gid: c.gid(),
                 pid: c.pid(),
+                groups,
             },
             // No credentials: nobody in particular (a handler checking them refuses).
             Err(_) => Peer::Unix {
                 uid: u32::MAX,
                 gid: u32::MAX,
                 pid: None,
+                groups: None,
             },
         };
         Ok((s, peer))
@@ -331,18 +338,60 @@ impl Server {
     /// Serve `router` on `listener` (already bound; a tokio listener must be made inside
     /// this server's runtime: see [`Server::enter`]).
     pub fn serve<L: Listener>(&self, listener: L, router: Router) -> Serving {
-        let limits = self.limits.clone();
-        let slots = self.slots.clone();
-        Serving {
-            task: self
-                .handle
-                .spawn(accept_loop(listener, Arc::new(router), limits, slots)),
+        self.spawner().serve(listener, router)
+    }
+
+    /// What serves listeners on this server, for a task of its own (cheap to clone).
+    pub fn spawner(&self) -> Spawner {
+        Spawner {
+            handle: self.handle.clone(),
+            limits: self.limits.clone(),
+            slots: self.slots.clone(),
         }
     }
 
     /// Enter the server's runtime (to make a tokio listener from a std one).
     pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
         self.handle.enter()
+    }
+}
+
+/// Serves listeners on a [`Server`] (its runtime, bounds and connection slots), from
+/// anywhere: a task on the server's runtime binds and re-binds the local API's socket
+/// with it.
+#[derive(Clone)]
+pub struct Spawner {
+    handle: tokio::runtime::Handle,
+    limits: Limits,
+    slots: Arc<Mutex<Slots>>,
+}
+
+impl std::fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spawner")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Spawner {
+    /// Serve `router` on `listener` (made inside the server's runtime).
+    pub fn serve<L: Listener>(&self, listener: L, router: Router) -> Serving {
+        Serving {
+            task: self.handle.spawn(accept_loop(
+                listener,
+                Arc::new(router),
+                self.limits.clone(),
+                self.slots.clone(),
+            )),
+        }
+    }
+
+    /// Run `task` on the server's runtime.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> Serving {
+        Serving {
+            task: self.handle.spawn(task),
+        }
     }
 }
 

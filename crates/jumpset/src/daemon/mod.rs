@@ -32,7 +32,10 @@
 //! The shutdown future (SIGTERM/SIGINT in `main`) stops the loop with `Ok`, after the
 //! engine removed the owned jumps when `cleanup_on_exit` is set.
 
+pub mod access;
 pub mod anchors;
+pub mod api;
+pub mod claims;
 pub mod engine;
 pub mod fight;
 pub mod host;
@@ -43,6 +46,7 @@ pub mod monitor;
 pub mod notify;
 pub mod policy;
 pub mod privilege;
+pub mod socket;
 pub mod sys;
 pub mod watch;
 
@@ -185,6 +189,21 @@ impl Caller {
         (Caller { tx }, rx)
     }
 
+    /// Send `command` (waiting up to `wait` for room in the queue) and return where its
+    /// answer will come: calls sent one after the other reach the engine in that order.
+    pub async fn send(
+        &self,
+        command: Command,
+        wait: Duration,
+    ) -> Result<oneshot::Receiver<Answer>, CallError> {
+        let (reply, answer) = oneshot::channel();
+        match tokio::time::timeout(wait, self.tx.send(Call { command, reply })).await {
+            Ok(Ok(())) => Ok(answer),
+            Ok(Err(_)) => Err(CallError::Closed),
+            Err(_) => Err(CallError::Timeout(wait)),
+        }
+    }
+
     /// Send `command` and wait up to `wait` for the answer (the wait covers a full queue).
     pub async fn call(&self, command: Command, wait: Duration) -> Result<Answer, CallError> {
         let (reply, answer) = oneshot::channel();
@@ -245,6 +264,17 @@ impl Outside {
     }
 }
 
+/// Unlinks the local API's socket when the daemon stops (if it is still the one bound).
+struct Unlink(std::sync::Arc<std::sync::Mutex<Option<socket::Bound>>>);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.lock().ok().and_then(|mut b| b.take()) {
+            b.release();
+        }
+    }
+}
+
 enum Wake {
     Stop,
     Hup,
@@ -274,6 +304,22 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     let (caller, mut calls) = Caller::channel(64);
     let server = http::Server::start(opts.http.clone(), shared.metrics.http_evictions.clone())
         .map_err(|e| DaemonError::Setup(format!("cannot start the HTTP server's thread: {e}")))?;
+    // The local API: its socket is bound (and moved, and bound again) by a task of the
+    // HTTP server's, as the config in force says; it is unlinked when the daemon stops.
+    let (settings, settings_rx) = tokio::sync::watch::channel(socket::Settings::of(&cfg.daemon));
+    let api = std::sync::Arc::new(api::Api::new(
+        caller.clone(),
+        opts.config_path.clone(),
+        settings_rx.clone(),
+    ));
+    let bound = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let _api = socket::keep_serving(
+        server.spawner(),
+        api::router(api),
+        settings_rx,
+        bound.clone(),
+    );
+    let _unlink = Unlink(bound);
     let host = SystemHost::new(server, metrics::probes(shared.clone(), caller));
     let mut watcher = watch::Watcher::spawn(
         opts.config_path.clone(),
@@ -297,6 +343,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         if let Some(exit) = outside.perform(out.actions) {
             return exit;
         }
+        let now_set = socket::Settings::of(engine.config().daemon());
+        settings.send_if_modified(|s| {
+            let changed = *s != now_set;
+            *s = now_set;
+            changed
+        });
         let deadline = out.deadline;
         let wake = tokio::select! {
             biased;

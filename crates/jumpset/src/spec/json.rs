@@ -214,3 +214,43 @@ impl Fragment {
         matches!(self.origin, Origin::Api { .. })
     }
 }
+
+impl super::Config {
+    /// The API claim of `agent` in force in this config, in the body's shape with the
+    /// defaults filled in (`{"agent": ..., "chains": [...]}` with `after`, `before`,
+    /// `create_chain` and `comment_encoding` on every jump); `None` when no jump of the
+    /// config comes from it.
+    pub fn claim_json(&self, agent: &str) -> Option<serde_json::Value> {
+        let mine = |o: &Origin| matches!(o, Origin::Api { agent: a } if a == agent);
+        let chains: Vec<JsonChain> = self
+            .chains
+            .iter()
+            .filter(|c| c.jumps.iter().any(|j| mine(&j.origin)))
+            .map(|c| JsonChain {
+                table: c.table.clone(),
+                chain: c.chain.clone(),
+                jumps: c
+                    .jumps
+                    .iter()
+                    .filter(|j| mine(&j.origin))
+                    .map(|j| JsonJump {
+                        target: j.target.clone(),
+                        comment: j.comment.clone(),
+                        after: j.after.clone(),
+                        before: j.before.clone(),
+                        create_chain: Some(j.create_chain),
+                        comment_encoding: Some(j.encoding),
+                    })
+                    .collect(),
+            })
+            .collect();
+        if chains.is_empty() {
+            return None;
+        }
+        serde_json::to_value(JsonClaim {
+            agent: Some(agent.to_string()),
+            chains,
+        })
+        .ok()
+    }
+}

@@ -200,14 +200,17 @@ impl<H: Host> Engine<H> {
         if before != self.cfg {
             let (was, is) = (count(&before), count(&self.cfg));
             self.info(if c.reconcile {
-                format!("API: agent {agent} claims {is} jump(s) (it claimed {was})")
+                format!("API: agent {agent} claims {is} jump(s) (before: {was})")
             } else {
                 format!("API: agent {agent} handed its {was} jump(s) back")
             });
         }
         if !c.reconcile {
-            if released.is_empty() {
+            if !c.remove {
                 return Some(Answer::Removed(None));
+            }
+            if released.is_empty() {
+                return Some(Answer::Removed(Some(self.remove_now(&[]))));
             }
             if let Some((state, reason)) = self.held() {
                 self.api.removals.extend(released);
