@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 mod bench;
+mod client;
 mod commands;
 mod demo;
 mod logging;
@@ -66,6 +67,23 @@ enum Command {
         /// How log records are written on stderr.
         #[arg(long, value_enum, default_value = "text")]
         log_format: logging::LogFormat,
+    },
+    /// Stop every write of the running daemon (maintenance): it keeps reading and
+    /// reporting, and says so in /readyz and STATUS=. Talks to its local API.
+    Pause {
+        /// Why (shown in /readyz and STATUS=).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// The daemon's socket (default: the config's daemon.api_socket).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+    /// Let the running daemon write again after `jumpset pause`: every chain is re-read
+    /// and repaired.
+    Resume {
+        /// The daemon's socket (default: the config's daemon.api_socket).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
     },
     /// Wait until every managed chain has converged (for node bootstrap scripts): exit 0
     /// then, 1 if it has not by the timeout; reads only, never writes.
@@ -153,7 +171,12 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
                 .map_err(|e| CmdError::new(EXIT_USAGE, format!("--timeout: {e}")))?;
             commands::wait(&js, timeout)
         }
-        Command::Demo | Command::Detect | Command::Bench { .. } | Command::Daemon { .. } => {
+        Command::Demo
+        | Command::Detect
+        | Command::Bench { .. }
+        | Command::Daemon { .. }
+        | Command::Pause { .. }
+        | Command::Resume { .. } => {
             unreachable!("handled before the config is read")
         }
     }
@@ -204,6 +227,26 @@ fn main() -> ExitCode {
     }
     if let Command::Daemon { log_format } = cli.command {
         return daemon(cli, log_format);
+    }
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    match &cli.command {
+        Command::Pause { reason, socket } => {
+            return print(
+                client::socket_of(socket.clone(), &config)
+                    .and_then(|s| client::pause(&s, reason.as_deref())),
+                json,
+            )
+        }
+        Command::Resume { socket } => {
+            return print(
+                client::socket_of(socket.clone(), &config).and_then(|s| client::resume(&s)),
+                json,
+            )
+        }
+        _ => {}
     }
     print(run(cli), json)
 }
