@@ -56,6 +56,12 @@ fn systemd_unit_is_hardened_and_verifies() {
             "AF_NETLINK AF_UNIX AF_INET AF_INET6",
         ),
         ("ReadWritePaths", "-/run/xtables.lock"),
+        // The local API's socket directory (root-only unless Group= is added) and the
+        // claims' state directory.
+        ("RuntimeDirectory", "jumpset"),
+        ("RuntimeDirectoryMode", "0750"),
+        ("StateDirectory", "jumpset"),
+        ("StateDirectoryMode", "0700"),
     ] {
         assert_eq!(get(k), vec![v], "{k}");
     }
@@ -145,7 +151,13 @@ fn which(bin: &str) -> Option<PathBuf> {
 
 #[test]
 fn shipped_configs_are_valid() {
-    Config::from_toml(&read("jumpset.toml")).unwrap();
+    let shipped = Config::from_toml(&read("jumpset.toml")).unwrap();
+    // Where the unit's RuntimeDirectory= and StateDirectory= are.
+    assert_eq!(
+        shipped.daemon().api_socket.as_deref(),
+        Some(Path::new("/run/jumpset/jumpset.sock"))
+    );
+    assert_eq!(shipped.daemon().state_dir, Path::new("/var/lib/jumpset"));
     let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&read("daemonset.yaml"))
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
@@ -225,6 +237,25 @@ fn daemonset_has_what_a_node_agent_needs() {
         .unwrap();
     assert_eq!(vol["hostPath"]["path"], "/run/xtables.lock");
     assert_eq!(vol["hostPath"]["type"], "FileOrCreate");
+    // The local API's socket directory and the claims' state directory, from the host:
+    // agents reach the socket there, claims outlive the pod.
+    for dir in ["/run/jumpset", "/var/lib/jumpset"] {
+        let mount = c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == dir)
+            .unwrap_or_else(|| panic!("{dir} is mounted"));
+        assert!(mount.get("readOnly").is_none_or(|r| *r == false), "{dir}");
+        let vol = pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(vol["hostPath"]["path"], dir);
+        assert_eq!(vol["hostPath"]["type"], "DirectoryOrCreate");
+    }
     let args: Vec<&str> = c["args"]
         .as_sequence()
         .unwrap()
