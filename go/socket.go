@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"regexp"
 	"time"
 )
@@ -28,10 +29,18 @@ type Socket struct {
 
 var agentName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
-// NewSocket is a client of the daemon listening on path (DefaultSocket when ""),
-// speaking for agent: the name its jumps are claimed under (1 to 63 of A-Z a-z 0-9 . _ -,
-// starting with a letter or digit, e.g. "kube-ovn"). Nothing is dialled yet.
+// SocketEnv names the variable that says where the daemon's socket is when NewSocket
+// is given no path (a DaemonSet that mounts the host's /run/jumpset elsewhere sets it).
+const SocketEnv = "JUMPSET_SOCKET"
+
+// NewSocket is a client of the daemon listening on path (when "": $JUMPSET_SOCKET, else
+// DefaultSocket), speaking for agent: the name its jumps are claimed under (1 to 63 of
+// A-Z a-z 0-9 . _ -, starting with a letter or digit, e.g. "kube-ovn"). Nothing is
+// dialled yet.
 func NewSocket(path, agent string) (*Socket, error) {
+	if path == "" {
+		path = os.Getenv(SocketEnv)
+	}
 	if path == "" {
 		path = DefaultSocket
 	}

@@ -292,10 +292,18 @@ func TestAgentNamesAreChecked(t *testing.T) {
 			t.Errorf("%q: %v", bad, err)
 		}
 	}
+	t.Setenv(SocketEnv, "")
 	for _, good := range []string{"kube-ovn", "calico.felix", "a", "A_1", strings.Repeat("a", 63)} {
 		s, err := NewSocket("", good)
 		if err != nil || s.Path() != DefaultSocket || s.Agent() != good {
 			t.Errorf("%q: %v", good, err)
 		}
+	}
+	t.Setenv(SocketEnv, "/elsewhere/jumpset.sock")
+	if s, _ := NewSocket("", "kube-ovn"); s.Path() != "/elsewhere/jumpset.sock" {
+		t.Errorf("$%s: %s", SocketEnv, s.Path())
+	}
+	if s, _ := NewSocket("/given.sock", "kube-ovn"); s.Path() != "/given.sock" {
+		t.Errorf("a path given: %s", s.Path())
 	}
 }

@@ -27,43 +27,24 @@ use jumpset::backend::Backend;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
+use support::agents::{ipt, AgentProc};
 use support::*;
 
 /// These tests are timed; one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const CALI: &str = "cali:6gwbT8clXdHdC1b1";
+const CALI: &str = agents::CALI;
 const OVN: &str = "kube-ovn prerouting rules";
-const KUBE: &str = "kubernetes service portals";
+const KUBE: &str = agents::KUBE;
 const POD: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 const CID: &str = "3f2a1b9c0d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4";
 
 // ---------------------------------------------------------------------------------------
-// The agents (run in processes of their own).
+// The Kube-OVN agent (felix, kube-proxy and portmap: support::agents).
 // ---------------------------------------------------------------------------------------
-
-const AGENT_ENV: &str = "NOHARM_AGENT";
-
-/// `iptables-nft -w -t nat ARGS`: (success, stdout, the pid of the process).
-fn ipt(args: &[&str]) -> (bool, String, u32) {
-    let child = Command::new("iptables-nft")
-        .args(["-w", "-t", "nat"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iptables-nft runs");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("iptables-nft ends");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        pid,
-    )
-}
 
 /// findRulePositions: the indexes of `line` in an `iptables -S` listing (index 0 is the
 /// policy line), from the bottom up.
@@ -120,117 +101,13 @@ fn kube_ovn_pass(log: &mut std::fs::File, gen: &mut NftBackend) {
     }
 }
 
-/// felix: whenever a rule stands above its jump (or it is missing), delete it and insert
-/// it at 1 in one `iptables-restore --noflush`.
-fn felix_pass(log: &mut std::fs::File) {
-    let rule = format!("-m comment --comment {CALI} -j cali-PREROUTING");
-    let (ok, text, _) = ipt(&["-S", "PREROUTING"]);
-    let at = text
-        .lines()
-        .filter(|l| l.starts_with("-A "))
-        .position(|l| l.contains(CALI));
-    if ok && at != Some(0) {
-        let mut input = String::from("*nat\n");
-        if at.is_some() {
-            input.push_str(&format!("-D PREROUTING {rule}\n"));
-        }
-        input.push_str(&format!("-I PREROUTING 1 {rule}\nCOMMIT\n"));
-        let mut c = Command::new("iptables-nft-restore")
-            .args(["-w", "--noflush"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("iptables-nft-restore runs");
-        let pid = c.id();
-        c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let ok = c.wait().unwrap().success();
-        let _ = writeln!(log, "restore {pid} {ok}");
-    }
-}
-
-/// kube-proxy: `-C` its jump, insert it at the top when missing.
-fn kube_proxy_pass(log: &mut std::fs::File) {
-    let rule = [
-        "PREROUTING",
-        "-m",
-        "comment",
-        "--comment",
-        KUBE,
-        "-j",
-        "KUBE-SERVICES",
-    ];
-    if !ipt(&[&["-C"], &rule[..]].concat()).0 {
-        let (ok, _, pid) = ipt(&[&["-I"], &rule[..]].concat());
-        let _ = writeln!(log, "insert {pid} {ok}");
-    }
-}
-
-/// portmap: `-C` its jump, append it when missing.
-fn portmap_pass(log: &mut std::fs::File) {
-    let rule = [
-        "PREROUTING",
-        "-m",
-        "addrtype",
-        "--dst-type",
-        "LOCAL",
-        "-j",
-        "CNI-HOSTPORT-DNAT",
-    ];
-    if !ipt(&[&["-C"], &rule[..]].concat()).0 {
-        let (ok, _, pid) = ipt(&[&["-A"], &rule[..]].concat());
-        let _ = writeln!(log, "append {pid} {ok}");
-    }
-}
-
 #[test]
 #[ignore = "the entry point of the agent processes the other tests start, not a test"]
 fn agent_process() {
-    let Ok(role) = std::env::var(AGENT_ENV) else {
-        return;
-    };
-    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set"));
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go).unwrap();
-    let mut rng = Rng::seeded(env("NOHARM_SEED").parse().unwrap());
-    let until = Instant::now() + Duration::from_millis(env("NOHARM_RUN_MS").parse().unwrap());
-    let period: u64 = env("NOHARM_PERIOD_MS").parse().unwrap();
-    let mut log = std::fs::File::create(env("NOHARM_LOG")).unwrap();
-    let mut gen = NftBackend::open().unwrap();
-    // Start out of phase with the others.
-    std::thread::sleep(rng.ms(0, period));
-    while Instant::now() < until {
-        let t = Instant::now();
-        match role.as_str() {
-            "kube-ovn" => kube_ovn_pass(&mut log, &mut gen),
-            "felix" => felix_pass(&mut log),
-            "kube-proxy" => kube_proxy_pass(&mut log),
-            "portmap" => portmap_pass(&mut log),
-            other => panic!("no agent {other}"),
-        }
-        let _ = writeln!(log, "pass {}", t.elapsed().as_micros());
-        // wait.Until: the period between the end of a pass and the next (± 10 %).
-        std::thread::sleep(rng.ms(period * 9 / 10, period * 11 / 10));
-    }
-}
-
-/// An agent process, started by [`spawn_agent`].
-struct AgentProc {
-    role: &'static str,
-    proc: Guard,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn wait(mut self) -> Vec<String> {
-        let code = self.proc.wait_exit(Duration::from_secs(30));
-        assert_eq!(code, Some(0), "agent {} failed", self.role);
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
+    agents::run_from_env(|role, log, gen| match role {
+        "kube-ovn" => kube_ovn_pass(log, gen),
+        other => panic!("no agent {other}"),
+    });
 }
 
 /// The cgroup v2 hierarchy and this process's cgroup in it, if this host has one we may
@@ -308,49 +185,21 @@ fn spawn_agent(
     period: Duration,
     pod: Option<&FakePod>,
 ) -> (AgentProc, bool) {
-    let link = dir.join(comm);
-    if !link.exists() {
-        std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &link).unwrap();
-    }
-    let log = dir.join(format!("{role}.log"));
-    let mut child = Command::new(&link)
-        .args([
-            "agent_process",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-            "-q",
-        ])
-        .env(AGENT_ENV, role)
-        .env("NOHARM_SEED", seed.to_string())
-        .env("NOHARM_RUN_MS", run.as_millis().to_string())
-        .env("NOHARM_PERIOD_MS", period.as_millis().to_string())
-        .env("NOHARM_LOG", &log)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the agent starts");
-    let in_pod = pod.is_some_and(|p| p.enter(child.id()));
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    (
-        AgentProc {
-            role,
-            proc: Guard::new(child),
-            log,
-        },
-        in_pod,
+    let enter = pod.map(|p| move |pid: u32| p.enter(pid));
+    agents::spawn(
+        dir,
+        role,
+        comm,
+        seed,
+        run,
+        period,
+        enter.as_ref().map(|f| f as &dyn Fn(u32) -> bool),
     )
 }
 
 /// A scratch directory for one run.
 fn scratch(tag: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("noharm-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    agents::scratch(&format!("noharm-{tag}"))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod agents;
+pub mod native;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

@@ -17,6 +17,10 @@
 //
 // It prints one `key=value` line per step and exits 0 when the chain ends converged.
 //
+// With -every, it runs as Kube-OVN's gateway loop does (wait.Until every 3 s): one
+// Reconcile per pass, for -for, each pass one `pass=` line; it exits 0 when no pass
+// failed.
+//
 // SPDX-License-Identifier: Apache-2.0 OR MIT
 package main
 
@@ -26,6 +30,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/jumpset/jumpset/go"
 )
@@ -33,6 +38,8 @@ import (
 func main() {
 	socket := flag.String("socket", "", "hand the jump to the daemon at this socket (default: in-process)")
 	backend := flag.String("backend", string(jumpset.BackendIptables), "in-process backend: iptables (whatever the node's iptables is), nft, legacy or auto")
+	every := flag.Duration("every", 0, "run the pass in a loop, this long between passes (Kube-OVN: 3s)")
+	loopFor := flag.Duration("for", 0, "with -every: how long to loop")
 	flag.Parse()
 
 	spec := jumpset.Spec{
@@ -66,7 +73,44 @@ func main() {
 		fmt.Fprintf(os.Stderr, "agent: %v\n", err)
 		os.Exit(2)
 	}
+	if *every > 0 {
+		os.Exit(loop(context.Background(), client, spec, *every, *loopFor))
+	}
 	os.Exit(pass(context.Background(), client, spec))
+}
+
+// loop is Kube-OVN's gateway loop with the jump handed over: every `every`, one
+// Reconcile — where it used to list PREROUTING, insert at 1 or at kube-proxy's index and
+// delete duplicates by index. Each pass prints `pass=<result> commits=<n>`.
+func loop(ctx context.Context, client jumpset.Client, spec jumpset.Spec, every, total time.Duration) int {
+	failed := 0
+	for end := time.Now().Add(total); time.Now().Before(end); time.Sleep(every) {
+		report, err := client.Reconcile(ctx, spec)
+		commits := 0
+		if report != nil {
+			for _, c := range report.Chains {
+				if c.Committed {
+					commits++
+				}
+			}
+		}
+		switch {
+		case err == nil:
+			fmt.Printf("pass=ok commits=%d\n", commits)
+		case errors.Is(err, jumpset.ErrConflict) && report != nil:
+			fmt.Printf("pass=conflict commits=%d\n", commits)
+		case errors.Is(err, jumpset.ErrHeld):
+			fmt.Println("pass=held commits=0")
+		default:
+			failed++
+			fmt.Printf("pass=failed commits=%d\n", commits)
+			fmt.Fprintf(os.Stderr, "agent: reconcile: %v\n", err)
+		}
+	}
+	if failed > 0 {
+		return 1
+	}
+	return 0
 }
 
 // pass is one gateway pass: what Kube-OVN's ensureNatPreroutingRule becomes.
