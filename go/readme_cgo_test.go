@@ -51,13 +51,3 @@ func TestTheReadmeSnippetConvergesTheBrokenChain(t *testing.T) {
 		t.Errorf("chain\n%s\nwant\n%s", got, want)
 	}
 }
-
-func chainLines(text string) string {
-	var out []string
-	for _, l := range strings.Split(text, "\n") {
-		if strings.HasPrefix(l, "-A PREROUTING ") {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}

@@ -18,7 +18,7 @@ import (
 
 func newClient(daemon bool) (jumpset.Client, error) {
 	if daemon {
-		return jumpset.NewSocket(jumpset.DefaultSocket, "kube-ovn") // pure Go
+		return jumpset.NewSocket("", "kube-ovn") // $JUMPSET_SOCKET, else /run/jumpset/jumpset.sock
 	}
 	return jumpset.NewInProcess() // cgo: the library found with pkg-config
 }
