@@ -98,3 +98,27 @@ fn jumps_of_drop_ins_are_reconciled_shown_and_cleaned_up_with_the_main_files() {
         );
     });
 }
+
+#[test]
+fn the_readme_kube_ovn_drop_in_is_one_jumpset_takes() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let at = readme
+        .find("/etc/jumpset/jumpset.d/10-kube-ovn.toml")
+        .expect("the hand-off guide's drop-in");
+    let open = readme[at..].find("```toml\n").unwrap() + at + "```toml\n".len();
+    let text: String = readme[open..open + readme[open..].find("```").unwrap()]
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    // Beside a main file that declares no chain: it is Kube-OVN's.
+    let cfg = config("backend = \"nft\"\n");
+    dropin(&cfg, "10-kube-ovn.toml", &text);
+    let run = jumpset(&["validate", "--config", cfg.as_str(), "--json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let jump = &run.json()["chains"][0]["jumps"][0];
+    assert_eq!(jump["declared_by"], "kube-ovn");
+    assert_eq!(jump["target"], "OVN-PREROUTING");
+    assert_eq!(jump["after"][0], "cali-PREROUTING");
+}
