@@ -199,7 +199,7 @@ fn kill_loop(victim: Victim, args: &[&str], env: &[(&str, &str)], rng: &mut Rng)
 /// The Harvester spec (the backend is given on the command line for legacy).
 fn config_text(legacy: bool) -> String {
     format!(
-        "{}\n[daemon]\nresync_interval = \"{}\"\nmetrics_listen = \"\"\n",
+        "{}\n[daemon]\nresync_interval = \"{}\"\nmetrics_listen = \"\"\napi_socket = \"\"\n",
         harvester_config(),
         if legacy { "100ms" } else { "30s" }
     )

@@ -26,7 +26,7 @@ const METRICS: &str = "127.0.0.1:10296";
 /// The Harvester spec (nft) with a `[daemon]` table.
 fn daemon_config(resync: &str, cleanup: bool, encoding: &str) -> String {
     format!(
-        "comment_encoding = \"{encoding}\"\n{}\n[daemon]\nresync_interval = \"{resync}\"\nmetrics_listen = \"{METRICS}\"\ncleanup_on_exit = {cleanup}\n",
+        "comment_encoding = \"{encoding}\"\n{}\n[daemon]\nresync_interval = \"{resync}\"\nmetrics_listen = \"{METRICS}\"\ncleanup_on_exit = {cleanup}\napi_socket = \"\"\n",
         harvester_config()
     )
 }

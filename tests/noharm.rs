@@ -233,7 +233,7 @@ fn load_scene(kube: KubeProxy) {
 
 fn daemon_config(metrics: &str, extra: &str) -> String {
     format!(
-        "{extra}\n{}\n[daemon]\nresync_interval = \"30s\"\nmetrics_listen = \"{metrics}\"\n",
+        "{extra}\n{}\n[daemon]\nresync_interval = \"30s\"\nmetrics_listen = \"{metrics}\"\napi_socket = \"\"\n",
         harvester_config()
     )
 }

@@ -580,7 +580,7 @@ fn run(tools: &Tools, seed: u64, with_jumpset: bool) -> PacketRun {
     assert!(tools.restore(&datapath::agent_rules(Family::Ip)));
     let resync = if legacy { "200ms" } else { "30s" };
     let cfg = config(&format!(
-        "{}\n[daemon]\nresync_interval = \"{resync}\"\nmetrics_listen = \"{METRICS}\"\n",
+        "{}\n[daemon]\nresync_interval = \"{resync}\"\nmetrics_listen = \"{METRICS}\"\napi_socket = \"\"\n",
         harvester_config()
     ));
 

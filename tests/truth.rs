@@ -45,7 +45,7 @@ fn healthy() -> Vec<String> {
 /// The Harvester spec for `backend` with a `[daemon]` table (resync `resync`).
 fn daemon_config(backend: &str, resync: &str) -> String {
     format!(
-        "{}\n[daemon]\nresync_interval = \"{resync}\"\nmetrics_listen = \"{METRICS}\"\n",
+        "{}\n[daemon]\nresync_interval = \"{resync}\"\nmetrics_listen = \"{METRICS}\"\napi_socket = \"\"\n",
         harvester_config().replace("backend = \"nft\"", &format!("backend = \"{backend}\""))
     )
 }
