@@ -2319,3 +2319,35 @@ fn reads_without_a_backend_are_unavailable_and_claims_are_held_as_starting() {
         sim.answers
     );
 }
+
+#[test]
+fn a_claim_on_a_chain_yielded_in_a_fight_is_held_and_the_fight_is_not_forgotten() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut sim = Sim::new(&k, &config_text(""));
+    sim.start();
+    buggy_kube_ovn(&mut sim, secs(20));
+    assert_eq!(sim.metric(&series("jumpset_fight_yielding")), 1.0);
+    let commits = sim.our_commits();
+    let f = crate::spec::Fragment::from_json(
+        "meshd",
+        r#"{"chains": [{"table": "nat", "chain": "PREROUTING", "jumps": [{"target": "MESH", "comment": "mesh", "after": ["OVN-PREROUTING"]}]}]}"#,
+    )
+    .unwrap();
+    let cfg = crate::spec::ConfigBuilder::from_toml(&config_text(""))
+        .unwrap()
+        .fragment(f)
+        .build()
+        .unwrap();
+    sim.send(Event::Call(1, claim_call("meshd", cfg, true, false)));
+    match sim.answer(1) {
+        Some(Answer::Held { state, reason }) => {
+            assert_eq!(*state, "yielding");
+            assert!(reason.contains("fight with pid 4242"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The new config did not end the fight: still no write until the writer is quiet.
+    assert_eq!(sim.our_commits(), commits);
+    assert_eq!(sim.metric(&series("jumpset_fight_yielding")), 1.0);
+}
