@@ -735,7 +735,8 @@ fn readiness_and_chain_in_order_follow_failures_fights_and_renames_liveness_neve
             during.iter().any(|(_, rd, _)| rd
                 .as_ref()
                 .is_some_and(|r| r.1.contains("yielding in a fight (fight with pid"))),
-            "{during:?}"
+            "{during:?}\n{}",
+            d.log()
         );
         // Once it stops: in order and ready again (the policy tries again once the writer
         // has been quiet for twice its period).
