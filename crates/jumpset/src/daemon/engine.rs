@@ -39,7 +39,10 @@
 //!   process cannot honour) is logged and the old one kept; a valid one replaces the
 //!   chains and re-reads them all; drop-in fragments and claims that do not fit are left
 //!   out and reported (log, readiness, `jumpset_config_fragments_rejected`).
-//! - **Call**: a request from an HTTP handler, answered with [`Action::Answer`].
+//! - **Call**: a request from an HTTP handler, answered with [`Action::Answer`]: the
+//!   liveness ping, and the local API's reads, pause switch and claims (`requests.rs`: a
+//!   claim comes as the config it makes, taken as a reload would, and its chains are
+//!   reconciled at once through the usual path; the answer waits for them).
 //! - **Stop**: remove the owned jumps when `cleanup_on_exit` is set, `STOPPING=1`, exit 0.
 //!
 //! Errors back off exponentially with jitter (capped) and never end the daemon. When a
