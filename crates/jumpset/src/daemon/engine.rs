@@ -29,7 +29,10 @@
 //!   failed socket is reopened with the backend.
 //! - **Tick**: the resync timer (every `resync_interval` every chain is re-read; legacy
 //!   has no notifications, so that is its poll; `auto` on an undecided host detects
-//!   again), `WATCHDOG=1`, fight episodes ending, due reconciles.
+//!   again), `WATCHDOG=1`, fight episodes ending, due reconciles; at start and every
+//!   `resync_interval`, what `jumpset explain` finds on the managed chains' hooks
+//!   ([`Host::findings`]: each finding logged once when it appears, counted in
+//!   `jumpset_findings{kind}`).
 //! - **Reload**: an invalid config (or one this process cannot honour) is logged and the
 //!   old one kept; a valid one replaces the chains and re-reads them all.
 //! - **Stop**: remove the owned jumps when `cleanup_on_exit` is set, `STOPPING=1`, exit 0.
@@ -42,12 +45,13 @@ use super::anchors::{self, Anchors};
 use super::fight::{Backoff, Cause, Done, Jitter, Sched, Tuning, Writer};
 use super::ident::Identity;
 use super::metrics::{
-    AgentLabels, AnchorLabels, ChainLabels, InfoLabels, RemovalLabels, ResultLabel, Shared,
-    SourceLabel,
+    AgentLabels, AnchorLabels, ChainLabels, FindingLabel, InfoLabels, RemovalLabels, ResultLabel,
+    Shared, SourceLabel,
 };
 use super::policy::{self, FightEvent, PolicyFactory};
 use super::{ms, DaemonError, Options};
 use crate::backend::{Backend, BackendError};
+use crate::explain::{Finding, FindingKind, Severity};
 use crate::notification::Commit;
 use crate::plan::{Op, Plan};
 use crate::reconcile::{self, Goal, Outcome, ReconcileError};
@@ -100,6 +104,16 @@ pub trait Host {
     /// soon as its commit is notified: such processes are short-lived).
     fn identify(&mut self, _pid: u32, _comm: Option<&str>) -> Identity {
         Identity::Unknown
+    }
+
+    /// What `jumpset explain` finds now on the hooks of `cfg`'s chains in `families`
+    /// (read-only; `None`: this host does not look).
+    fn findings(
+        &mut self,
+        _cfg: &Config,
+        _families: &[Family],
+    ) -> Option<Result<Vec<Finding>, String>> {
+        None
     }
 }
 
@@ -278,6 +292,9 @@ pub struct Engine<H: Host> {
     ready: bool,
     status: String,
     out: Vec<Action>,
+    /// The findings logged and in force (by key), and when to look again.
+    findings: Vec<Finding>,
+    findings_due: Option<Instant>,
 }
 
 fn build_targets(cfg: &Config, sel: &Selection, t: &Tuning, policy: PolicyFactory) -> Vec<Target> {
@@ -367,10 +384,21 @@ impl<H: Host> Engine<H> {
             ready: false,
             status: String::new(),
             out: Vec::new(),
+            findings: Vec::new(),
+            findings_due: Some(now),
             cfg,
             opts,
         };
         e.init_series();
+        for k in FindingKind::ALL {
+            e.shared
+                .metrics
+                .findings
+                .get_or_create(&FindingLabel {
+                    kind: k.name().into(),
+                })
+                .set(0);
+        }
         e
     }
 
@@ -1034,13 +1062,71 @@ impl<H: Host> Engine<H> {
         }
         self.ensure_backend(now);
         self.run_due(now);
+        self.check_findings(now);
         self.publish_status();
+    }
+
+    /// Once the backend is open, at start and then every `resync_interval`: what
+    /// `jumpset explain` finds on the managed chains' hooks. Each finding is logged once,
+    /// when it appears (and once more when it is gone); `jumpset_findings{kind}` counts
+    /// those in force.
+    fn check_findings(&mut self, now: Instant) {
+        if self.conn.is_none() || self.findings_due.is_some_and(|t| now < t) {
+            return;
+        }
+        self.findings_due = Some(now + self.cfg.daemon.resync_interval);
+        let found = match self.host.findings(&self.cfg, &self.sel.families) {
+            None => return,
+            Some(Ok(f)) => f,
+            Some(Err(e)) => {
+                self.debug(|| format!("explain: cannot look at the hooks now: {e}"));
+                return;
+            }
+        };
+        for f in &found {
+            if !self.findings.iter().any(|g| g.key == f.key) {
+                let level = match f.severity {
+                    Severity::Warning => Level::WARN,
+                    Severity::Info => Level::INFO,
+                };
+                self.log(
+                    level,
+                    format!(
+                        "explain: {}: {} — {}; {}",
+                        f.kind.name(),
+                        f.summary,
+                        f.evidence.join("; "),
+                        f.what_to_do
+                    ),
+                );
+            }
+        }
+        for g in &self.findings {
+            if !found.iter().any(|f| f.key == g.key) {
+                self.out.push(Action::Log(
+                    Level::INFO,
+                    format!("explain: {}: no longer found: {}", g.kind.name(), g.summary),
+                ));
+            }
+        }
+        let m = &self.shared.metrics;
+        for k in FindingKind::ALL {
+            m.findings
+                .get_or_create(&FindingLabel {
+                    kind: k.name().into(),
+                })
+                .set(found.iter().filter(|f| f.kind == k).count() as i64);
+        }
+        self.findings = found;
     }
 
     fn next_deadline(&self, now: Instant) -> Instant {
         let mut d = self.timers.resync;
         if let Some((_, w)) = self.timers.watchdog {
             d = d.min(w);
+        }
+        if let (Some(f), true) = (self.findings_due, self.conn.is_some()) {
+            d = d.min(f);
         }
         if self.conn.is_none() {
             d = d.min(self.timers.open.unwrap_or(now));
@@ -1147,6 +1233,7 @@ impl<H: Host> Engine<H> {
             self.waiting = None;
         }
         self.reload_error = None;
+        self.findings_due = Some(now);
         self.shared
             .metrics
             .reloads

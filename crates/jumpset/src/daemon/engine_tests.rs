@@ -9,6 +9,7 @@ use super::metrics::Shared;
 use super::policy::{FightEvent, FightPolicy, PolicyFactory};
 use super::{DaemonError, Options};
 use crate::backend::BackendError;
+use crate::explain::{Finding, FindingKind, Severity};
 use crate::snapshot::{Family, Match, Rule, Verdict, ADDRTYPE_LOCAL};
 use crate::spec::{BackendChoice, Config};
 use crate::testing::{jump, rule, FakeKernel, Fault, Step, Subscription};
@@ -137,6 +138,9 @@ struct FakeHost {
     listen_error: Option<std::io::ErrorKind>,
     /// What `/proc` shows of each writer pid (others: exited).
     processes: std::collections::HashMap<u32, Identity>,
+    /// What `explain` finds (`None`: the host does not look), and how often it looked.
+    findings: Option<Result<Vec<Finding>, String>>,
+    explained: usize,
 }
 
 impl FakeHost {
@@ -154,6 +158,8 @@ impl FakeHost {
             listening: None,
             listen_error: None,
             processes: std::collections::HashMap::new(),
+            findings: None,
+            explained: 0,
         }
     }
 }
@@ -214,6 +220,15 @@ impl Host for FakeHost {
             .get(&pid)
             .cloned()
             .unwrap_or(Identity::Exited)
+    }
+
+    fn findings(
+        &mut self,
+        _cfg: &Config,
+        _families: &[Family],
+    ) -> Option<Result<Vec<Finding>, String>> {
+        self.explained += 1;
+        self.findings.clone()
     }
 }
 
@@ -1445,4 +1460,71 @@ fn a_deleted_anchor_is_logged_with_its_writer_counted_and_not_written_back() {
     assert_eq!(sim.metric(&anchor("KUBE-SERVICES")), 1.0);
     assert_eq!(sim.metric(&series("jumpset_chain_in_order")), 1.0);
     assert_eq!(sim.last_status(), "fake: ip nat PREROUTING: in order");
+}
+
+fn finding(kind: FindingKind, key: &str) -> Finding {
+    Finding {
+        kind,
+        severity: Severity::Warning,
+        family: Some(IP),
+        hook: None,
+        summary: format!("ip: {key}"),
+        evidence: vec!["what was seen".into()],
+        what_to_do: "what to do".into(),
+        key: key.into(),
+    }
+}
+
+#[test]
+fn a_finding_is_logged_once_when_it_appears_and_counted_while_it_lasts() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut host = FakeHost::new(&k);
+    host.findings = Some(Ok(Vec::new()));
+    let mut sim = Sim::with(host, &config_text(""), None, None);
+    let gauge = |sim: &Sim, kind: &str| sim.metric(&format!("jumpset_findings{{kind=\"{kind}\"}}"));
+    sim.start();
+    assert_eq!(sim.engine.host().explained, 1, "looked at start");
+    for k in FindingKind::ALL {
+        assert_eq!(gauge(&sim, k.name()), 0.0, "{k:?} exported at 0");
+    }
+    // The host turns mixed under the running daemon: the next look (one resync interval
+    // later) finds it; it is logged once, at warn, and counted.
+    sim.engine.host_mut().findings = Some(Ok(vec![finding(FindingKind::MixedBackends, "mixed")]));
+    sim.run_for(secs(29));
+    assert!(
+        sim.logged("explain: mixed_backends").is_empty(),
+        "not before the interval"
+    );
+    sim.run_for(secs(2));
+    let logged = sim.logged("explain: mixed_backends");
+    assert_eq!(logged.len(), 1, "{:?}", sim.logs);
+    assert_eq!(logged[0].1, Level::WARN);
+    assert!(logged[0].2.contains("what was seen") && logged[0].2.contains("what to do"));
+    assert_eq!(gauge(&sim, "mixed_backends"), 1.0);
+    // Still there at the next looks: not logged again. A second tie appears: logged.
+    sim.engine.host_mut().findings = Some(Ok(vec![
+        finding(FindingKind::MixedBackends, "mixed"),
+        finding(FindingKind::PriorityTie, "tie a"),
+        finding(FindingKind::PriorityTie, "tie b"),
+    ]));
+    sim.run_for(secs(60));
+    assert_eq!(sim.logged("explain: mixed_backends").len(), 1);
+    assert_eq!(sim.logged("explain: priority_tie").len(), 2);
+    assert_eq!(gauge(&sim, "priority_tie"), 2.0);
+    // Gone: said once, gauge back to 0.
+    sim.engine.host_mut().findings = Some(Ok(Vec::new()));
+    sim.run_for(secs(31));
+    assert_eq!(sim.logged("no longer found").len(), 3, "{:?}", sim.logs);
+    assert_eq!(gauge(&sim, "mixed_backends"), 0.0);
+    assert_eq!(gauge(&sim, "priority_tie"), 0.0);
+    // A failing look changes nothing and is not an error of the daemon.
+    sim.engine.host_mut().findings = Some(Err("EPERM".into()));
+    sim.run_for(secs(31));
+    assert!(sim.exit.is_none());
+    assert!(
+        sim.logs.iter().all(|(_, l, _)| *l != Level::ERROR),
+        "{:?}",
+        sim.logs
+    );
 }

@@ -10,6 +10,7 @@ use super::monitor::{Classifier, Monitor, RecvError};
 use super::privilege;
 use crate::backend::nft::codec;
 use crate::backend::BackendError;
+use crate::snapshot::Family;
 use crate::spec::{BackendChoice, Config};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -204,6 +205,14 @@ impl Host for SystemHost {
 
     fn close(&mut self) {
         self.feed = None;
+    }
+
+    fn findings(
+        &mut self,
+        cfg: &Config,
+        families: &[Family],
+    ) -> Option<Result<Vec<crate::explain::Finding>, String>> {
+        Some(crate::explain::findings(cfg, families).map_err(|e| e.to_string()))
     }
 
     fn identify(&mut self, pid: u32, comm: Option<&str>) -> Identity {

@@ -80,6 +80,14 @@ pub struct SourceLabel {
     pub source: String,
 }
 
+/// A single `kind` label: a kind of `jumpset explain` finding (bounded:
+/// `explain::FindingKind::ALL`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabel {
+    /// `priority_tie`, `mixed_backends`, ...
+    pub kind: String,
+}
+
 /// The backend in use.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InfoLabels {
@@ -130,6 +138,8 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     /// 1, labelled with the backend in use.
     pub info: Family<InfoLabels, Gauge>,
+    /// Findings of `jumpset explain` about the managed chains' hooks now, by kind.
+    pub findings: Family<FindingLabel, Gauge>,
 }
 
 impl Metrics {
@@ -156,6 +166,7 @@ impl Metrics {
             resyncs: Counter::default(),
             reloads: Family::default(),
             info: Family::default(),
+            findings: Family::default(),
         };
         r.register(
             "reconciles",
@@ -248,6 +259,11 @@ impl Metrics {
             m.reloads.clone(),
         );
         r.register("info", "The backend in use", m.info.clone());
+        r.register(
+            "findings",
+            "What `jumpset explain` finds on the managed chains' hooks now (priority ties, mixed backends, ...), by kind",
+            m.findings.clone(),
+        );
         (m, r)
     }
 }

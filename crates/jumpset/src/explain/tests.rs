@@ -20,6 +20,7 @@ fn table(family: u8, name: &str, handle: u64) -> NftTable {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn base(
     family: u8,
     table: &str,
