@@ -311,7 +311,7 @@ pub(super) fn hook_path(
              shows: their order is a guess (newest nf_tables table first)"
                 .to_string(),
         );
-    } else if !known {
+    } else if !known && !path.is_empty() {
         notes.push(
             "order derived from the priorities (this kernel has no hook dump: nfnetlink_hook, \
              Linux 5.14+ with CONFIG_NETFILTER_NETLINK_HOOK); no two chains share a priority, \
