@@ -152,7 +152,9 @@ fn tie(p: &HookPath, prio: i32, where_: &str, mut lines: Vec<String>, known: boo
             lines.len() - 1
         ),
         evidence: lines,
-        what_to_do: "Their order flips when one of their agents re-creates its table (a restart, an upgrade): give them distinct priorities (in the agents' configuration, e.g. `priority dstnat - 1`), or make sure neither depends on running first.".into(),
+        what_to_do: format!(
+            "Their order flips when one of their agents re-creates its table (a restart, an upgrade): give them distinct priorities (in the agents' configuration, e.g. `priority {name} - 1` for the one that must run first), or make sure none depends on running first."
+        ),
         key: format!(
             "priority_tie:{}:{}:{prio}{where_}:{}",
             p.family,

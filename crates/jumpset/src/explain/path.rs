@@ -175,7 +175,7 @@ pub(super) fn hook_path(
 
     let (order, mut top, nat_from_dump) = match dump {
         Some(entries) => {
-            let (top, expanded) = from_dump(ev, family, entries, &nft, &mut notes);
+            let (top, expanded) = from_dump(ev, family, hook, entries, &nft, &mut notes);
             (OrderSource::HookDump, top, expanded)
         }
         None => {
@@ -346,6 +346,7 @@ pub(super) fn hook_path(
 fn from_dump<'e>(
     ev: &'e Evidence,
     family: Family,
+    hook: Hook,
     entries: &[HookInfo],
     nft: &[&'e NftChain],
     notes: &mut Vec<String>,
@@ -405,7 +406,12 @@ fn from_dump<'e>(
                 priority: h.priority,
             },
             None if is_nat_core(&function) => Item::NatCore(Some(function)),
-            None if is_xt_nat(&function) => {
+            // iptable_nat's chain as the NAT core runs it: `iptable_nat_do_chain`, or
+            // `ipt_do_table` itself (newer kernels) at the NAT hook's priority, where no
+            // other x_tables table registers.
+            None if is_xt_nat(&function)
+                || (is_xt_table(&function) && Some(h.priority) == hook.nat_priority()) =>
+            {
                 match ev.xt.iter().find(|t| t.family == family && t.name == "nat") {
                     Some(t) => {
                         listed_nat.push(Placed {

@@ -397,63 +397,66 @@ fn a_hook_dump_gives_the_kernels_order_with_what_else_runs_there() {
 #[test]
 fn a_hook_dump_that_lists_the_nat_chains_gives_their_order_too() {
     // Linux 7.1+ ("nfnetlink_hook: Dump nat type chains"): each nat chain at the NAT
-    // hook's priority, in the NAT core's order — here iptable_nat registered last.
-    let mut ev = node();
-    let dump = vec![
-        hook(
-            -110,
-            "nft_do_chain_ipv4",
-            chain_of(IP, "kube-proxy", "filter-prerouting"),
-        ),
-        hook(-100, "iptable_nat_do_chain", None),
-        hook(-100, "nft_nat_do_chain", chain_of(IP, "nat", "PREROUTING")),
-        hook(
-            -100,
-            "nft_nat_do_chain",
-            chain_of(IP, "calico", "nat-PREROUTING"),
-        ),
-        hook(
-            -100,
-            "nft_nat_do_chain",
-            chain_of(IP, "kube-proxy", "nat-prerouting"),
-        ),
-        hook(
-            -100,
-            "nft_nat_do_chain",
-            chain_of(INET, "firewalld", "nat_PREROUTING"),
-        ),
-        hook(
-            10,
-            "nft_do_chain_inet",
-            chain_of(INET, "firewalld", "filter_PREROUTING"),
-        ),
-    ];
-    ev.dumps.push((Family::Ip, Hook::Prerouting, Some(dump)));
-    let x = analyze(&req(None, &[Hook::Prerouting]), &ev);
-    let p = &x.hooks[0];
-    assert_eq!(
-        labels(p),
-        [
-            "ip kube-proxy filter-prerouting",
-            "x_tables ip nat PREROUTING",
-            "ip nat PREROUTING",
-            "ip calico nat-PREROUTING",
-            "ip kube-proxy nat-prerouting",
-            "inet firewalld nat_PREROUTING",
-            "inet firewalld filter_PREROUTING",
-        ]
-    );
-    assert!(p.path[1..6].iter().all(|s| s.nat && s.runs_at == -100));
-    assert_eq!(
-        p.path[5].priority, -90,
-        "its own priority, from the chain dump"
-    );
-    // Base chains the dump does not show are said to be missing from it.
-    assert!(
-        p.notes.iter().any(|n| n.contains("raw-PREROUTING")),
-        "{:?}",
-        p.notes
-    );
+    // hook's priority, in the NAT core's order — here iptable_nat registered last. Its
+    // function is `iptable_nat_do_chain`, or `ipt_do_table` where the kernel hooks that.
+    for xt_nat in ["iptable_nat_do_chain", "ipt_do_table"] {
+        let mut ev = node();
+        let dump = vec![
+            hook(
+                -110,
+                "nft_do_chain_ipv4",
+                chain_of(IP, "kube-proxy", "filter-prerouting"),
+            ),
+            hook(-100, xt_nat, None),
+            hook(-100, "nft_nat_do_chain", chain_of(IP, "nat", "PREROUTING")),
+            hook(
+                -100,
+                "nft_nat_do_chain",
+                chain_of(IP, "calico", "nat-PREROUTING"),
+            ),
+            hook(
+                -100,
+                "nft_nat_do_chain",
+                chain_of(IP, "kube-proxy", "nat-prerouting"),
+            ),
+            hook(
+                -100,
+                "nft_nat_do_chain",
+                chain_of(INET, "firewalld", "nat_PREROUTING"),
+            ),
+            hook(
+                10,
+                "nft_do_chain_inet",
+                chain_of(INET, "firewalld", "filter_PREROUTING"),
+            ),
+        ];
+        ev.dumps.push((Family::Ip, Hook::Prerouting, Some(dump)));
+        let x = analyze(&req(None, &[Hook::Prerouting]), &ev);
+        let p = &x.hooks[0];
+        assert_eq!(
+            labels(p),
+            [
+                "ip kube-proxy filter-prerouting",
+                "x_tables ip nat PREROUTING",
+                "ip nat PREROUTING",
+                "ip calico nat-PREROUTING",
+                "ip kube-proxy nat-prerouting",
+                "inet firewalld nat_PREROUTING",
+                "inet firewalld filter_PREROUTING",
+            ]
+        );
+        assert!(p.path[1..6].iter().all(|s| s.nat && s.runs_at == -100));
+        assert_eq!(
+            p.path[5].priority, -90,
+            "its own priority, from the chain dump"
+        );
+        // Base chains the dump does not show are said to be missing from it.
+        assert!(
+            p.notes.iter().any(|n| n.contains("raw-PREROUTING")),
+            "{:?}",
+            p.notes
+        );
+    }
 }
 
 #[test]
