@@ -73,6 +73,10 @@ fn table_id(s: &Step) -> String {
 
 fn ties(p: &HookPath, out: &mut Vec<Finding>) {
     let known = p.order == super::OrderSource::HookDump;
+    let nat_known = p
+        .nat_hook
+        .as_ref()
+        .is_some_and(|h| h.order == super::OrderSource::HookDump);
     // Top level: steps by where they run, the NAT hook as one participant.
     let mut groups: Vec<(i32, Vec<String>, Vec<String>)> = Vec::new(); // (prio, ids, lines)
     for s in p.path.iter().filter(|s| !s.nat && s.backend != "kernel") {
@@ -126,7 +130,7 @@ fn ties(p: &HookPath, out: &mut Vec<Finding>) {
         if ids.len() < 2 {
             continue;
         }
-        out.push(tie(p, prio, " inside the NAT hook", lines, known));
+        out.push(tie(p, prio, " inside the NAT hook", lines, nat_known));
     }
 }
 
@@ -134,6 +138,8 @@ fn tie(p: &HookPath, prio: i32, where_: &str, mut lines: Vec<String>, known: boo
     let name = super::facts::priority_name(p.hook, prio);
     lines.push(if known {
         "the kernel's hook dump shows the order they run in now, as listed".to_string()
+    } else if p.order == super::OrderSource::HookDump {
+        "the hook dump does not list the nat chains on this kernel: which of them runs first is not observable here (the order shown is a guess: newest table first)".to_string()
     } else {
         "this kernel has no hook dump: which of them runs first is not observable here (the order shown is a guess: newest table first)".to_string()
     });

@@ -271,6 +271,9 @@ pub struct NatHook {
     pub priority_name: String,
     /// The function, when the hook dump named it.
     pub function: Option<String>,
+    /// Where the order of its nat chains comes from: the hook dump when it lists them
+    /// (Linux 7.1+), else their priorities (ties guessed).
+    pub order: OrderSource,
     /// Top-level steps at the same priority (registration order decides).
     pub tied_with: Vec<String>,
 }

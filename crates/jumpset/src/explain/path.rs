@@ -204,6 +204,11 @@ pub(super) fn hook_path(
         }
     };
     // A dump that lists the nat chains itself (Linux 7.1+) gives their order too.
+    let nat_order = if nat_from_dump.is_some() {
+        OrderSource::HookDump
+    } else {
+        OrderSource::Derived
+    };
     let nat: Vec<Placed<'_>> = match nat_from_dump {
         Some(listed) => listed,
         None => nat,
@@ -223,6 +228,7 @@ pub(super) fn hook_path(
                 priority: p.runs_at,
                 priority_name: priority_name(hook, p.runs_at),
                 function: function.clone(),
+                order: nat_order,
                 tied_with: Vec::new(),
             });
             for n in &nat {
@@ -267,6 +273,7 @@ pub(super) fn hook_path(
     // Ties: at the top level by where they run (the NAT hook counting as one), among the
     // nat chains by their own priority.
     let known = order == OrderSource::HookDump;
+    let nat_known = nat_order == OrderSource::HookDump;
     let labels: Vec<String> = path.iter().map(Step::label).collect();
     let nat_label = |h: &NatHook| format!("the NAT hook ({})", h.priority_name);
     for i in 0..path.len() {
@@ -292,7 +299,7 @@ pub(super) fn hook_path(
                 tied.push(nat_label(h));
             }
         }
-        path[i].order_known = tied.is_empty() || known;
+        path[i].order_known = tied.is_empty() || if mine_nat { nat_known } else { known };
         path[i].tied_with = tied;
     }
     if let Some(h) = nat_hook.as_mut() {
@@ -303,6 +310,12 @@ pub(super) fn hook_path(
             .collect();
     }
 
+    if known && !nat_known && path.iter().any(|s| s.nat && !s.order_known) {
+        notes.push(
+            "the hook dump shows the NAT hook, not the nat chains behind it (kernels before              \"nfnetlink_hook: Dump nat type chains\"): their order is derived from their              priorities, and at equal priority — registration order, the one registered last              first — guessed (newest nf_tables table first)"
+                .to_string(),
+        );
+    }
     if !known && path.iter().any(|s| !s.order_known) {
         notes.push(
             "order derived from the priorities (this kernel has no hook dump: nfnetlink_hook, \

@@ -378,19 +378,31 @@ fn a_hook_dump_gives_the_kernels_order_with_what_else_runs_there() {
         p.nat_hook.as_ref().unwrap().function.as_deref(),
         Some("nf_nat_ipv4_pre_routing")
     );
-    assert!(p.path.iter().all(|s| s.order_known));
+    // The dump orders the hooks; the nat chains behind the NAT hook it does not show:
+    // their tie stays unknown.
+    assert!(p.path.iter().filter(|s| !s.nat).all(|s| s.order_known));
+    assert!(p.path[7].nat && !p.path[7].order_known);
+    assert_eq!(p.nat_hook.as_ref().unwrap().order, OrderSource::Derived);
+    assert!(
+        p.notes.iter().any(|n| n.contains("not the nat chains")),
+        "{:?}",
+        p.notes
+    );
     assert_eq!(p.path[0].owner, "kernel");
-    let tie = x
+    let ties: Vec<&Finding> = x
         .findings
         .iter()
-        .find(|f| f.kind == FindingKind::PriorityTie)
-        .unwrap();
+        .filter(|f| f.kind == FindingKind::PriorityTie)
+        .collect();
+    assert_eq!(ties.len(), 2, "{ties:#?}");
+    let last = |f: &Finding| f.evidence.last().unwrap().clone();
     assert!(
-        tie.evidence
-            .last()
-            .unwrap()
-            .contains("hook dump shows the order"),
-        "{tie:#?}"
+        last(ties[0]).contains("hook dump shows the order"),
+        "{ties:#?}"
+    );
+    assert!(
+        last(ties[1]).contains("does not list the nat chains"),
+        "{ties:#?}"
     );
 }
 
@@ -450,6 +462,11 @@ fn a_hook_dump_that_lists_the_nat_chains_gives_their_order_too() {
             p.path[5].priority, -90,
             "its own priority, from the chain dump"
         );
+        assert!(
+            p.path.iter().all(|s| s.order_known),
+            "the dump gives every order"
+        );
+        assert_eq!(p.nat_hook.as_ref().unwrap().order, OrderSource::HookDump);
         // Base chains the dump does not show are said to be missing from it.
         assert!(
             p.notes.iter().any(|n| n.contains("raw-PREROUTING")),
