@@ -449,8 +449,9 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// The managed (family, table, chain) triples, with the backends to read each with,
-    /// as `ev` lets decide them.
+    /// The managed (family, table, chain) triples — every chain of the config in every
+    /// family asked for, as the other commands' `--family` — with the backends to read
+    /// each with, as `ev` lets decide them.
     pub(crate) fn managed(
         &self,
         ev: &Evidence,
@@ -461,9 +462,6 @@ impl<'a> Request<'a> {
         let mut out = Vec::new();
         for spec in &cfg.chains {
             for &family in &self.families {
-                if !cfg.families.contains(&family) {
-                    continue;
-                }
                 out.push((
                     family,
                     spec,
