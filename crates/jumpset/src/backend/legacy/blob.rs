@@ -551,6 +551,19 @@ impl Encoded {
     }
 }
 
+/// One chain of a table as `jumpset explain` shows it ([`Table::chain_summaries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// The chain's name (built-in chains by their iptables names).
+    pub name: String,
+    /// The hook (NF_INET_*) of a built-in chain.
+    pub hook: Option<u32>,
+    /// Its rules (without the policy entry, head or footer).
+    pub rules: usize,
+    /// A built-in chain's policy (`ACCEPT` or `DROP`).
+    pub policy: Option<Verdict>,
+}
+
 /// A decoded x_tables table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -810,6 +823,26 @@ impl Table {
             .map(|c| c.name.as_str())
             .collect();
         (rules, users)
+    }
+
+    /// Every chain of the table in table order: built-in chains with their hook and
+    /// policy, user chains, each with its rule count (`jumpset explain`).
+    pub fn chain_summaries(&self) -> Vec<ChainSummary> {
+        self.chains
+            .iter()
+            .map(|c| ChainSummary {
+                name: c.name.clone(),
+                hook: c.hook.map(|h| h as u32),
+                rules: c.rules.len(),
+                policy: match (c.hook, &c.footer.target) {
+                    (None, _) => None,
+                    (Some(_), Target::Verdict(VERDICT_ACCEPT)) => Some(Verdict::Accept),
+                    (Some(_), Target::Verdict(VERDICT_DROP)) => Some(Verdict::Drop),
+                    (Some(_), Target::Verdict(v)) => Some(Verdict::Other(format!("<verdict {v}>"))),
+                    (Some(_), _) => Some(Verdict::Other("<not a verdict>".into())),
+                },
+            })
+            .collect()
     }
 
     /// Whether the table has user chain `name`.
