@@ -1,8 +1,13 @@
 //! One reconcile of one chain in one family: read → plan → apply → verify, re-planning
 //! (a bounded number of times) when the kernel refuses a write planned from a stale
 //! generation.
+//!
+//! The read, the plan and the commit are one [`Backend::transact`]: the backend calls the
+//! planner on what it read, so a backend guarded by a lock plans inside it. The chain is
+//! read back and held to the plan only when the commit does not already prove the result
+//! ([`Verified::ReadBack`]).
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Verified};
 use crate::plan::{self, Plan, Role};
 use crate::snapshot::{Family, Snapshot};
 use crate::spec::ChainSpec;
@@ -42,12 +47,12 @@ pub struct Outcome {
     pub generation_after: u32,
     /// Stale writes re-planned.
     pub retries: u32,
-    /// The kernel handle of each jump the plan inserted, found in the chain read back
-    /// right after the commit: `(index of the jump in the chain spec, handle)`. nf_tables:
-    /// the rule's handle (`nft -a list chain`); legacy: its 1-based position in the chain
-    /// at the read-back (`iptables -D CHAIN N` numbering), valid until the chain next
-    /// changes. A jump is left out when the read-back holds no copy of it, or more than
-    /// one (another writer changed the chain between the commit and the read-back).
+    /// The kernel handle of each jump the plan inserted: `(index of the jump in the chain
+    /// spec, handle)`. nf_tables: the rule's handle (`nft -a list chain`), as the kernel
+    /// echoed it; legacy: its 1-based position in the chain after the commit
+    /// (`iptables -D CHAIN N` numbering), valid until the chain next changes. When the
+    /// commit proves nothing and the chain is read back, a jump with no copy there or more
+    /// than one (another writer changed the chain in between) is left out.
     pub inserted: Vec<(usize, u64)>,
 }
 
@@ -100,14 +105,13 @@ pub fn reconcile(
 ) -> Result<Outcome, ReconcileError> {
     let mut retries = 0;
     loop {
-        let snap = backend.read(family, &spec.table, &spec.chain)?;
-        let plan = plan_for(goal, &snap, spec);
-        match backend.apply(&snap, spec, &plan) {
-            Ok(applied) if !applied.committed => {
-                let g = snap.generation;
+        let tx = backend.transact(family, spec, &mut |snap| plan_for(goal, snap, spec));
+        match tx {
+            Ok(tx) if !tx.applied.committed => {
+                let g = tx.before.generation;
                 return Ok(Outcome {
-                    before: snap,
-                    plan,
+                    before: tx.before,
+                    plan: tx.plan,
                     committed: false,
                     generation_before: g,
                     generation_after: g,
@@ -115,27 +119,44 @@ pub fn reconcile(
                     inserted: Vec::new(),
                 });
             }
-            Ok(applied) => {
-                // Read back and verify. Only a chain nobody else touched since our commit
-                // (still at the generation our commit produced) can be held to the plan.
-                let after = backend.read(family, &spec.table, &spec.chain)?;
-                let replan = plan_for(goal, &after, spec);
-                if Some(after.generation) == applied.expected_generation && !replan.is_noop() {
-                    return Err(ReconcileError::Verify {
-                        family,
-                        table: spec.table.clone(),
-                        chain: spec.chain.clone(),
-                        pending: replan.ops.len(),
-                    });
-                }
+            Ok(tx) => {
+                let (generation_after, inserted) = match tx.verified {
+                    Verified::Proven { inserted } => (
+                        tx.applied
+                            .expected_generation
+                            .unwrap_or(tx.before.generation),
+                        inserted,
+                    ),
+                    Verified::ReadBack => {
+                        // Read back and verify. Only a chain nobody else touched since our
+                        // commit (still at the generation our commit produced) can be held
+                        // to the plan.
+                        let after = backend.read(family, &spec.table, &spec.chain)?;
+                        let replan = plan_for(goal, &after, spec);
+                        if Some(after.generation) == tx.applied.expected_generation
+                            && !replan.is_noop()
+                        {
+                            return Err(ReconcileError::Verify {
+                                family,
+                                table: spec.table.clone(),
+                                chain: spec.chain.clone(),
+                                pending: replan.ops.len(),
+                            });
+                        }
+                        (
+                            after.generation,
+                            inserted_handles(&tx.plan, &after, &replan),
+                        )
+                    }
+                };
                 return Ok(Outcome {
-                    generation_before: snap.generation,
-                    generation_after: after.generation,
-                    inserted: inserted_handles(&plan, &after, &replan),
-                    before: snap,
-                    plan,
+                    generation_before: tx.before.generation,
+                    generation_after,
+                    before: tx.before,
+                    plan: tx.plan,
                     committed: true,
                     retries,
+                    inserted,
                 });
             }
             Err(BackendError::Stale { .. }) if retries < MAX_RETRIES => retries += 1,

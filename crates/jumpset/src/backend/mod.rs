@@ -5,6 +5,12 @@
 //! anyone else committed in between, the kernel refuses it and [`BackendError::Stale`]
 //! tells the caller to re-read and re-plan. All `unsafe` and all kernel layouts live in
 //! the backend modules.
+//!
+//! A reconcile goes through [`Backend::transact`]: the backend reads, calls the planner
+//! on what it read, and commits the plan, so a backend whose guard is a lock rather than
+//! a generation (x_tables: the xtables lock) plans inside it, from one read. It also says
+//! what its commit proves ([`Verified`]), so the chain is read back only when that is
+//! the only way to know.
 
 pub mod legacy;
 pub mod nft;
@@ -76,6 +82,38 @@ pub struct Applied {
     pub expected_generation: Option<u32>,
 }
 
+/// What a backend knows about the chain after its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// Nothing beyond the commit's success: the reconcile reads the chain back and holds
+    /// it to the plan.
+    ReadBack,
+    /// The commit itself proves the chain is what the plan made of the read: nf_tables,
+    /// a batch guarded by the generation the plan was read at (the kernel checked it
+    /// under its commit mutex, and applied every message or none); x_tables, `GET_INFO`
+    /// right after the replace, under the xtables lock, reporting the very entry count,
+    /// size, hook entries and underflows of the blob encoded.
+    Proven {
+        /// The kernel handle of each jump the plan inserted: `(index of the jump in the
+        /// chain spec, handle)` (nf_tables: the rule handle the kernel echoed; x_tables:
+        /// the 1-based position the rule was written at).
+        inserted: Vec<(usize, u64)>,
+    },
+}
+
+/// One read, the plan made from it, and what was committed ([`Backend::transact`]).
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// The chain as read.
+    pub before: Snapshot,
+    /// The plan made from `before`.
+    pub plan: Plan,
+    /// What was committed (nothing when the plan was empty).
+    pub applied: Applied,
+    /// What the commit proves.
+    pub verified: Verified,
+}
+
 /// One kernel interface.
 pub trait Backend {
     /// The backend's name: `nft` or `legacy`.
@@ -96,11 +134,44 @@ pub trait Backend {
     /// The current generation (nf_tables genid), after a commit.
     fn generation(&mut self) -> Result<u32, BackendError>;
 
+    /// Read `spec`'s chain in `family`, plan from that read with `planner`, and apply the
+    /// plan as one transaction guarded by that read. [`BackendError::Stale`]: someone
+    /// else committed first; nothing was applied (re-run it). The default is [`read`]
+    /// then [`apply`], guarded by the snapshot's generation.
+    ///
+    /// [`read`]: Backend::read
+    /// [`apply`]: Backend::apply
+    fn transact(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Transaction, BackendError> {
+        let before = self.read(family, &spec.table, &spec.chain)?;
+        let plan = planner(&before);
+        let applied = self.apply(&before, spec, &plan)?;
+        Ok(Transaction {
+            before,
+            plan,
+            applied,
+            verified: Verified::ReadBack,
+        })
+    }
+
     /// The netlink port id this backend commits from, when the kernel names it in its
     /// change notifications (nf_tables): how a watcher tells our own commits apart.
     fn commit_portid(&self) -> Option<u32> {
         None
     }
+}
+
+impl Applied {
+    /// Nothing committed (the plan was empty).
+    pub const NOTHING: Applied = Applied {
+        committed: false,
+        changes: 0,
+        expected_generation: None,
+    };
 }
 
 /// A failure talking to the kernel.
