@@ -617,6 +617,8 @@ pub struct Table<'a> {
     blob: &'a [u8],
     /// Every chain, in table order.
     chains: Vec<ChainRef>,
+    /// The index in `chains` of each hook's built-in chain (`u32::MAX`: no such hook).
+    builtins: [u32; NUM_HOOKS],
     /// Entries in the table as decoded.
     num_entries: u32,
     /// Offset of the final `ERROR` entry.
@@ -882,12 +884,17 @@ impl<'a> Table<'a> {
                 ui += 1;
             }
         }
+        let mut builtins = [u32::MAX; NUM_HOOKS];
+        for (i, c) in chains.iter().enumerate().filter(|(_, c)| c.is_builtin()) {
+            builtins[c.hook as usize] = i as u32;
+        }
         let t = Table {
             layout: l,
             name: info.name.clone(),
             valid_hooks: info.valid_hooks,
             blob,
             chains,
+            builtins,
             num_entries: n,
             end: end.offset,
             entered,
@@ -950,9 +957,8 @@ impl<'a> Table<'a> {
     }
 
     fn builtin_by_name(&self, name: &[u8]) -> Option<usize> {
-        self.chains
-            .iter()
-            .position(|c| c.is_builtin() && HOOK_CHAINS[c.hook as usize].as_bytes() == name)
+        let h = HOOK_CHAINS.iter().position(|c| c.as_bytes() == name)?;
+        Some(self.builtins[h]).filter(|&i| i != u32::MAX).map(|i| i as usize)
     }
 
     fn builtin(&self, chain: &str) -> Option<usize> {
