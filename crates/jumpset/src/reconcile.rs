@@ -7,7 +7,7 @@
 //! read back and held to the plan only when the commit does not already prove the result
 //! ([`Verified::ReadBack`]).
 
-use crate::backend::{Backend, BackendError, Verified};
+use crate::backend::{Backend, BackendError, Fingerprint, Transaction, Verified};
 use crate::plan::{self, Plan, Role};
 use crate::snapshot::{Family, Snapshot};
 use crate::spec::ChainSpec;
@@ -96,6 +96,23 @@ impl ReconcileError {
     }
 }
 
+/// What the reconciles of one chain in one family remember from one to the next
+/// ([`reconcile_with_memo`]): what decided the last plan, and that plan's outcome when it
+/// wrote nothing.
+#[derive(Debug, Default)]
+pub struct Memo {
+    seen: Fingerprint,
+    last: Option<Outcome>,
+}
+
+impl Memo {
+    /// Forget everything: the next reconcile plans whatever it reads.
+    pub fn clear(&mut self) {
+        self.seen.invalidate();
+        self.last = None;
+    }
+}
+
 /// Reconcile one chain in one family as one transaction.
 pub fn reconcile(
     backend: &mut dyn Backend,
@@ -103,9 +120,61 @@ pub fn reconcile(
     spec: &ChainSpec,
     goal: Goal,
 ) -> Result<Outcome, ReconcileError> {
+    run(backend, family, spec, goal, None)
+}
+
+/// [`reconcile`], skipping the plan when the chain reads as it did at the last reconcile
+/// with this `memo` and that one wrote nothing: then its outcome is returned again. For a
+/// poll (the daemon on x_tables, which has no change notifications): where the backend
+/// can tell cheaply and exactly that nothing that decides the plan changed
+/// ([`Backend::transact_if_changed`]), e.g. x_tables counters moved, rules did not, the
+/// planner is not run. `memo` belongs to one (spec, family, goal).
+pub fn reconcile_with_memo(
+    backend: &mut dyn Backend,
+    family: Family,
+    spec: &ChainSpec,
+    goal: Goal,
+    memo: &mut Memo,
+) -> Result<Outcome, ReconcileError> {
+    let r = run(backend, family, spec, goal, Some(memo));
+    match &r {
+        Ok(o) if !o.committed => {
+            memo.seen.confirm();
+            memo.last = Some(o.clone());
+        }
+        _ => memo.clear(),
+    }
+    r
+}
+
+fn run(
+    backend: &mut dyn Backend,
+    family: Family,
+    spec: &ChainSpec,
+    goal: Goal,
+    mut memo: Option<&mut Memo>,
+) -> Result<Outcome, ReconcileError> {
     let mut retries = 0;
     loop {
-        let tx = backend.transact(family, spec, &mut |snap| plan_for(goal, snap, spec));
+        let mut planner = |snap: &Snapshot| plan_for(goal, snap, spec);
+        let tx: Result<Transaction, BackendError> = match memo.as_deref_mut() {
+            Some(m) => match backend.transact_if_changed(family, spec, &mut m.seen, &mut planner) {
+                Ok(Some(tx)) => Ok(tx),
+                Ok(None) => match &m.last {
+                    Some(last) => {
+                        return Ok(Outcome {
+                            retries,
+                            ..last.clone()
+                        })
+                    }
+                    // Only a confirmed fingerprint matches, and one is confirmed only
+                    // together with `last`; plan anyway.
+                    None => backend.transact(family, spec, &mut planner),
+                },
+                Err(e) => Err(e),
+            },
+            None => backend.transact(family, spec, &mut planner),
+        };
         match tx {
             Ok(tx) if !tx.applied.committed => {
                 let g = tx.before.generation;

@@ -114,6 +114,28 @@ pub struct Transaction {
     pub verified: Verified,
 }
 
+/// What decided the last plan of a chain, as a backend read it (see
+/// [`Backend::transact_if_changed`]). Opaque; compares by content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// The backend's canonical bytes of the chain.
+    pub(crate) bytes: Vec<u8>,
+    /// Whether `bytes` is what the last plan (one that wrote nothing) was made from.
+    pub(crate) valid: bool,
+}
+
+impl Fingerprint {
+    /// Forget it: the next read plans whatever it finds.
+    pub fn invalidate(&mut self) {
+        self.valid = false;
+    }
+
+    /// Mark the read that last updated it as one whose plan wrote nothing.
+    pub fn confirm(&mut self) {
+        self.valid = true;
+    }
+}
+
 /// One kernel interface.
 pub trait Backend {
     /// The backend's name: `nft` or `legacy`.
@@ -156,6 +178,23 @@ pub trait Backend {
             applied,
             verified: Verified::ReadBack,
         })
+    }
+
+    /// [`Backend::transact`], unless what decides the plan reads as `seen` says it did
+    /// when a plan last wrote nothing: then `Ok(None)`, without planning. Otherwise `seen`
+    /// becomes what this read found (unconfirmed: the caller [`Fingerprint::confirm`]s it
+    /// when the plan writes nothing). x_tables keeps no generation and its counters
+    /// change with every packet, so it compares the chain's rules, counters aside; the
+    /// default cannot tell cheaply and always transacts.
+    fn transact_if_changed(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        seen: &mut Fingerprint,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Option<Transaction>, BackendError> {
+        seen.invalidate();
+        self.transact(family, spec, planner).map(Some)
     }
 
     /// The netlink port id this backend commits from, when the kernel names it in its

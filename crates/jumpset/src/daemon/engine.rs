@@ -241,6 +241,9 @@ struct Target {
     conflicts_logged: Vec<String>,
     /// The other agents' jumps `after`/`before` name, witnessed.
     anchors: Anchors,
+    /// What the last reconcile read (the legacy poll skips the plan when the chain reads
+    /// the same, counters aside).
+    memo: reconcile::Memo,
 }
 
 /// The open backend.
@@ -296,6 +299,7 @@ fn build_targets(cfg: &Config, sel: &Selection, t: &Tuning, policy: PolicyFactor
                 health: Health::Pending,
                 conflicts_logged: Vec::new(),
                 anchors: Anchors::new(spec),
+                memo: reconcile::Memo::default(),
             });
         }
     }
@@ -729,10 +733,16 @@ impl<H: Host> Engine<H> {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let t = &self.targets[i];
+        let t = &mut self.targets[i];
         let spec = &self.cfg.chains[t.chain];
         let started = self.host.now();
-        let res = reconcile::reconcile(conn.backend.as_mut(), t.family, spec, Goal::Converge);
+        let res = reconcile::reconcile_with_memo(
+            conn.backend.as_mut(),
+            t.family,
+            spec,
+            Goal::Converge,
+            &mut t.memo,
+        );
         let ended = self.host.now();
         self.complete(i, cause, changed_at, started, ended, res);
     }

@@ -940,6 +940,9 @@ impl<'a> Table<'a> {
 
     /// The name in a user chain's `ERROR` head.
     fn user_name(&self, c: &ChainRef) -> &'a [u8] {
+        if c.is_builtin() {
+            return b"";
+        }
         let head = Valid {
             bytes: &self.blob[c.head as usize..c.first as usize],
         };
@@ -958,7 +961,9 @@ impl<'a> Table<'a> {
 
     fn builtin_by_name(&self, name: &[u8]) -> Option<usize> {
         let h = HOOK_CHAINS.iter().position(|c| c.as_bytes() == name)?;
-        Some(self.builtins[h]).filter(|&i| i != u32::MAX).map(|i| i as usize)
+        Some(self.builtins[h])
+            .filter(|&i| i != u32::MAX)
+            .map(|i| i as usize)
     }
 
     fn builtin(&self, chain: &str) -> Option<usize> {
@@ -1055,6 +1060,45 @@ impl<'a> Table<'a> {
                 })
                 .collect(),
         )
+    }
+
+    /// Write to `out` (cleared first) what decides a plan for built-in chain `chain`:
+    /// every rule's bytes with the fields that change without the rule changing zeroed
+    /// (counters, `comefrom`, jump offsets), each jump followed by the name of the chain
+    /// it lands on (or that it falls through, or lands inside a chain). Two reads give the
+    /// same bytes exactly when [`Table::rules`] gives the same rules, counters aside;
+    /// nothing is decoded. Returns whether the table has the chain.
+    pub fn fingerprint(&self, chain: &str, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Some(ci) = self.builtin(chain) else {
+            return false;
+        };
+        let c = self.chains[ci];
+        let l = self.layout;
+        for off in self.rule_offsets(&c) {
+            let e = self.valid(off);
+            let size = e.size(l);
+            let start = out.len();
+            out.extend_from_slice(&(size as u32).to_ne_bytes());
+            out.extend_from_slice(&self.blob[off as usize..off as usize + size]);
+            let b = &mut out[start + 4..];
+            b[l.counters..l.counters + 16].fill(0);
+            b[l.next_offset + 2..l.next_offset + 6].fill(0); // comefrom
+            if let Some(v) = e.standard(l).filter(|&v| v >= 0) {
+                let at = e.target_offset(l) + EXT_HEADER;
+                b[at..at + 4].fill(0);
+                if v as usize == off as usize + size {
+                    out.push(1); // falls through
+                } else if let Some(t) = self.chain_at(v as u32) {
+                    out.push(2);
+                    out.extend_from_slice(self.user_name(t));
+                    out.push(0);
+                } else {
+                    out.push(3); // into the middle of a chain
+                }
+            }
+        }
+        true
     }
 
     /// The user chain a jump to `offset` lands at the start of.

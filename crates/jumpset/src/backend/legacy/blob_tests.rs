@@ -668,3 +668,61 @@ proptest! {
         prop_assert_eq!(back.encode().unwrap().0, blob);
     }
 }
+
+#[test]
+fn the_fingerprint_ignores_counters_and_offsets_and_sees_rules_and_names() {
+    let (f, info, blob) = capture("ip-nat-harvester-broken");
+    let fp = |t: &Table| {
+        let mut out = Vec::new();
+        assert!(t.fingerprint("PREROUTING", &mut out));
+        out
+    };
+    let t = table("ip-nat-harvester-broken");
+    let base = fp(&t);
+    let l = Layout::of(f);
+    let first = t.rule_bytes("PREROUTING").unwrap()[0].len();
+
+    // Counters (and comefrom) change with every packet: same fingerprint.
+    let mut b = blob.to_vec();
+    b[l.counters..l.counters + 16].copy_from_slice(&[7; 16]);
+    b[first + l.counters..first + l.counters + 8].copy_from_slice(&[1; 8]);
+    assert_eq!(fp(&Table::decode(f, &info, &b).unwrap()), base);
+
+    // Every jump offset moves (a chain created before the targets): same fingerprint.
+    let mut moved = table("ip-nat-harvester-broken");
+    assert!(moved.ensure_chain("AAA").unwrap());
+    let (mb, menc) = moved.encode().unwrap();
+    let moved = Table::decode(f, &menc.info(&info), &mb).unwrap();
+    assert_ne!(
+        moved.rule_bytes("PREROUTING").unwrap()[0][400..440],
+        blob[400..440],
+        "the jump offset did move"
+    );
+    assert_eq!(fp(&moved), base);
+
+    // A rule's bytes change (one comment byte): another fingerprint.
+    let mut b = blob.to_vec();
+    b[l.entry_size + EXT_HEADER] ^= 1;
+    assert_ne!(fp(&Table::decode(f, &info, &b).unwrap()), base);
+
+    // The chain a jump lands on is renamed, the chain's bytes stay the same (`iptables
+    // -E` keeps the offsets when the name sorts to the same place): another fingerprint.
+    let head = t
+        .chains
+        .iter()
+        .find(|c| t.user_name(c) == b"OVN-PREROUTING")
+        .unwrap();
+    let name_at = head.head as usize + l.entry_size + EXT_HEADER;
+    let mut b = blob.to_vec();
+    b[name_at..name_at + 14].copy_from_slice(b"OVN-PREROUTINX");
+    let renamed = Table::decode(f, &info, &b).unwrap();
+    assert_eq!(
+        renamed.rule_bytes("PREROUTING").unwrap(),
+        t.rule_bytes("PREROUTING").unwrap()
+    );
+    assert_ne!(fp(&renamed), base);
+    assert!(
+        !t.fingerprint("FORWARD", &mut Vec::new()),
+        "nat has no FORWARD"
+    );
+}

@@ -59,7 +59,7 @@
 pub mod blob;
 mod sys;
 
-use super::{Applied, Backend, BackendError, Transaction, Verified};
+use super::{Applied, Backend, BackendError, Fingerprint, Transaction, Verified};
 use crate::plan::{self, Op, Plan};
 use crate::snapshot::{Family, Rule, Snapshot};
 use crate::spec::ChainSpec;
@@ -109,6 +109,8 @@ pub(crate) struct Buffers {
     pub(crate) new: Vec<XtCounters>,
     /// `ADD_COUNTERS` scratch.
     pub(crate) add: Vec<u8>,
+    /// The chain's fingerprint as read (compared with the caller's).
+    pub(crate) fingerprint: Vec<u8>,
 }
 
 impl std::fmt::Debug for LegacyBackend {
@@ -398,12 +400,15 @@ impl LegacyBackend {
     /// The reconcile of `spec`'s chain in `family` under the xtables lock, from one read:
     /// `decide` plans from the chain as read (or refuses with `Stale`); a plan that writes
     /// is committed from that same read. See the module documentation.
+    /// With `seen`, nothing is planned when the chain reads as `seen` says
+    /// ([`Backend::transact_if_changed`]): `Ok(None)`.
     fn locked(
         &mut self,
         family: Family,
         spec: &ChainSpec,
+        mut seen: Option<&mut Fingerprint>,
         decide: &mut dyn FnMut(&Snapshot) -> Result<Plan, BackendError>,
-    ) -> Result<Transaction, BackendError> {
+    ) -> Result<Option<Transaction>, BackendError> {
         let (table, chain) = (spec.table.as_str(), spec.chain.as_str());
         let _lock = self.lock()?;
         let step = format!("reading {} under the xtables lock", cmd(family, table));
@@ -421,9 +426,17 @@ impl LegacyBackend {
             None
         } else {
             self.last_generation = 0;
+            if let Some(seen) = seen.as_deref_mut() {
+                if seen.valid && seen.bytes == MISSING_TABLE {
+                    return Ok(None);
+                }
+                seen.bytes.clear();
+                seen.bytes.extend_from_slice(MISSING_TABLE);
+                seen.valid = false;
+            }
             let plan = decide(&missing)?;
             if plan.ops.is_empty() {
-                return Ok(nothing(missing, plan));
+                return Ok(Some(nothing(missing, plan)));
             }
             // A missing table has no chains: refuse before instantiating it for nothing.
             if let Some(js) = plan.ops.iter().find_map(|op| match *op {
@@ -451,11 +464,24 @@ impl LegacyBackend {
             old,
             new,
             add,
+            fingerprint,
         } = &mut self.bufs;
         let info = read_into(&sock, table, &step, read)?;
         self.last_generation = info.num_entries;
         let mut t = Table::decode(family, &info, &read[ENTRIES_HEADER..])
             .map_err(|e| decode_err(&step, e))?;
+        if let (Some(seen), None) = (seen, &planned_missing) {
+            // The poll's shortcut: counters change with every packet, the rules may not.
+            if !t.fingerprint(chain, fingerprint) {
+                fingerprint.clear();
+                fingerprint.extend_from_slice(NO_CHAIN);
+            }
+            if seen.valid && seen.bytes == *fingerprint {
+                return Ok(None);
+            }
+            std::mem::swap(&mut seen.bytes, fingerprint);
+            seen.valid = false;
+        }
         let now = snapshot_of(&t, table, chain);
         let (before, plan) = match planned_missing {
             None => {
@@ -467,7 +493,7 @@ impl LegacyBackend {
             Some(plan) => (missing, plan),
         };
         if plan.ops.is_empty() {
-            return Ok(nothing(before, plan));
+            return Ok(Some(nothing(before, plan)));
         }
         if !t.has_builtin(chain) {
             return Err(BackendError::Unsupported(format!(
@@ -577,7 +603,7 @@ impl LegacyBackend {
         } else {
             Verified::ReadBack
         };
-        Ok(Transaction {
+        Ok(Some(Transaction {
             before,
             plan,
             applied: Applied {
@@ -586,9 +612,14 @@ impl LegacyBackend {
                 expected_generation: Some(enc.num_entries),
             },
             verified,
-        })
+        }))
     }
 }
+
+/// The fingerprint of a table that does not exist.
+const MISSING_TABLE: &[u8] = b"\0no table";
+/// The fingerprint of a table without the chain.
+const NO_CHAIN: &[u8] = b"\0no chain";
 
 /// A transaction that committed nothing.
 fn nothing(before: Snapshot, plan: Plan) -> Transaction {
@@ -691,7 +722,7 @@ impl Backend for LegacyBackend {
         let stale = BackendError::Stale {
             planned: snap.generation,
         };
-        let tx = self.locked(snap.family, spec, &mut |now| {
+        let tx = self.locked(snap.family, spec, None, &mut |now| {
             if now.table_exists != snap.table_exists
                 || now.generation != snap.generation
                 || !same_rules(&now.rules, &snap.rules)
@@ -703,7 +734,7 @@ impl Backend for LegacyBackend {
             Ok(plan.clone())
         });
         match tx {
-            Ok(tx) => Ok(tx.applied),
+            Ok(tx) => Ok(tx.map_or(Applied::NOTHING, |tx| tx.applied)),
             Err(BackendError::Stale { .. }) => Err(stale),
             Err(e) => Err(e),
         }
@@ -715,7 +746,18 @@ impl Backend for LegacyBackend {
         spec: &ChainSpec,
         planner: &mut dyn FnMut(&Snapshot) -> Plan,
     ) -> Result<Transaction, BackendError> {
-        self.locked(family, spec, &mut |snap| Ok(planner(snap)))
+        let tx = self.locked(family, spec, None, &mut |snap| Ok(planner(snap)))?;
+        tx.ok_or_else(|| BackendError::Unsupported("no fingerprint was given".into()))
+    }
+
+    fn transact_if_changed(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        seen: &mut Fingerprint,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Option<Transaction>, BackendError> {
+        self.locked(family, spec, Some(seen), &mut |snap| Ok(planner(snap)))
     }
 }
 
