@@ -200,7 +200,9 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Daemon) {
         return daemon(cli);
     }
-    print(run(cli), json)
+    let code = print(run(cli), json);
+    bench::report_peak_rss();
+    code
 }
 
 /// `jumpset daemon`: load the config, check the capabilities and drop every other one

@@ -645,7 +645,7 @@ pub(crate) fn read_into(
         let info = sock
             .get_info(table)
             .map_err(io_err(step, "CAP_NET_ADMIN"))?;
-        match sock.get_entries_into(table, info.size, buf) {
+        match sock.get_entries_into(table, info.size, buf, 0) {
             Ok(()) => {
                 if sock
                     .get_info(table)

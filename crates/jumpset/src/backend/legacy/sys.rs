@@ -222,20 +222,28 @@ impl RawSocket {
         Info::parse(&buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// `SO_GET_ENTRIES` of `size` bytes (the size GET_INFO reported) into `buf`, reused:
-    /// afterwards `buf` holds [`ENTRIES_HEADER`] bytes of header and then the entries
-    /// blob. Only bytes the buffer did not have yet are zeroed (the kernel overwrites the
-    /// rest). `EAGAIN` when the table's size changed since.
-    pub fn get_entries_into(&self, table: &str, size: u32, buf: &mut Vec<u8>) -> io::Result<()> {
+    /// `SO_GET_ENTRIES` of `size` bytes (the size GET_INFO reported) into `buf`, reused,
+    /// after `room` bytes left as they are: afterwards `buf` holds `room` bytes, then
+    /// [`ENTRIES_HEADER`] bytes of header, then the entries blob. Only bytes the buffer
+    /// did not have yet are zeroed (the kernel overwrites the rest). `EAGAIN` when the
+    /// table's size changed since.
+    pub fn get_entries_into(
+        &self,
+        table: &str,
+        size: u32,
+        buf: &mut Vec<u8>,
+        room: usize,
+    ) -> io::Result<()> {
         let want = ENTRIES_HEADER + size as usize;
-        if buf.len() < want {
-            buf.resize(want, 0);
+        if buf.len() < room + want {
+            buf.resize(room + want, 0);
         } else {
-            buf.truncate(want);
+            buf.truncate(room + want);
         }
-        buf[..TABLE_NAME_LEN].copy_from_slice(&table_name(table)?);
-        buf[offset_of!(IptGetEntries, size)..][..4].copy_from_slice(&size.to_ne_bytes());
-        let n = self.getsockopt(SO_GET_ENTRIES, buf)?;
+        let req = &mut buf[room..];
+        req[..TABLE_NAME_LEN].copy_from_slice(&table_name(table)?);
+        req[offset_of!(IptGetEntries, size)..][..4].copy_from_slice(&size.to_ne_bytes());
+        let n = self.getsockopt(SO_GET_ENTRIES, req)?;
         if n != want {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
