@@ -111,7 +111,7 @@ fn take<const N: usize>(
     off.checked_add(N)
         .and_then(|end| bytes.get(off..end))
         .and_then(|s| <[u8; N]>::try_from(s).ok())
-        .ok_or(BlobError::Truncated {
+        .ok_or_else(|| BlobError::Truncated {
             what,
             offset: off,
             need: N,
