@@ -25,7 +25,54 @@ use crate::snapshot::{Rule, Snapshot, Verdict};
 use crate::spec::{ChainSpec, JumpSpec};
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The planner's maps: keyed by chain names and comments, small, rebuilt for every plan,
+/// so hashed with a multiply-rotate hash (the Fx hash of rustc) rather than SipHash —
+/// most of the cost of a plan of a short chain was hashing. A plan's time does not
+/// depend on secrets, and whoever can fill the chain with colliding names can write any
+/// rule anyway.
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<Fx>>;
+
+/// The Fx hash (rustc's): a word at a time, `(h.rotl(5) ^ w) * K`.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl Fx {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Upper bound on complete assignments examined by the keep search; beyond it the best
 /// plan found so far is used (still valid, possibly not minimal). Only reachable with
@@ -203,7 +250,7 @@ impl<'a> Comments<'a> {
 
     fn build(jumps: &'a [JumpSpec], hashed: bool) -> Self {
         let map = hashed.then(|| {
-            let mut m = HashMap::with_capacity(jumps.len());
+            let mut m = HashMap::with_capacity_and_hasher(jumps.len(), Default::default());
             for (i, j) in jumps.iter().enumerate() {
                 m.entry(j.comment.as_bytes()).or_insert(i);
             }
@@ -338,7 +385,7 @@ impl<'a> Model<'a> {
     }
 
     fn spans(&self, fixed: &[usize]) -> Spans<'a> {
-        let mut spans: Spans<'a> = HashMap::new();
+        let mut spans: Spans<'a> = HashMap::default();
         for (pos, &i) in fixed.iter().enumerate() {
             if let Some(t) = self.rules[i].target() {
                 spans
@@ -450,7 +497,7 @@ struct Bounds {
 impl Bounds {
     fn new(model: &Model<'_>, edges: &[Edge<'_>]) -> Self {
         let rules = model.rules;
-        let mut first_last: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut first_last: HashMap<&str, (usize, usize)> = HashMap::default();
         for &i in &model.foreign {
             if let Some(t) = rules[i].target() {
                 first_last
@@ -622,7 +669,7 @@ fn is_converged_many(rules: &[Rule], jumps: &[JumpSpec]) -> bool {
         return false;
     }
     // Where the rules jumping to each name the constraints mention stand.
-    let mut spans: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut spans: HashMap<&str, (usize, usize)> = HashMap::default();
     for js in jumps {
         for name in js.after.iter().chain(&js.before).chain([&js.target]) {
             spans.insert(name.as_str(), (usize::MAX, 0));
@@ -685,16 +732,20 @@ fn plan_full(snap: &Snapshot, spec: &ChainSpec) -> Plan {
         candidates: &candidates,
         possible,
         best: none.clone(),
+        best_layout: None,
         best_count: 0,
         leaves: 0,
     };
     let mut kept = none;
     search.dfs(0, &mut kept, 0);
     let kept = search.best;
-    let layout = model
-        .layout(&kept, &edges)
-        .or_else(|_| model.layout(&vec![None; jumps.len()], &edges))
-        .expect("after relaxation, inserting every jump is always possible");
+    let layout = match search.best_layout {
+        Some(l) => l,
+        None => model
+            .layout(&kept, &edges)
+            .or_else(|_| model.layout(&vec![None; jumps.len()], &edges))
+            .expect("after relaxation, inserting every jump is always possible"),
+    };
 
     // Roles of the copies not kept.
     for (i, role) in roles.iter_mut().enumerate() {
@@ -912,6 +963,8 @@ struct Search<'m, 'a> {
     /// `possible[j]`: jumps from `j` on that have a candidate.
     possible: Vec<usize>,
     best: Vec<Option<usize>>,
+    /// The layout of `best`, once a leaf was laid out.
+    best_layout: Option<Layout>,
     best_count: usize,
     leaves: usize,
 }
@@ -923,8 +976,9 @@ impl Search<'_, '_> {
         }
         if j == kept.len() {
             self.leaves += 1;
-            if self.model.layout(kept, self.edges).is_ok() {
+            if let Ok(layout) = self.model.layout(kept, self.edges) {
                 self.best = kept.clone();
+                self.best_layout = Some(layout);
                 self.best_count = count;
             }
             return;
