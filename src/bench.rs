@@ -14,7 +14,7 @@
 //! - `noop_reconcile_us`: one full [`reconcile::reconcile`] of the converged chain — read
 //!   (one dump), plan, nothing to apply.
 //! - `raw_dump_floor_us`: the kernel part alone. nf_tables: the request the read sends
-//!   (GETGEN + the GETRULE dump of the chain, one `sendmsg`), built once, on a socket of
+//!   (GETGEN, GETCHAIN and the GETRULE dump of the chain, one `sendmsg`), built once, on a socket of
 //!   its own, datagrams received until `NLMSG_DONE`, nothing decoded. Legacy: `GET_INFO`
 //!   and `GET_ENTRIES` of the table into a buffer kept between reads, nothing decoded
 //!   ([`RawTable`]). No-op and floor samples are taken alternately, so machine noise hits
@@ -53,12 +53,12 @@ use crate::output::{
     require_capability, CmdError, Output, EXIT_KERNEL, EXIT_PRIVILEGE, EXIT_USAGE,
 };
 use jumpset::backend::legacy::LegacyBackend;
-use jumpset::backend::nft::{self, NftBackend};
+use jumpset::backend::nft::NftBackend;
 use jumpset::backend::Backend;
 use jumpset::reconcile::{self, Goal};
 use jumpset::snapshot::{CommentEncoding, Family};
 use jumpset::spec::{BackendChoice, ChainSpec};
-use jumpset::testing::RawTable;
+use jumpset::testing::{nft_read_request, RawBatch, RawTable};
 use jumpset_testkit::table::{kube_proxy_scale, OVN_LINE};
 use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
@@ -282,6 +282,8 @@ enum Floor {
         buf: Vec<u8>,
         /// The generation the last read found.
         generation: Option<u32>,
+        /// The repair's batch, once built ([`Floor::prepare`]).
+        batch: Option<RawBatch>,
     },
     Legacy(RawTable),
 }
@@ -302,20 +304,14 @@ impl Floor {
             .map_err(|e| kernel(format!("opening a netlink socket for the dump floor: {e}")))?;
         sock.bind_auto()
             .map_err(|e| kernel(format!("binding the dump floor's netlink socket: {e}")))?;
-        let seq = 1;
-        let mut req = nft::codec::get_gen(seq);
-        req.extend_from_slice(&nft::codec::get_rules(
-            nft::nfproto(Family::Ip),
-            TABLE,
-            CHAIN,
-            seq + 1,
-        ));
+        let (req, dump_seq) = nft_read_request(Family::Ip, TABLE, CHAIN);
         Ok(Floor::Nft {
             sock,
             req,
-            dump_seq: seq + 1,
+            dump_seq,
             buf: Vec::with_capacity(64 * 1024),
             generation: None,
+            batch: None,
         })
     }
 
@@ -329,6 +325,7 @@ impl Floor {
                 dump_seq,
                 buf,
                 generation,
+                ..
             } => {
                 sock.send(req, 0)
                     .map_err(|e| kernel(format!("sending the dump floor's request: {e}")))?;
@@ -370,11 +367,29 @@ impl Floor {
 }
 
 impl Floor {
+    /// nf_tables: build the repair's batch — jumpset's own, for the plan that puts the
+    /// owned jump back — from a read right after a deletion (untimed; the chain is
+    /// repaired again afterwards). The rule it inserts before keeps its handle from one
+    /// repair to the next; only the generation changes, and each floor repair puts the one
+    /// its read found.
+    fn prepare(&mut self, b: &mut dyn Backend, spec: &ChainSpec) -> Result<(), CmdError> {
+        let Floor::Nft { batch, .. } = self else {
+            return Ok(());
+        };
+        disrupt(b, spec)?;
+        let mut nft = NftBackend::open().map_err(kernel)?;
+        let snap = nft.read(Family::Ip, TABLE, CHAIN).map_err(kernel)?;
+        let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
+        *batch = Some(RawBatch::build(&mut nft, &snap, spec, &plan).map_err(kernel)?);
+        repair(b, spec)?;
+        Ok(())
+    }
+
     /// Whether [`Floor::repair`] can be measured (nf_tables: once the batch is built).
     fn repairs(&self) -> bool {
         match self {
             Floor::Legacy(_) => true,
-            Floor::Nft { .. } => false,
+            Floor::Nft { batch, .. } => batch.is_some(),
         }
     }
 
@@ -386,9 +401,58 @@ impl Floor {
 
     /// One repair at the floor.
     fn repair(&mut self) -> Result<(), CmdError> {
-        match self {
-            Floor::Legacy(raw) => raw.read_and_replace().map(|_| ()).map_err(kernel),
-            Floor::Nft { .. } => Err(kernel("the nf_tables repair floor is not built")),
+        if let Floor::Legacy(raw) = self {
+            return raw.read_and_replace().map(|_| ()).map_err(kernel);
+        }
+        self.read()?;
+        let Floor::Nft {
+            sock,
+            buf,
+            generation,
+            batch: Some(batch),
+            ..
+        } = self
+        else {
+            return Err(kernel("the nf_tables repair floor has no batch"));
+        };
+        let generation =
+            generation.ok_or_else(|| kernel("the floor's dump carried no generation"))?;
+        batch.set_generation(generation);
+        sock.send(batch.bytes(), 0)
+            .map_err(|e| kernel(format!("sending the floor's batch: {e}")))?;
+        let end = batch.end_seq();
+        // Replies until END's ack; the echoed rule comes before it.
+        loop {
+            buf.clear();
+            let n = sock
+                .recv(buf, 0)
+                .map_err(|e| kernel(format!("receiving the floor's acks: {e}")))?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let h = &buf[off..off + 16];
+                let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                let ty = u16::from_ne_bytes([h[4], h[5]]);
+                let seq = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]);
+                if ty == NLMSG_ERROR {
+                    let code = buf
+                        .get(off + 16..off + 20)
+                        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                        .unwrap_or(-1);
+                    if code != 0 {
+                        return Err(kernel(format!(
+                            "the floor's batch was refused (errno {})",
+                            -code
+                        )));
+                    }
+                    if seq == end {
+                        return Ok(());
+                    }
+                }
+                if len < 16 {
+                    return Err(kernel("a malformed netlink header in the floor's acks"));
+                }
+                off += (len + 3) & !3;
+            }
         }
     }
 }
@@ -829,6 +893,7 @@ fn measure(opts: &BenchOptions, want: usize, lock: &Path) -> Result<Measured, Cm
     let mut floor = Floor::open(opts.backend)?;
     let (noop_s, floor_s, floor_bytes) = noop_and_floor(b.as_mut(), &mut floor, &spec, want)?;
     let per_sec = sustained(b.as_mut(), &spec)?;
+    floor.prepare(b.as_mut(), &spec)?;
     let (repair_s, floor_repair) = repairs(b.as_mut(), &mut floor, &spec, want, true)?;
     let (b2b, floor_backtoback) = repairs(b.as_mut(), &mut floor, &spec, want, false)?;
 

@@ -4,8 +4,11 @@
 
 use crate::backend::legacy::blob::Encoded;
 use crate::backend::legacy::{io_err, RawSocket, XtCounters, ENTRIES_HEADER, REPLACE_HEADER};
+use crate::backend::nft::NftBackend;
 use crate::backend::BackendError;
-use crate::snapshot::Family;
+use crate::plan::Plan;
+use crate::snapshot::{Family, Snapshot};
+use crate::spec::ChainSpec;
 
 /// An x_tables table read and replaced raw: `GET_INFO` + `GET_ENTRIES` into a buffer kept
 /// between calls ([`RawTable::read`]), and that read followed by `SET_REPLACE` of the
@@ -83,5 +86,79 @@ impl RawTable {
             .add_counters(&self.table, &self.old, &mut self.add)
             .map_err(io_err(step, "CAP_NET_ADMIN"))?;
         Ok(info.size)
+    }
+}
+
+/// The request jumpset's nf_tables read sends for `table`/`chain` of `family` (GETGEN,
+/// GETCHAIN, the GETRULE dump, in one `sendmsg`, seq 1 to 3), and the seq of the dump's
+/// NLMSG_DONE: the floor sends the same request raw.
+pub fn nft_read_request(family: Family, table: &str, chain: &str) -> (Vec<u8>, u32) {
+    let req =
+        crate::backend::nft::read_request(crate::backend::nft::nfproto(family), table, chain, 1);
+    (req, 3)
+}
+
+/// The very batch jumpset sends to apply a plan on nf_tables, built by the backend as its
+/// commit builds it, to be sent raw on another socket: the floor of a repair is the dump
+/// plus this batch, with nothing planned, encoded or decoded.
+pub struct RawBatch {
+    bytes: Vec<u8>,
+    end: u32,
+}
+
+/// Where BEGIN's `NFNL_BATCH_GENID` is: after its netlink header (16 bytes), its
+/// nfgenmsg (4) and the attribute's header (4).
+const GENID_AT: usize = 24;
+
+impl RawBatch {
+    /// The batch `backend` would send to apply `plan`, made from `snap` for `spec`, when
+    /// every target chain exists.
+    pub fn build(
+        backend: &mut NftBackend,
+        snap: &Snapshot,
+        spec: &ChainSpec,
+        plan: &Plan,
+    ) -> Result<RawBatch, BackendError> {
+        let built = backend.build_batch(snap, spec, plan, &[])?;
+        Ok(RawBatch {
+            bytes: built.bytes,
+            end: built.end,
+        })
+    }
+
+    /// Put `generation` in BEGIN (the batch is guarded by it).
+    pub fn set_generation(&mut self, generation: u32) {
+        if let Some(g) = self.bytes.get_mut(GENID_AT..GENID_AT + 4) {
+            g.copy_from_slice(&generation.to_be_bytes());
+        }
+    }
+
+    /// The batch.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// END's seq: the kernel's ack with this seq is the commit.
+    pub fn end_seq(&self) -> u32 {
+        self.end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::nft::codec::Batch;
+
+    #[test]
+    fn the_generation_is_where_begin_carries_it() {
+        let (bytes, end) = Batch::begin(0x0102_0304, 7).end();
+        let mut b = RawBatch { bytes, end };
+        assert_eq!(&b.bytes()[GENID_AT..GENID_AT + 4], &[1, 2, 3, 4]);
+        b.set_generation(0xa0b0_c0d0);
+        assert_eq!(
+            &b.bytes()[GENID_AT..GENID_AT + 4],
+            &[0xa0, 0xb0, 0xc0, 0xd0]
+        );
+        assert_eq!(b.end_seq(), 8);
     }
 }

@@ -64,7 +64,7 @@ mod fake;
 mod floor;
 
 pub use fake::{FakeKernel, Fault, Overflow, Step, Subscription, Tx};
-pub use floor::RawTable;
+pub use floor::{nft_read_request, RawBatch, RawTable};
 
 use crate::snapshot::{Comment, CommentEncoding, Counters, Rule, Verdict};
 
