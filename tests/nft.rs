@@ -802,3 +802,31 @@ fn a_missing_target_chain_is_refused_or_created_from_the_kernel_s_answer() {
         assert_eq!(jumpset(&["check", "--config", cfg.as_str()]).code, 0);
     });
 }
+
+#[test]
+fn a_known_chain_recreated_elsewhere_is_asked_about_again_and_refused() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let spec = Config::from_toml(&harvester_config()).unwrap().chains()[0].clone();
+        let mut b = NftBackend::open().unwrap();
+        // The first reconcile learns what the chain is (the read's GETCHAIN) and repairs it.
+        assert!(
+            reconcile::reconcile(&mut b, Family::Ip, &spec, Goal::Converge)
+                .unwrap()
+                .committed
+        );
+        // Another agent recreates it at another priority, with rules of its own: no rule
+        // the backend saw is left to vouch for it.
+        ok("nft flush chain ip nat PREROUTING && nft delete chain ip nat PREROUTING");
+        ok("nft add chain ip nat PREROUTING '{ type nat hook prerouting priority 0; }'");
+        ok("nft add rule ip nat PREROUTING counter jump KUBE-SERVICES");
+        let err = reconcile::reconcile(&mut b, Family::Ip, &spec, Goal::Converge).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("not the base chain iptables-nft makes") && msg.contains("priority 0"),
+            "{msg}"
+        );
+        assert_eq!(err.exit_code(), 4);
+        assert!(!ok("nft list chain ip nat PREROUTING").contains("OVN-PREROUTING"));
+    });
+}

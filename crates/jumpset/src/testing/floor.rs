@@ -89,13 +89,15 @@ impl RawTable {
     }
 }
 
-/// The request jumpset's nf_tables read sends for `table`/`chain` of `family` (GETGEN,
-/// GETCHAIN, the GETRULE dump, in one `sendmsg`, seq 1 to 3), and the seq of the dump's
-/// NLMSG_DONE: the floor sends the same request raw.
+/// The request jumpset's nf_tables read sends for `table`/`chain` of `family` once it knows
+/// the chain (GETGEN and the GETRULE dump, in one `sendmsg`, seq 1 and 3), and the seq of
+/// the dump's NLMSG_DONE: the floor sends the same request raw.
 pub fn nft_read_request(family: Family, table: &str, chain: &str) -> (Vec<u8>, u32) {
-    let req =
-        crate::backend::nft::read_request(crate::backend::nft::nfproto(family), table, chain, 1);
-    (req, 3)
+    let fam = crate::backend::nft::nfproto(family);
+    (
+        crate::backend::nft::read_request(fam, table, chain, 1, false),
+        3,
+    )
 }
 
 /// The very batch jumpset sends to apply a plan on nf_tables, built by the backend as its

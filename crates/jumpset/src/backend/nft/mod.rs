@@ -80,6 +80,8 @@ pub struct NftBackend {
     allow_mixed: bool,
     /// The managed chain as the last read found it.
     base: Option<BaseSeen>,
+    /// Managed chains whose GETCHAIN was seen, with the rules seen in them since.
+    known: Vec<KnownChain>,
 }
 
 fn io_err(step: &str) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
@@ -116,23 +118,40 @@ fn kernel_err(step: String, errno: i32, ext: Option<String>) -> BackendError {
     }
 }
 
-/// The request of a read (see [`Backend::read`]): GETGEN (`seq`), GETCHAIN of the chain
-/// (`seq + 1`, REQUEST|ACK) and the GETRULE dump of its rules (`seq + 2`), sent in one
-/// `sendmsg`; the dump ends with NLMSG_DONE at `seq + 2`.
-pub(crate) fn read_request(fam: u8, table: &str, chain: &str, seq: u32) -> Vec<u8> {
+/// The request of a read (see [`Backend::read`]): GETGEN (`seq`), with `ask` a GETCHAIN of
+/// the chain (`seq + 1`, no ack: its reply is the chain or ENOENT), and the GETRULE dump of
+/// its rules (`seq + 2`), sent in one `sendmsg`; the dump ends with NLMSG_DONE at `seq + 2`.
+pub(crate) fn read_request(fam: u8, table: &str, chain: &str, seq: u32, ask: bool) -> Vec<u8> {
     let mut req = codec::get_gen(seq);
-    req.extend_from_slice(&codec::get_chain(fam, table, chain, seq + 1));
+    if ask {
+        req.extend_from_slice(&codec::get_chain_unacked(fam, table, chain, seq + 1));
+    }
     req.extend_from_slice(&codec::get_rules(fam, table, chain, seq + 2));
     req
 }
 
-/// The managed chain as the last read found it, at that read's generation.
+/// A managed chain as a GETCHAIN described it, and the handles of the rules seen in that
+/// very chain since. nf_tables gives every rule a handle unique in its table and never
+/// reused, and a rule never moves to another chain: a read that finds one of these
+/// handles in the chain has found the same chain object, whose hook, priority and type
+/// cannot have changed (a base chain keeps them for its life; the kernel refuses to
+/// update them). So what the GETCHAIN said still holds, without asking again.
+struct KnownChain {
+    family: Family,
+    table: String,
+    chain: String,
+    info: codec::ChainInfo,
+    handles: Vec<u64>,
+}
+
+/// What the last read knew of its chain, for the write planned from it.
 struct BaseSeen {
     family: Family,
     table: String,
     chain: String,
     generation: u32,
-    /// `None`: the chain did not exist.
+    /// The chain as described (fresh from the read's GETCHAIN, or vouched for by a rule
+    /// of the chain known from an earlier one); `None`: not known, ask before writing.
     info: Option<codec::ChainInfo>,
 }
 
@@ -291,6 +310,7 @@ impl NftBackend {
             buf: Vec::with_capacity(RECV_BUF),
             allow_mixed: false,
             base: None,
+            known: Vec::new(),
         })
     }
 
@@ -453,24 +473,56 @@ impl NftBackend {
     /// the batch is guarded by); asked again (GETCHAIN) only for a snapshot this backend
     /// did not read last.
     fn check_base_chain(&mut self, snap: &Snapshot) -> Result<(), BackendError> {
-        let seen = self.base.as_ref().filter(|b| {
-            (b.family, b.table.as_str(), b.chain.as_str(), b.generation)
-                == (
-                    snap.family,
-                    snap.table.as_str(),
-                    snap.chain.as_str(),
-                    snap.generation,
-                )
-        });
+        let seen = self
+            .base
+            .as_ref()
+            .filter(|b| {
+                (b.family, b.table.as_str(), b.chain.as_str(), b.generation)
+                    == (
+                        snap.family,
+                        snap.table.as_str(),
+                        snap.chain.as_str(),
+                        snap.generation,
+                    )
+            })
+            .and_then(|b| b.info.clone());
         let info = match seen {
-            Some(b) => b.info.clone(),
-            None => self.chain_info(nfproto(snap.family), &snap.table, &snap.chain)?,
+            Some(info) => Some(info),
+            None => {
+                let info = self.chain_info(nfproto(snap.family), &snap.table, &snap.chain)?;
+                if let Some(i) = &info {
+                    self.learn(snap, i.clone());
+                }
+                info
+            }
         };
         match info {
             // Gone since the read: the batch is refused as stale.
             None => Ok(()),
             Some(info) => base_chain_problem(snap, &info).map_or(Ok(()), Err),
         }
+    }
+
+    /// The chain of `snap` is `info`, with the rules `snap` holds.
+    fn learn(&mut self, snap: &Snapshot, info: codec::ChainInfo) {
+        self.known.retain(|k| {
+            (k.family, k.table.as_str(), k.chain.as_str())
+                != (snap.family, snap.table.as_str(), snap.chain.as_str())
+        });
+        self.known.push(KnownChain {
+            family: snap.family,
+            table: snap.table.clone(),
+            chain: snap.chain.clone(),
+            info,
+            handles: snap.rules.iter().map(|r| r.handle).collect(),
+        });
+    }
+
+    /// The known chain `table`/`chain` of `family`, if any.
+    fn known(&mut self, family: Family, table: &str, chain: &str) -> Option<&mut KnownChain> {
+        self.known
+            .iter_mut()
+            .find(|k| (k.family, k.table.as_str(), k.chain.as_str()) == (family, table, chain))
     }
 
     /// Commit a batch and wait for its verdict: `Ok` only on the END ack.
@@ -659,6 +711,11 @@ impl NftBackend {
             let built = self.build_batch(snap, spec, plan, &create)?;
             let errors = match self.send_batch(&built.bytes, built.begin, built.end)? {
                 Answer::Committed { echoed } => {
+                    // Our inserts are in the same chain object (the batch was guarded by
+                    // the generation read): they vouch for it too.
+                    if let Some(k) = self.known(snap.family, &snap.table, &snap.chain) {
+                        k.handles.extend(echoed.iter().map(|e| e.1));
+                    }
                     let inserted = built
                         .inserts
                         .iter()
@@ -947,7 +1004,9 @@ impl Backend for NftBackend {
         let step = format!("reading {family} {table} {chain}");
         for _ in 0..READ_RETRIES {
             let s = self.take_seq(3);
-            let req = read_request(fam, table, chain, s);
+            // The chain is asked for unless a rule seen in it earlier vouches for it.
+            let ask = self.known(family, table, chain).is_none();
+            let req = read_request(fam, table, chain, s, ask);
             let mut gen: Option<u32> = None;
             let mut rules = Vec::new();
             let mut raced = false;
@@ -998,21 +1057,16 @@ impl Backend for NftBackend {
                     message: "no generation in the reply".into(),
                 });
             };
-            if raced || (found.is_none() && !missing) || (missing && !rules.is_empty()) {
+            if raced || (ask && found.is_none() && !missing) || (missing && !rules.is_empty()) {
                 continue;
             }
-            let (table_exists, chain_exists) = match found {
-                Some(_) => (true, true),
-                None => (self.table_exists(fam, table)?, false),
+            let (table_exists, chain_exists) = match (&found, ask) {
+                (Some(_), _) => (true, true),
+                (None, true) => (self.table_exists(fam, table)?, false),
+                (None, false) if rules.is_empty() => self.exists(fam, table, chain)?,
+                (None, false) => (true, true),
             };
-            self.base = Some(BaseSeen {
-                family,
-                table: table.to_string(),
-                chain: chain.to_string(),
-                generation,
-                info: found,
-            });
-            return Ok(Snapshot {
+            let snap = Snapshot {
                 family,
                 table: table.to_string(),
                 chain: chain.to_string(),
@@ -1020,7 +1074,35 @@ impl Backend for NftBackend {
                 table_exists,
                 chain_exists,
                 rules,
+            };
+            let info = match found {
+                Some(info) => {
+                    self.learn(&snap, info.clone());
+                    Some(info)
+                }
+                None => match self.known(family, table, chain) {
+                    // The same chain object: a rule known to be in it is still there.
+                    Some(k) if snap.rules.iter().any(|r| k.handles.contains(&r.handle)) => {
+                        k.handles.clear();
+                        k.handles.extend(snap.rules.iter().map(|r| r.handle));
+                        Some(k.info.clone())
+                    }
+                    _ => {
+                        self.known.retain(|k| {
+                            (k.family, k.table.as_str(), k.chain.as_str()) != (family, table, chain)
+                        });
+                        None
+                    }
+                },
+            };
+            self.base = Some(BaseSeen {
+                family,
+                table: table.to_string(),
+                chain: chain.to_string(),
+                generation,
+                info,
             });
+            return Ok(snap);
         }
         Err(BackendError::Kernel {
             step,

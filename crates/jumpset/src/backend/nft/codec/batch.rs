@@ -94,6 +94,15 @@ pub(crate) fn get_chain(family: u8, table: &str, chain: &str, seq: u32) -> Vec<u
     )
 }
 
+/// GETCHAIN of one chain without an ack (REQUEST only): the reply is the NEWCHAIN, or an
+/// error — one datagram, for a request that rides with others in one `sendmsg`.
+pub(crate) fn get_chain_unacked(family: u8, table: &str, chain: &str, seq: u32) -> Vec<u8> {
+    request(NFT_MSG_GETCHAIN, NLM_F_REQUEST, family, seq, |b| {
+        put_str(b, NFTA_CHAIN_TABLE, table);
+        put_str(b, NFTA_CHAIN_NAME, chain);
+    })
+}
+
 /// GETTABLE of one table (REQUEST|ACK).
 pub(crate) fn get_table(family: u8, table: &str, seq: u32) -> Vec<u8> {
     request(
