@@ -13,8 +13,8 @@
 //!
 //! - `noop_reconcile_us`: one full [`reconcile::reconcile`] of the converged chain — read
 //!   (one dump), plan, nothing to apply.
-//! - `raw_dump_floor_us`: the kernel part alone. nf_tables: the request the read sends
-//!   (GETGEN, GETCHAIN and the GETRULE dump of the chain, one `sendmsg`), built once, on a socket of
+//! - `raw_dump_floor_us`: the kernel part alone. nf_tables: the request the read sends once
+//!   it knows the chain (GETGEN + the GETRULE dump of the chain, one `sendmsg`), built once, on a socket of
 //!   its own, datagrams received until `NLMSG_DONE`, nothing decoded. Legacy: `GET_INFO`
 //!   and `GET_ENTRIES` of the table into a buffer kept between reads, nothing decoded
 //!   ([`RawTable`]). No-op and floor samples are taken alternately, so machine noise hits

@@ -130,18 +130,33 @@ pub(crate) fn read_request(fam: u8, table: &str, chain: &str, seq: u32, ask: boo
     req
 }
 
-/// A managed chain as a GETCHAIN described it, and the handles of the rules seen in that
-/// very chain since. nf_tables gives every rule a handle unique in its table and never
-/// reused, and a rule never moves to another chain: a read that finds one of these
-/// handles in the chain has found the same chain object, whose hook, priority and type
-/// cannot have changed (a base chain keeps them for its life; the kernel refuses to
-/// update them). So what the GETCHAIN said still holds, without asking again.
+/// A managed chain as a GETCHAIN described it, and the rules it held then. nf_tables gives
+/// every rule a handle unique in its table and never reused, and a rule never moves to
+/// another chain: a read that finds one of these rules — same handle, same rule — in the
+/// chain has found the same chain object, whose hook, priority and type cannot have
+/// changed (a base chain keeps them for its life; the kernel refuses to update them). So
+/// what the GETCHAIN said still holds, without asking again. (The content is compared
+/// too because a table deleted and created again restarts its handles.)
 struct KnownChain {
     family: Family,
     table: String,
     chain: String,
     info: codec::ChainInfo,
-    handles: Vec<u64>,
+    rules: Vec<Rule>,
+}
+
+impl KnownChain {
+    /// Whether a rule of `rules` is one this chain held when it was described.
+    fn vouched_by(&self, rules: &[Rule]) -> bool {
+        rules.iter().any(|r| {
+            self.rules.iter().any(|k| {
+                k.handle == r.handle
+                    && k.comment == r.comment
+                    && k.matches == r.matches
+                    && k.verdict == r.verdict
+            })
+        })
+    }
 }
 
 /// What the last read knew of its chain, for the write planned from it.
@@ -514,7 +529,7 @@ impl NftBackend {
             table: snap.table.clone(),
             chain: snap.chain.clone(),
             info,
-            handles: snap.rules.iter().map(|r| r.handle).collect(),
+            rules: snap.rules.clone(),
         });
     }
 
@@ -711,11 +726,6 @@ impl NftBackend {
             let built = self.build_batch(snap, spec, plan, &create)?;
             let errors = match self.send_batch(&built.bytes, built.begin, built.end)? {
                 Answer::Committed { echoed } => {
-                    // Our inserts are in the same chain object (the batch was guarded by
-                    // the generation read): they vouch for it too.
-                    if let Some(k) = self.known(snap.family, &snap.table, &snap.chain) {
-                        k.handles.extend(echoed.iter().map(|e| e.1));
-                    }
                     let inserted = built
                         .inserts
                         .iter()
@@ -1082,11 +1092,7 @@ impl Backend for NftBackend {
                 }
                 None => match self.known(family, table, chain) {
                     // The same chain object: a rule known to be in it is still there.
-                    Some(k) if snap.rules.iter().any(|r| k.handles.contains(&r.handle)) => {
-                        k.handles.clear();
-                        k.handles.extend(snap.rules.iter().map(|r| r.handle));
-                        Some(k.info.clone())
-                    }
+                    Some(k) if k.vouched_by(&snap.rules) => Some(k.info.clone()),
                     _ => {
                         self.known.retain(|k| {
                             (k.family, k.table.as_str(), k.chain.as_str()) != (family, table, chain)
