@@ -1225,8 +1225,12 @@ fn report(
             what: "exec `-restore --noflush` insert / repair, both spaced",
             ratio: p50(&m.insert).and_then(|f| ratio(f, repair.p50)),
             at_most: false,
-            bound: Some(1.0),
-            note: "the insert-only restore: the strongest exec baseline for the repair",
+            bound: legacy.then_some(1.0),
+            note: if legacy {
+                "the insert-only restore: the strongest exec baseline for the repair"
+            } else {
+                "reported: from 10k rules both are the kernel's commit"
+            },
         },
         Target {
             name: "peak_rss_over_table_bytes",
