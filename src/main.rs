@@ -205,7 +205,9 @@ fn main() -> ExitCode {
     if let Command::Daemon { log_format } = cli.command {
         return daemon(cli, log_format);
     }
-    print(run(cli), json)
+    let code = print(run(cli), json);
+    bench::report_peak_rss();
+    code
 }
 
 /// `jumpset daemon`: load the config, check the capabilities and drop every other one

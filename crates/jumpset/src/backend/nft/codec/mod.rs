@@ -42,7 +42,9 @@ pub mod scene;
 #[cfg(test)]
 mod testutil;
 
-pub(super) use batch::{get_chain, get_chains, get_table, get_table_rules, get_tables};
+pub(super) use batch::{
+    get_chain, get_chain_unacked, get_chains, get_table, get_table_rules, get_tables,
+};
 pub use batch::{get_gen, get_rules, Batch, NewRule, Position};
 pub use compat::encode_rule;
 pub use expr::{Expr, ExprView, NftVerdict};
