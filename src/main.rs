@@ -244,9 +244,13 @@ fn main() -> ExitCode {
         return daemon(cli, log_format);
     }
     if let Command::Explain { hook } = cli.command {
-        return print(explain(&cli, hook), json);
+        let code = print(explain(&cli, hook), json);
+        bench::report_peak_rss();
+        return code;
     }
-    print(run(cli), json)
+    let code = print(run(cli), json);
+    bench::report_peak_rss();
+    code
 }
 
 /// `jumpset explain`: with the config given by `--config`, or found at the default path;

@@ -426,7 +426,13 @@ fn valid(rules: &[Rule], spec: &ChainSpec, conflicts: &[Conflict]) -> bool {
             return false;
         }
     }
-    for e in all_edges(&spec.jumps) {
+    let by_target: HashMap<&str, usize> = spec
+        .jumps
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.target.as_str(), i))
+        .collect();
+    for e in all_edges(&spec.jumps, &by_target) {
         let unmet = match e.kind {
             Kind::After => format!("after {}", e.from),
             Kind::Before => format!("before {}", e.to),
@@ -609,6 +615,128 @@ fn the_harvester_chain_takes_the_fast_path() {
     let mut twice = healthy.clone();
     twice.rules.push(jump(5, OVN, "OVN-PREROUTING"));
     assert!(!is_converged(&twice.rules, &spec.jumps));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The two ways of looking comments up and of recognising a converged chain — a
+    /// scan for a few jumps, maps for many — agree (the random specs have few jumps, so
+    /// the planner itself only takes the scans here).
+    #[test]
+    fn the_scans_and_the_maps_agree(chain in chain_strategy(), cons in spec_strategy()) {
+        let Some(spec) = spec_from(&cons) else { return Ok(()); };
+        let rules: Vec<Rule> = chain.iter().enumerate()
+            .map(|(i, &(k, x))| rule_from(k, x, i as u64 + 1)).collect();
+        let s = snap(rules);
+        let after = apply(&s, &spec, &plan(&s, &spec));
+        let (scan, map) = (Comments::build(&spec.jumps, false), Comments::build(&spec.jumps, true));
+        for x in [&s, &after] {
+            prop_assert_eq!(is_converged_few(&x.rules, &spec.jumps), is_converged_many(&x.rules, &spec.jumps));
+            for r in &x.rules {
+                prop_assert_eq!(scan.owned(r), owned_jump(r, &spec.jumps));
+                prop_assert_eq!(map.owned(r), owned_jump(r, &spec.jumps));
+            }
+        }
+    }
+}
+
+/// `n` owned jumps OWN-0..: each after the one before it; `foreign` rules of other agents
+/// (bare jumps with their own comments, to AGENT-0..49) with the owned jumps spread
+/// among them, in order.
+fn many(n: usize, foreign: usize) -> (ChainSpec, Snapshot) {
+    let mut t = String::from("[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n");
+    for k in 0..n {
+        let after = if k == 0 {
+            String::new()
+        } else {
+            format!("\"OWN-{}\"", k - 1)
+        };
+        t.push_str(&format!(
+            "[[chain.jump]]\ntarget = \"OWN-{k}\"\ncomment = \"owned {k}\"\nafter = [{after}]\n"
+        ));
+    }
+    let spec = Config::from_toml(&t).unwrap().chains.remove(0);
+    let mut rules = Vec::new();
+    let every = (foreign / n.max(1)).max(1);
+    let mut k = 0;
+    for i in 0..foreign {
+        if i % every == 0 && k < n {
+            rules.push(jump(
+                rules.len() as u64 + 1,
+                &format!("owned {k}"),
+                &format!("OWN-{k}"),
+            ));
+            k += 1;
+        }
+        rules.push(jump(
+            rules.len() as u64 + 1,
+            &format!("agent rule {i}"),
+            &format!("AGENT-{}", i % 50),
+        ));
+    }
+    while k < n {
+        rules.push(jump(
+            rules.len() as u64 + 1,
+            &format!("owned {k}"),
+            &format!("OWN-{k}"),
+        ));
+        k += 1;
+    }
+    (spec, snap(rules))
+}
+
+#[test]
+fn a_thousand_owned_jumps_among_ten_thousand_rules_plan_as_a_few_do() {
+    let (spec, s) = many(1000, 10_000);
+    assert_eq!(s.rules.len(), 11_000);
+    // Converged: the fast path, and the full planner agrees.
+    assert!(is_converged(&s.rules, &spec.jumps));
+    let p = plan(&s, &spec);
+    assert!(p.is_noop() && p.conflicts.is_empty());
+    assert_eq!(p, plan_full(&s, &spec));
+
+    // One jump missing: exactly its insert, right after the jump it must follow.
+    let mut missing = s.clone();
+    missing.rules.retain(|r| r.target() != Some("OWN-500"));
+    let p = plan(&missing, &spec);
+    let prev = missing
+        .rules
+        .iter()
+        .position(|r| r.target() == Some("OWN-499"))
+        .unwrap();
+    let (after, before) = (missing.rules[prev].handle, missing.rules[prev + 1].handle);
+    assert_eq!(
+        p.ops,
+        [Op::Insert {
+            jump: 500,
+            position: prev + 2,
+            after_handle: Some(after),
+            before_handle: Some(before),
+        }]
+    );
+    assert!(plan(&apply(&missing, &spec, &p), &spec).is_noop());
+
+    // One jump out of order (OWN-10 at the top): moved, nothing else.
+    let mut top = s.clone();
+    let at = top
+        .rules
+        .iter()
+        .position(|r| r.target() == Some("OWN-10"))
+        .unwrap();
+    let r = top.rules.remove(at);
+    top.rules.insert(0, r);
+    let p = plan(&top, &spec);
+    assert_eq!(p.ops.len(), 2, "{:?}", p.ops);
+    assert!(matches!(
+        p.ops[0],
+        Op::Delete {
+            jump: 10,
+            reason: DeleteReason::Misplaced,
+            ..
+        }
+    ));
+    assert!(plan(&apply(&top, &spec, &p), &spec).is_noop());
 }
 
 // ---- reasons ----

@@ -350,6 +350,9 @@ struct Target {
     conflicts_logged: Vec<String>,
     /// The other agents' jumps `after`/`before` name, witnessed.
     anchors: Anchors,
+    /// What the last reconcile read (the legacy poll skips the plan when the chain reads
+    /// the same, counters aside).
+    memo: reconcile::Memo,
 }
 
 /// `metrics_listen`: where, and whether it is served.
@@ -439,6 +442,7 @@ fn build_targets(cfg: &Config, sel: &Selection, t: &Tuning, policy: PolicyFactor
                 lock_since: None,
                 conflicts_logged: Vec::new(),
                 anchors: Anchors::new(spec),
+                memo: reconcile::Memo::default(),
             });
         }
     }
@@ -847,6 +851,10 @@ impl<H: Host> Engine<H> {
         self.warn(format!("{why}: reopening the backend"));
         self.conn = None;
         self.host.close();
+        // What the old backend read proves nothing about what the next one reads.
+        for t in &mut self.targets {
+            t.memo.clear();
+        }
     }
 
     // -----------------------------------------------------------------------------------
@@ -1045,15 +1053,16 @@ impl<H: Host> Engine<H> {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let t = &self.targets[i];
+        let t = &mut self.targets[i];
         let spec = &self.cfg.chains[t.chain];
         let started = self.host.now();
         let mut progress = Progress::default();
-        let res = reconcile::reconcile_with(
+        let res = reconcile::reconcile_tracked(
             conn.backend.as_mut(),
             t.family,
             spec,
             Goal::Converge,
+            &mut t.memo,
             &mut progress,
         );
         let ended = self.host.now();

@@ -51,8 +51,8 @@ pub fn gather(req: &Request<'_>) -> Result<Evidence, BackendError> {
             ev.dumps.push((family, hook, dump));
         }
         for name in legacy::existing_tables(family)? {
-            let chains = match LegacyBackend::read_table(family, &name) {
-                Ok(t) => Ok(t.chain_summaries()),
+            let chains = match LegacyBackend::chain_summaries(family, &name) {
+                Ok(c) => Ok(c),
                 Err(BackendError::Permission { capability, .. }) => {
                     Err(format!("reading it needs {capability}"))
                 }
