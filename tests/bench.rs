@@ -50,6 +50,7 @@ fn bench(args: &[&str]) -> Value {
         "iptables_list_chain",
         "iptables_save_table",
         "iptables_restore_fix",
+        "iptables_restore_insert",
     ] {
         let v = base
             .get(key)
@@ -57,7 +58,32 @@ fn bench(args: &[&str]) -> Value {
             .unwrap_or_else(|| panic!("baseline {key} missing (CI installs iptables): {j}"));
         assert!(v > 0.0, "{key} = {v}");
     }
-    assert_eq!(base.len(), 3, "a flat object of the three baselines: {j}");
+    assert_eq!(base.len(), 4, "a flat object of the four baselines: {j}");
+    // The kernel's floor of each figure, in the same run.
+    let floor = &j["kernel_floor_us"];
+    for key in ["noop", "repair", "repair_backtoback"] {
+        timing(floor, key);
+    }
+    assert_eq!(floor["noop"], j["raw_dump_floor_us"], "{j}");
+    for key in [
+        "noop_over_kernel_floor",
+        "repair_over_kernel_floor",
+        "backtoback_over_kernel_floor",
+        "restore_insert_over_repair",
+    ] {
+        assert!(
+            j["ratios"][key].as_f64().is_some_and(|r| r > 0.0),
+            "{key}: {j}"
+        );
+    }
+    // Peak memory of `apply` and of the daemon: more than nothing, less than a GiB.
+    for key in ["apply", "daemon"] {
+        let rss = j["peak_rss_bytes"][key].as_u64().unwrap_or(0);
+        assert!(
+            rss > 1 << 20 && rss < 1 << 30,
+            "peak_rss_bytes.{key} = {rss}: {j}"
+        );
+    }
     assert_eq!(j["rules"], 100);
     assert_eq!(j["family"], "ip");
     assert_eq!(j["chain_rules"], 4, "the Harvester chain, converged");
@@ -100,6 +126,10 @@ fn legacy_bench_reports_every_field() {
     let j = bench(&["--backend", "legacy"]);
     assert_eq!(j["backend"], "legacy");
     assert_eq!(j["loaded_with"], "iptables-legacy-restore");
+    // The table as the kernel reports it: 100 kube-proxy rules take more than 30 KiB.
+    let table = j["table_bytes"].as_u64().expect("table_bytes");
+    assert!(table > 30 << 10, "{table}");
+    assert!(j["ratios"]["peak_rss_over_table_bytes"].as_f64().is_some());
 }
 
 #[test]
@@ -111,10 +141,15 @@ fn the_text_table_names_every_measurement() {
         "raw dump floor",
         "repair, spaced 50 ms",
         "repair, back-to-back",
+        "kernel floor of the repair, spaced",
+        "kernel floor of the repair, back-to-back",
+        "peak RSS of `jumpset apply`",
+        "peak RSS of `jumpset daemon`",
         "reconciles per second",
         "iptables-nft -t nat -S PREROUTING",
         "iptables-nft-save -t nat",
-        "iptables-nft-restore --noflush",
+        "iptables-nft-restore --noflush (delete + re-insert, spaced)",
+        "iptables-nft-restore --noflush (insert the missing jump)",
         "targets:",
     ] {
         assert!(

@@ -26,6 +26,7 @@
 
 mod support;
 
+use jumpset::backend::legacy::blob::Table;
 use jumpset::backend::legacy::LegacyBackend;
 use jumpset::backend::nft::NftBackend;
 use jumpset::backend::Backend;
@@ -525,7 +526,8 @@ fn legacy_apply_killed_at_random_points_never_leaves_a_half_applied_table() {
             std::thread::spawn(move || {
                 let (mut n, mut zeroed) = (0, 0);
                 while !stop.load(Ordering::SeqCst) {
-                    if let Ok(t) = LegacyBackend::read_table(Family::Ip, "nat") {
+                    if let Ok((info, blob)) = LegacyBackend::read_raw(Family::Ip, "nat") {
+                        let t = Table::decode(Family::Ip, &info, &blob).unwrap();
                         let rules = t.rules("PREROUTING").unwrap();
                         n += 1;
                         if let Err(e) = legacy_verdict(&shape(targets(&rules))) {

@@ -6,7 +6,7 @@ mod support;
 
 use jumpset::backend::legacy::blob::Table;
 use jumpset::backend::legacy::{existing_tables, LegacyBackend};
-use jumpset::backend::{Applied, Backend, BackendError};
+use jumpset::backend::{Applied, Backend, BackendError, Fingerprint, Transaction};
 use jumpset::plan::Plan;
 use jumpset::reconcile::{self, Goal};
 use jumpset::snapshot::{Family, Snapshot};
@@ -63,6 +63,25 @@ fn rand_suffix() -> String {
     .replace(['(', ')'], "")
 }
 
+/// The x_tables calls and xtables-lock operations of a strace of
+/// `flock,getsockopt,setsockopt`, in order: `LOCK_EX`, `GET_INFO`, `GET_ENTRIES`, ...
+fn xt_calls(trace: &str) -> Vec<&str> {
+    trace
+        .lines()
+        .filter_map(|l| {
+            if l.contains("flock(") {
+                return Some(if l.contains("LOCK_EX") {
+                    "LOCK_EX"
+                } else {
+                    "flock"
+                });
+            }
+            let at = l.find("IPT_SO_")?;
+            l[at + 7..].split(',').next()
+        })
+        .collect()
+}
+
 /// Lines of a strace of setsockopt calls that are a SET_REPLACE / SET_ADD_COUNTERS.
 fn replaces(trace: &str) -> usize {
     trace
@@ -106,7 +125,7 @@ fn broken_seed_chain_becomes_healthy_in_one_replace_and_a_second_apply_writes_no
         );
 
         let (out, trace) = traced(
-            "setsockopt",
+            "flock,getsockopt,setsockopt",
             "",
             &["apply", "--config", cfg.as_str(), "--json"],
         );
@@ -118,6 +137,21 @@ fn broken_seed_chain_becomes_healthy_in_one_replace_and_a_second_apply_writes_no
         );
         assert_eq!(replaces(&trace), 1, "exactly one table replace:\n{trace}");
         assert_eq!(add_counters(&trace), 1, "then the counters:\n{trace}");
+        // One read of the table, under the lock, planned from; the replace and the
+        // counters; then GET_INFO checks what the kernel now has — no read-back.
+        assert_eq!(
+            xt_calls(&trace),
+            [
+                "LOCK_EX",
+                "GET_INFO",
+                "GET_ENTRIES",
+                "GET_INFO",
+                "SET_REPLACE",
+                "SET_ADD_COUNTERS",
+                "GET_INFO"
+            ],
+            "{trace}"
+        );
         let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(j["backend"], "legacy");
         assert_eq!(j["committed"], true);
@@ -137,7 +171,7 @@ fn broken_seed_chain_becomes_healthy_in_one_replace_and_a_second_apply_writes_no
         // A second apply reads, finds nothing to do and makes no set call at all.
         let before = ok("iptables-legacy-save -t nat | grep -v '^#'");
         let (out, trace) = traced(
-            "setsockopt",
+            "flock,getsockopt,setsockopt",
             "",
             &["apply", "--config", cfg.as_str(), "--json"],
         );
@@ -145,6 +179,11 @@ fn broken_seed_chain_becomes_healthy_in_one_replace_and_a_second_apply_writes_no
         assert_eq!(
             trace.lines().filter(|l| l.contains("setsockopt(")).count(),
             0,
+            "{trace}"
+        );
+        assert_eq!(
+            xt_calls(&trace),
+            ["LOCK_EX", "GET_INFO", "GET_ENTRIES", "GET_INFO"],
             "{trace}"
         );
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -357,7 +396,8 @@ fn the_rule_we_write_is_byte_identical_to_the_one_iptables_legacy_writes() {
             ok(&format!(
                 "{bin_} -w -t nat -A PREROUTING -m comment --comment 'kube-ovn prerouting rules' -j OVN-PREROUTING"
             ));
-            let t = LegacyBackend::read_table(family, "nat").unwrap();
+            let (info, blob) = LegacyBackend::read_raw(family, "nat").unwrap();
+            let t = Table::decode(family, &info, &blob).unwrap();
             let rules = t.rule_bytes("PREROUTING").unwrap();
             assert_eq!(rules.len(), 2);
             assert_eq!(rules[0], rules[1], "{family}: ours, then iptables-legacy's");
@@ -528,6 +568,97 @@ fn a_zero_lock_timeout_tries_once_and_does_not_wait() {
     });
 }
 
+#[test]
+fn a_held_lock_does_not_stop_a_no_op_and_a_write_waits_for_it() {
+    netns(|| {
+        load_broken("iptables-legacy-restore");
+        let spec = harvester_spec();
+        let lock = tmp(&format!("held-{}.lock", rand_suffix()));
+        let broken = ok("iptables-legacy-save -t nat | grep '^-A'");
+        let mut holder = hold_lock(&lock, 15.0);
+
+        // A chain that needs a write, the lock held, one try (the daemon's backend): the
+        // chain is read without the lock and planned from — what it needs is known — and
+        // nothing is written.
+        let mut once = LegacyBackend::with_lock_file(&lock, Duration::ZERO);
+        let mut progress = reconcile::Progress::default();
+        match reconcile::reconcile_with(&mut once, Family::Ip, &spec, Goal::Converge, &mut progress)
+        {
+            Err(reconcile::ReconcileError::Backend(BackendError::LockHeld { waited, .. })) => {
+                assert_eq!(waited, Duration::ZERO)
+            }
+            other => panic!("expected the lock to be held, got {other:?}"),
+        }
+        assert_eq!(progress.in_order, Some(false), "planned from a read");
+        assert_eq!(ok("iptables-legacy-save -t nat | grep '^-A'"), broken);
+
+        // Put in order by an agent taking another lock file: now a reconcile needs no
+        // lock, and the poll's memo still skips the plan while the lock is held.
+        ok(&format!(
+            "iptables-legacy-restore < {}",
+            fixture("harvester-healthy.rules").display()
+        ));
+        let mut b = Counting {
+            inner: once,
+            plans: 0,
+        };
+        let mut memo = reconcile::Memo::default();
+        for _ in 0..3 {
+            let o = reconcile::reconcile_with_memo(
+                &mut b,
+                Family::Ip,
+                &spec,
+                Goal::Converge,
+                &mut memo,
+            )
+            .unwrap();
+            assert!(!o.committed && o.plan.is_noop());
+            assert_eq!(b.plans, 1, "planned once, then the chain reads the same");
+        }
+        // The CLI's no-op under strace: the one try, the read, nothing else.
+        let cfg = config(&legacy_config());
+        let (out, trace) = traced(
+            "flock,getsockopt,setsockopt",
+            &format!("XTABLES_LOCKFILE={lock}"),
+            &["apply", "--config", cfg.as_str()],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            xt_calls(&trace),
+            ["LOCK_EX", "GET_INFO", "GET_ENTRIES", "GET_INFO"],
+            "{trace}"
+        );
+        // (`flock -c` leaves its command holding the lock: let it run out.)
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let _ = std::fs::remove_file(&lock);
+
+        // A write with a timeout waits for the lock, then plans again from a read under it.
+        load_broken("iptables-legacy-restore");
+        let lock = tmp(&format!("held-{}.lock", rand_suffix()));
+        let mut holder = hold_lock(&lock, 1.0);
+        let mut waits = LegacyBackend::with_lock_file(&lock, Duration::from_secs(10));
+        let t0 = Instant::now();
+        let o = reconcile::reconcile(&mut waits, Family::Ip, &spec, Goal::Converge).unwrap();
+        assert!(o.committed);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(700),
+            "it did not wait: {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            saved_chain("iptables-legacy-save", "PREROUTING"),
+            fixture_chain("harvester-healthy.rules", "PREROUTING")
+        );
+        holder.wait().unwrap();
+        let _ = std::fs::remove_file(&lock);
+    });
+}
+
 /// A backend that lets another agent write between our read and our apply, once.
 struct Interloper {
     inner: LegacyBackend,
@@ -660,6 +791,122 @@ fn a_writer_ignoring_the_lock_gets_eagain_from_the_kernel_and_the_reconcile_repl
         assert_eq!(chain, want);
         let _ = std::fs::remove_file(other_lock);
         let _ = std::fs::remove_file(b.lock_file());
+    });
+}
+
+/// A legacy backend that counts the plans made through it.
+struct Counting {
+    inner: LegacyBackend,
+    plans: usize,
+}
+
+impl Backend for Counting {
+    fn name(&self) -> &'static str {
+        "legacy"
+    }
+    fn read(&mut self, f: Family, t: &str, c: &str) -> Result<Snapshot, BackendError> {
+        self.inner.read(f, t, c)
+    }
+    fn apply(&mut self, s: &Snapshot, spec: &ChainSpec, p: &Plan) -> Result<Applied, BackendError> {
+        self.inner.apply(s, spec, p)
+    }
+    fn generation(&mut self) -> Result<u32, BackendError> {
+        self.inner.generation()
+    }
+    fn transact(
+        &mut self,
+        f: Family,
+        spec: &ChainSpec,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Transaction, BackendError> {
+        let plans = &mut self.plans;
+        self.inner.transact(f, spec, &mut |s| {
+            *plans += 1;
+            planner(s)
+        })
+    }
+    fn transact_if_changed(
+        &mut self,
+        f: Family,
+        spec: &ChainSpec,
+        seen: &mut Fingerprint,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Option<Transaction>, BackendError> {
+        let plans = &mut self.plans;
+        self.inner.transact_if_changed(f, spec, seen, &mut |s| {
+            *plans += 1;
+            planner(s)
+        })
+    }
+}
+
+/// PREROUTING's rule bytes with the counters masked.
+fn prerouting_bytes() -> Vec<Vec<u8>> {
+    let (info, blob) = LegacyBackend::read_raw(Family::Ip, "nat").unwrap();
+    let t = Table::decode(Family::Ip, &info, &blob).unwrap();
+    t.rule_bytes("PREROUTING")
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let mut r = r.to_vec();
+            r[96..112].fill(0);
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn the_poll_skips_the_plan_while_only_counters_change() {
+    netns(|| {
+        load_broken("iptables-legacy-restore");
+        let spec = harvester_spec();
+        let mut b = Counting {
+            inner: private_lock(),
+            plans: 0,
+        };
+        let mut memo = reconcile::Memo::default();
+        let poll = |b: &mut Counting, memo: &mut reconcile::Memo| {
+            reconcile::reconcile_with_memo(b, Family::Ip, &spec, Goal::Converge, memo).unwrap()
+        };
+        assert!(poll(&mut b, &mut memo).committed);
+        assert_eq!(b.plans, 1);
+        // The first poll after a repair plans (nothing), the next ones do not.
+        assert!(!poll(&mut b, &mut memo).committed);
+        assert_eq!(b.plans, 2);
+        let o = poll(&mut b, &mut memo);
+        assert!(!o.committed && o.plan.is_noop() && o.plan.conflicts.is_empty());
+        assert_eq!(b.plans, 2, "nothing changed: no plan");
+
+        // Counters move (here set by a replace of rule 4 by itself): still no plan.
+        let counters = |save: String| {
+            save.lines()
+                .filter(|l| l.contains("CNI-HOSTPORT-DNAT") && l.starts_with('['))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let was = counters(ok("iptables-legacy-save -c -t nat"));
+        let rules = prerouting_bytes();
+        ok("iptables-legacy -w -t nat -R PREROUTING 4 -c 7 700 -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT");
+        assert_ne!(counters(ok("iptables-legacy-save -c -t nat")), was);
+        assert_eq!(prerouting_bytes(), rules);
+        assert!(!poll(&mut b, &mut memo).committed);
+        assert_eq!(b.plans, 2, "only counters changed: no plan");
+
+        // The chain Kube-OVN's jump lands on is renamed: PREROUTING's bytes are the same
+        // (the chain keeps its place in the table), what they mean is not.
+        ok("iptables-legacy -w -t nat -E OVN-PREROUTING OVN-RENAMED");
+        assert_eq!(prerouting_bytes(), rules, "the same bytes");
+        let o = poll(&mut b, &mut memo);
+        assert_eq!(b.plans, 3, "a rename is a change");
+        assert!(o.committed, "the jump now lands elsewhere: re-inserted");
+        assert_eq!(
+            saved_chain("iptables-legacy-save", "PREROUTING")
+                .iter()
+                .filter(|l| l.contains("-j OVN-PREROUTING"))
+                .count(),
+            1
+        );
+        let _ = std::fs::remove_file(b.inner.lock_file());
     });
 }
 
@@ -995,8 +1242,8 @@ fn round_trip(rules: String, v6: bool) -> Result<(), TestCaseError> {
         return Ok(());
     };
     let t = Table::decode(family, &info, &blob).unwrap();
-    let enc = t.encode().unwrap();
-    prop_assert_eq!(&enc.blob, &blob);
+    let (out, _) = t.encode().unwrap();
+    prop_assert_eq!(&out, &blob);
     let users: Vec<&str> = saved
         .lines()
         .filter_map(|l| l.strip_prefix(':')?.strip_suffix(" - [0:0]"))

@@ -752,3 +752,147 @@ fn an_anchored_write_is_refused_whole_when_an_anchor_is_gone_and_generation_0_gu
         );
     });
 }
+
+/// The netlink requests `jumpset apply --config CFG` sends (one line each), under strace.
+fn sends(cfg: &str) -> (Run, Vec<String>) {
+    let trace = format!(
+        "{}/strace-sends-{}-{:?}.txt",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id(),
+        std::thread::current().id()
+    )
+    .replace(['(', ')'], "");
+    let out = sh(&format!(
+        "strace -f -qq -e trace=sendto,sendmsg -o {trace} {} apply --config {cfg} --json",
+        bin()
+    ));
+    let t = std::fs::read_to_string(&trace).unwrap_or_default();
+    let _ = std::fs::remove_file(&trace);
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let lines = t
+        .lines()
+        .filter(|l| l.contains("sendto(") || l.contains("sendmsg("))
+        .map(str::to_string)
+        .collect();
+    (run, lines)
+}
+
+#[test]
+fn a_repair_is_one_read_and_one_batch_with_no_lookup_and_no_read_back() {
+    if sh("command -v strace").status.code() != Some(0) {
+        panic!("strace is needed for this test (apt-get install strace)");
+    }
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let cfg = config(&harvester_config());
+        let (run, sent) = sends(cfg.as_str());
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(run.json()["committed"], true);
+        // GETGEN, GETCHAIN (what the write needs to know of the base chain) and the
+        // GETRULE dump in one sendmsg, then the batch: no lookup of its own, no second read.
+        assert_eq!(sent.len(), 2, "{sent:#?}");
+        for m in ["NFT_MSG_GETGEN", "NFT_MSG_GETCHAIN", "NFT_MSG_GETRULE"] {
+            assert!(sent[0].contains(m), "{m}: {}", sent[0]);
+        }
+        assert!(sent[1].contains("NFNL_MSG_BATCH_BEGIN"), "{}", sent[1]);
+        assert!(!sent[1].contains("NFT_MSG_GETCHAIN") && !sent[1].contains("NFT_MSG_NEWCHAIN"));
+        assert_eq!(
+            saved_chain("iptables-nft-save", "PREROUTING"),
+            fixture_chain("harvester-healthy.rules", "PREROUTING")
+        );
+        // An insert of a jump to an existing chain no rule jumps to yet: still two
+        // sends (the kernel checks the target inside the batch); the kernel echoes the
+        // new rule with its handle. (A chain that does not exist costs a second batch:
+        // a_missing_target_chain_is_refused_or_created_from_the_kernel_s_answer.)
+        ok("iptables-nft -t nat -N AGENT-PREROUTING");
+        let cfg = config(&with_missing_jump(harvester_config()));
+        let (run, sent) = sends(cfg.as_str());
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(sent.len(), 2, "{sent:#?}");
+        let insert = run.json()["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["op"] == "insert")
+            .cloned()
+            .unwrap();
+        assert!(insert["handle"].as_u64().is_some(), "{insert}");
+        // A no-op is the read alone.
+        let (run, sent) = sends(cfg.as_str());
+        assert_eq!(run.code, 0);
+        assert_eq!(sent.len(), 1, "{sent:#?}");
+    });
+}
+
+#[test]
+fn a_missing_target_chain_is_refused_or_created_from_the_kernel_s_answer() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let jump = |create: bool| {
+            format!(
+                "{}\n  [[chain.jump]]\n  target = \"NEW-CHAIN\"\n  comment = \"new chain\"\n  after = [\"KUBE-SERVICES\"]\n  create_chain = {create}\n",
+                harvester_config()
+            )
+        };
+        let before = ok("iptables-nft-save -t nat | grep -v '^#'");
+        let cfg = config(&jump(false));
+        let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str()]));
+        assert_eq!(run.code, 4, "{}{}", run.stdout, run.stderr);
+        let msg = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            msg.contains("NEW-CHAIN") && msg.contains("create_chain = false"),
+            "{msg}"
+        );
+        assert_eq!(commits, 0);
+        assert_eq!(
+            ok("iptables-nft-save -t nat | grep -v '^#'"),
+            before,
+            "nothing written"
+        );
+
+        let cfg = config(&jump(true));
+        let (run, commits) = count_commits(|| jumpset(&["apply", "--config", cfg.as_str()]));
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(commits, 1, "the refused first batch committed nothing");
+        assert!(ok("nft list chain ip nat NEW-CHAIN").contains("chain NEW-CHAIN"));
+        let chain = saved_chain("iptables-nft-save", "PREROUTING");
+        assert_eq!(
+            chain.iter().filter(|l| l.ends_with("-j NEW-CHAIN")).count(),
+            1,
+            "{chain:#?}"
+        );
+        assert_eq!(jumpset(&["check", "--config", cfg.as_str()]).code, 0);
+    });
+}
+
+#[test]
+fn a_known_chain_recreated_elsewhere_is_asked_about_again_and_refused() {
+    netns(|| {
+        load_broken("iptables-nft-restore");
+        let spec = Config::from_toml(&harvester_config()).unwrap().chains()[0].clone();
+        let mut b = NftBackend::open().unwrap();
+        // The first reconcile learns what the chain is (the read's GETCHAIN) and repairs it.
+        assert!(
+            reconcile::reconcile(&mut b, Family::Ip, &spec, Goal::Converge)
+                .unwrap()
+                .committed
+        );
+        // Another agent recreates it at another priority, with rules of its own: no rule
+        // the backend saw is left to vouch for it.
+        ok("nft flush chain ip nat PREROUTING && nft delete chain ip nat PREROUTING");
+        ok("nft add chain ip nat PREROUTING '{ type nat hook prerouting priority 0; }'");
+        ok("nft add rule ip nat PREROUTING counter jump KUBE-SERVICES");
+        let err = reconcile::reconcile(&mut b, Family::Ip, &spec, Goal::Converge).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("not the base chain iptables-nft makes") && msg.contains("priority 0"),
+            "{msg}"
+        );
+        assert_eq!(err.exit_code(), 4);
+        assert!(!ok("nft list chain ip nat PREROUTING").contains("OVN-PREROUTING"));
+    });
+}

@@ -294,11 +294,10 @@ fn gather(families: &[Family]) -> Result<([FamilyEvidence; 2], Vec<String>), Bac
             if !IPTABLES_TABLES.contains(&table.as_str()) {
                 continue;
             }
-            let t = LegacyBackend::read_table(family, &table)?;
-            let (rules, users) = t.census();
+            let (rules, users) = LegacyBackend::census(family, &table)?;
             ev[slot(family)].legacy.push(TableCensus {
                 rules,
-                user_chains: users.into_iter().map(str::to_string).collect(),
+                user_chains: users,
                 table,
                 incompatible: false,
             });

@@ -33,8 +33,8 @@ pub fn legacy_blob(data: &[u8]) {
         let _ = table.rules(chain);
     }
     let _ = table.census();
-    if let Ok(enc) = table.encode() {
-        Table::decode(family, &enc.info(&info), &enc.blob).expect("our own encoding decodes");
+    if let Ok((blob, enc)) = table.encode() {
+        Table::decode(family, &enc.info(&info), &blob).expect("our own encoding decodes");
     }
 }
 

@@ -20,11 +20,63 @@
 //! constraints that push it down (what it must follow) are dropped — its `before`
 //! constraints win — and each dropped one is reported with the rules that block it. The
 //! relaxation depends on the foreign rules only, so re-planning after an apply is stable.
+//!
+//! Reasons. [`reasons`] reads a finished plan and says why each declared jump stands
+//! where the plan leaves it — the constraint that puts it there, or the conflict and the
+//! rule blocking it — without touching the planner's decisions.
 
 use crate::snapshot::{Rule, Snapshot, Verdict};
 use crate::spec::{ChainSpec, JumpSpec};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The planner's maps: keyed by chain names and comments, small, rebuilt for every plan,
+/// so hashed with a multiply-rotate hash (the Fx hash of rustc) rather than SipHash —
+/// most of the cost of a plan of a short chain was hashing. A plan's time does not
+/// depend on secrets, and whoever can fill the chain with colliding names can write any
+/// rule anyway.
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<Fx>>;
+
+/// The Fx hash (rustc's): a word at a time, `(h.rotl(5) ^ w) * K`.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl Fx {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Upper bound on complete assignments examined by the keep search; beyond it the best
 /// plan found so far is used (still valid, possibly not minimal). Only reachable with
@@ -172,13 +224,59 @@ enum Kind {
     Before,
 }
 
-/// `from` rules precede `to` rules; declared by jump `owner`.
+/// `from` rules precede `to` rules; declared by jump `owner`. `from_jump` / `to_jump`: the
+/// jump whose target the name is, if any.
 #[derive(Debug, Clone)]
 struct Edge<'a> {
     from: &'a str,
     to: &'a str,
     owner: usize,
     kind: Kind,
+    from_jump: Option<usize>,
+    to_jump: Option<usize>,
+}
+
+/// The declared jumps by comment (the first jump declaring a comment owns it), for
+/// classifying every rule of a long chain with one lookup each.
+struct Comments<'a> {
+    jumps: &'a [JumpSpec],
+    /// `None` for a few jumps: a scan is cheaper than hashing.
+    map: Option<HashMap<&'a [u8], usize>>,
+}
+
+/// Up to this many jumps, a comment is looked up by scanning them.
+const SCAN_JUMPS: usize = 8;
+
+impl<'a> Comments<'a> {
+    fn new(jumps: &'a [JumpSpec]) -> Self {
+        Self::build(jumps, jumps.len() > SCAN_JUMPS)
+    }
+
+    fn build(jumps: &'a [JumpSpec], hashed: bool) -> Self {
+        let map = hashed.then(|| {
+            let mut m = HashMap::with_capacity_and_hasher(jumps.len(), Default::default());
+            for (i, j) in jumps.iter().enumerate() {
+                m.entry(j.comment.as_bytes()).or_insert(i);
+            }
+            m
+        });
+        Comments { jumps, map }
+    }
+
+    /// [`owned_jump`], in O(1).
+    fn owned(&self, rule: &Rule) -> Option<usize> {
+        if !rule.is_bare_jump() {
+            return None;
+        }
+        let bytes = rule.comment.as_ref()?.bytes.as_slice();
+        match &self.map {
+            Some(m) => m.get(bytes).copied(),
+            None => self
+                .jumps
+                .iter()
+                .position(|j| j.comment.as_bytes() == bytes),
+        }
+    }
 }
 
 struct Model<'a> {
@@ -188,6 +286,8 @@ struct Model<'a> {
     foreign: Vec<usize>,
     /// Jump indices in a topological order of the jump-to-jump edges, stable by spec order.
     topo: Vec<usize>,
+    /// Each jump's place in `topo`.
+    rank: Vec<usize>,
     /// Jump index by target name.
     by_target: HashMap<&'a str, usize>,
 }
@@ -203,6 +303,30 @@ struct Layout {
     gap: Vec<Option<usize>>,
 }
 
+/// For each jump, the edges that end at its target (`into`) and start at it (`out_of`).
+struct Adjacency {
+    into: Vec<Vec<usize>>,
+    out_of: Vec<Vec<usize>>,
+}
+
+impl Adjacency {
+    fn new(jumps: usize, edges: &[Edge<'_>]) -> Self {
+        let mut a = Adjacency {
+            into: vec![Vec::new(); jumps],
+            out_of: vec![Vec::new(); jumps],
+        };
+        for (i, e) in edges.iter().enumerate() {
+            if let Some(j) = e.to_jump {
+                a.into[j].push(i);
+            }
+            if let Some(j) = e.from_jump {
+                a.out_of[j].push(i);
+            }
+        }
+        a
+    }
+}
+
 impl<'a> Model<'a> {
     fn new(rules: &'a [Rule], jumps: &'a [JumpSpec], roles: &[Role]) -> Self {
         let foreign = (0..rules.len())
@@ -216,43 +340,56 @@ impl<'a> Model<'a> {
         // Kahn's algorithm, always taking the lowest-numbered ready jump.
         let mut indeg = vec![0usize; jumps.len()];
         let mut succ: Vec<Vec<usize>> = vec![Vec::new(); jumps.len()];
-        for e in all_edges(jumps) {
-            if let (Some(&a), Some(&b)) = (by_target.get(e.from), by_target.get(e.to)) {
-                if !succ[a].contains(&b) {
-                    succ[a].push(b);
-                    indeg[b] += 1;
-                }
+        for e in all_edges(jumps, &by_target) {
+            if let (Some(a), Some(b)) = (e.from_jump, e.to_jump) {
+                succ[a].push(b);
+            }
+        }
+        for s in &mut succ {
+            s.sort_unstable();
+            s.dedup();
+            for &b in s.iter() {
+                indeg[b] += 1;
             }
         }
         let mut topo = Vec::with_capacity(jumps.len());
-        let mut ready: Vec<usize> = (0..jumps.len()).filter(|&j| indeg[j] == 0).collect();
-        while let Some(pos) = (0..ready.len()).min_by_key(|&p| ready[p]) {
-            let j = ready.swap_remove(pos);
+        let mut ready: BinaryHeap<Reverse<usize>> = (0..jumps.len())
+            .filter(|&j| indeg[j] == 0)
+            .map(Reverse)
+            .collect();
+        while let Some(Reverse(j)) = ready.pop() {
             topo.push(j);
             for &s in &succ[j] {
                 indeg[s] -= 1;
                 if indeg[s] == 0 {
-                    ready.push(s);
+                    ready.push(Reverse(s));
                 }
             }
         }
         // The spec is validated acyclic; should it not be, keep every jump anyway.
-        for j in 0..jumps.len() {
-            if !topo.contains(&j) {
-                topo.push(j);
+        if topo.len() < jumps.len() {
+            let mut placed = vec![false; jumps.len()];
+            for &j in &topo {
+                placed[j] = true;
             }
+            topo.extend((0..jumps.len()).filter(|&j| !placed[j]));
+        }
+        let mut rank = vec![0; jumps.len()];
+        for (r, &j) in topo.iter().enumerate() {
+            rank[j] = r;
         }
         Model {
             rules,
             jumps,
             foreign,
             topo,
+            rank,
             by_target,
         }
     }
 
     fn spans(&self, fixed: &[usize]) -> Spans<'a> {
-        let mut spans: Spans<'a> = HashMap::new();
+        let mut spans: Spans<'a> = HashMap::default();
         for (pos, &i) in fixed.iter().enumerate() {
             if let Some(t) = self.rules[i].target() {
                 spans
@@ -281,32 +418,39 @@ impl<'a> Model<'a> {
         }
         let n = fixed.len();
         let inserted = |j: usize| kept[j].is_none();
-        let jump_of = |name: &str| self.by_target.get(name).copied().filter(|&j| inserted(j));
+        let jump_of = |j: Option<usize>| j.filter(|&j| inserted(j));
         let mut lo = vec![0usize; self.jumps.len()];
         let mut hi = vec![n; self.jumps.len()];
         for e in edges {
-            if let Some(&j) = self.by_target.get(e.to) {
-                if let (true, Some(a)) = (inserted(j), spans.get(e.from)) {
+            if let Some(j) = jump_of(e.to_jump) {
+                if let Some(a) = spans.get(e.from) {
                     lo[j] = lo[j].max(a.1 + 1);
                 }
             }
-            if let Some(&j) = self.by_target.get(e.from) {
-                if let (true, Some(b)) = (inserted(j), spans.get(e.to)) {
+            if let Some(j) = jump_of(e.from_jump) {
+                if let Some(b) = spans.get(e.to) {
                     hi[j] = hi[j].min(b.0);
                 }
             }
         }
         // Propagate along edges between inserted jumps.
+        let adj = Adjacency::new(self.jumps.len(), edges);
         for &j in &self.topo {
-            for e in edges.iter().filter(|e| e.to == self.jumps[j].target) {
-                if let (true, Some(a)) = (inserted(j), jump_of(e.from)) {
+            if !inserted(j) {
+                continue;
+            }
+            for &e in &adj.into[j] {
+                if let Some(a) = jump_of(edges[e].from_jump) {
                     lo[j] = lo[j].max(lo[a]);
                 }
             }
         }
         for &j in self.topo.iter().rev() {
-            for e in edges.iter().filter(|e| e.from == self.jumps[j].target) {
-                if let (true, Some(b)) = (inserted(j), jump_of(e.to)) {
+            if !inserted(j) {
+                continue;
+            }
+            for &e in &adj.out_of[j] {
+                if let Some(b) = jump_of(edges[e].to_jump) {
                     hi[j] = hi[j].min(hi[b]);
                 }
             }
@@ -326,8 +470,9 @@ impl<'a> Model<'a> {
             }
             let mut follows = false;
             let mut p = lo[j];
-            for e in edges.iter().filter(|e| e.to == self.jumps[j].target) {
-                if let Some(a) = jump_of(e.from) {
+            for &e in &adj.into[j] {
+                let e = &edges[e];
+                if let Some(a) = jump_of(e.from_jump) {
                     follows = true;
                     p = p.max(gap[a].unwrap_or(0));
                 } else if spans.contains_key(e.from) {
@@ -338,31 +483,72 @@ impl<'a> Model<'a> {
         }
         Ok(Layout { fixed, gap })
     }
+}
+
+/// What the keep search checks a candidate against, in O(its constraints): the foreign
+/// rules as bounds on its index, the other jumps as the kept candidates to compare with.
+struct Bounds {
+    /// For each jump: its kept rule must stand after this snapshot index (the last
+    /// foreign rule it must follow).
+    after: Vec<Option<usize>>,
+    /// ... and before this one (the first foreign rule it must precede).
+    before: Vec<Option<usize>>,
+    /// The jumps it must follow / precede.
+    preds: Vec<Vec<usize>>,
+    succs: Vec<Vec<usize>>,
+}
+
+impl Bounds {
+    fn new(model: &Model<'_>, edges: &[Edge<'_>]) -> Self {
+        let rules = model.rules;
+        let mut first_last: HashMap<&str, (usize, usize)> = HashMap::default();
+        for &i in &model.foreign {
+            if let Some(t) = rules[i].target() {
+                first_last
+                    .entry(t)
+                    .and_modify(|s| s.1 = i)
+                    .or_insert((i, i));
+            }
+        }
+        let n = model.jumps.len();
+        let mut b = Bounds {
+            after: vec![None; n],
+            before: vec![None; n],
+            preds: vec![Vec::new(); n],
+            succs: vec![Vec::new(); n],
+        };
+        for e in edges {
+            if let Some(j) = e.to_jump {
+                if let Some(&(_, last)) = first_last.get(e.from) {
+                    b.after[j] = Some(b.after[j].map_or(last, |x| x.max(last)));
+                }
+            }
+            if let Some(j) = e.from_jump {
+                if let Some(&(first, _)) = first_last.get(e.to) {
+                    b.before[j] = Some(b.before[j].map_or(first, |x| x.min(first)));
+                }
+            }
+            if let (Some(a), Some(c)) = (e.from_jump, e.to_jump) {
+                b.succs[a].push(c);
+                b.preds[c].push(a);
+            }
+        }
+        b
+    }
 
     /// Can candidate rule `i` of jump `j` be kept next to the foreign rules and the
     /// candidates kept so far? (A necessary condition, to prune the search.)
-    fn compatible(&self, i: usize, j: usize, kept: &[Option<usize>], edges: &[Edge<'_>]) -> bool {
-        let target = self.jumps[j].target.as_str();
-        let others = self.foreign.iter().chain(kept.iter().flatten());
-        for &o in others {
-            let Some(t) = self.rules[o].target() else {
-                continue;
-            };
-            for e in edges {
-                if e.to == target && e.from == t && o > i {
-                    return false;
-                }
-                if e.from == target && e.to == t && o < i {
-                    return false;
-                }
-            }
-        }
-        true
+    fn compatible(&self, i: usize, j: usize, kept: &[Option<usize>]) -> bool {
+        self.after[j].is_none_or(|a| a < i)
+            && self.before[j].is_none_or(|b| i < b)
+            && self.preds[j].iter().all(|&k| kept[k].is_none_or(|o| o < i))
+            && self.succs[j].iter().all(|&k| kept[k].is_none_or(|o| o > i))
     }
 }
 
-fn all_edges(jumps: &[JumpSpec]) -> Vec<Edge<'_>> {
+fn all_edges<'a>(jumps: &'a [JumpSpec], by_target: &HashMap<&'a str, usize>) -> Vec<Edge<'a>> {
     let mut out = Vec::new();
+    let jump = |name: &str| by_target.get(name).copied();
     for (j, spec) in jumps.iter().enumerate() {
         for a in &spec.after {
             out.push(Edge {
@@ -370,6 +556,8 @@ fn all_edges(jumps: &[JumpSpec]) -> Vec<Edge<'_>> {
                 to: &spec.target,
                 owner: j,
                 kind: Kind::After,
+                from_jump: jump(a),
+                to_jump: Some(j),
             });
         }
         for b in &spec.before {
@@ -378,6 +566,8 @@ fn all_edges(jumps: &[JumpSpec]) -> Vec<Edge<'_>> {
                 to: b,
                 owner: j,
                 kind: Kind::Before,
+                from_jump: Some(j),
+                to_jump: jump(b),
             });
         }
     }
@@ -387,10 +577,11 @@ fn all_edges(jumps: &[JumpSpec]) -> Vec<Edge<'_>> {
 /// Classify the rules of a chain against the declared jumps: roles before placement
 /// (candidates are provisionally `Owned`), and the candidates of each jump.
 fn classify(rules: &[Rule], jumps: &[JumpSpec]) -> (Vec<Role>, Vec<Vec<usize>>) {
+    let comments = Comments::new(jumps);
     let mut roles = vec![Role::Foreign; rules.len()];
     let mut candidates = vec![Vec::new(); jumps.len()];
     for (i, r) in rules.iter().enumerate() {
-        if let Some(j) = owned_jump(r, jumps) {
+        if let Some(j) = comments.owned(r) {
             if matches!(&r.verdict, Verdict::Jump(t) if *t == jumps[j].target) {
                 roles[i] = Role::Owned(j);
                 candidates[j].push(i);
@@ -417,8 +608,8 @@ pub fn owned_jump(rule: &Rule, jumps: &[JumpSpec]) -> Option<usize> {
 /// Plan the reconcile of one chain.
 pub fn plan(snap: &Snapshot, spec: &ChainSpec) -> Plan {
     if is_converged(&snap.rules, &spec.jumps) {
-        // The no-op every reconcile of a healthy chain takes: no search, no maps; the only
-        // allocations are the plan's own `roles` and `result`.
+        // The no-op every reconcile of a healthy chain takes: no search, no layout; with
+        // a few jumps not even a map (only the returned plan's `roles` and `result`).
         return converged_plan(&snap.rules, &spec.jumps);
     }
     plan_full(snap, spec)
@@ -428,8 +619,18 @@ pub fn plan(snap: &Snapshot, spec: &ChainSpec) -> Plan {
 /// once as a bare jump to its target, no stale copy, and for every declared edge the
 /// rules jumping to its `from` all stand above those jumping to its `to`. Then the full
 /// planner keeps every copy, inserts nothing and reports no conflict (the property tests
-/// check that the two agree). Allocation-free: O(jumps² × rules).
+/// check that the two agree). O(rules + constraints); with up to [`SCAN_JUMPS`] jumps it
+/// allocates nothing.
 fn is_converged(rules: &[Rule], jumps: &[JumpSpec]) -> bool {
+    if jumps.len() <= SCAN_JUMPS {
+        is_converged_few(rules, jumps)
+    } else {
+        is_converged_many(rules, jumps)
+    }
+}
+
+/// [`is_converged`] without allocating: O(jumps² × rules), for a few jumps.
+fn is_converged_few(rules: &[Rule], jumps: &[JumpSpec]) -> bool {
     for (j, js) in jumps.iter().enumerate() {
         let mut copies = 0;
         for r in rules {
@@ -456,14 +657,57 @@ fn is_converged(rules: &[Rule], jumps: &[JumpSpec]) -> bool {
     })
 }
 
+/// [`is_converged`] with one pass over the rules and one over the constraints.
+fn is_converged_many(rules: &[Rule], jumps: &[JumpSpec]) -> bool {
+    let comments = Comments::new(jumps);
+    let mut copies = vec![0u32; jumps.len()];
+    for r in rules {
+        if let Some(j) = comments.owned(r) {
+            if !matches!(&r.verdict, Verdict::Jump(t) if *t == jumps[j].target) {
+                return false; // a stale copy
+            }
+            copies[j] += 1;
+        }
+    }
+    if copies.iter().any(|&c| c != 1) {
+        return false;
+    }
+    // Where the rules jumping to each name the constraints mention stand.
+    let mut spans: HashMap<&str, (usize, usize)> = HashMap::default();
+    for js in jumps {
+        for name in js.after.iter().chain(&js.before).chain([&js.target]) {
+            spans.insert(name.as_str(), (usize::MAX, 0));
+        }
+    }
+    for (pos, r) in rules.iter().enumerate() {
+        if let Some(s) = r.target().and_then(|t| spans.get_mut(t)) {
+            if s.0 == usize::MAX {
+                s.0 = pos;
+            }
+            s.1 = pos;
+        }
+    }
+    let before = |from: &str, to: &str| match (spans.get(from), spans.get(to)) {
+        (Some(&(f0, last)), Some(&(first, _))) if f0 != usize::MAX && first != usize::MAX => {
+            last < first
+        }
+        _ => true,
+    };
+    jumps.iter().all(|js| {
+        js.after.iter().all(|a| before(a, &js.target))
+            && js.before.iter().all(|b| before(&js.target, b))
+    })
+}
+
 /// The plan of a chain [`is_converged`] accepted: what the full planner returns for it.
 fn converged_plan(rules: &[Rule], jumps: &[JumpSpec]) -> Plan {
+    let comments = Comments::new(jumps);
     Plan {
         ops: Vec::new(),
         conflicts: Vec::new(),
         roles: rules
             .iter()
-            .map(|r| owned_jump(r, jumps).map_or(Role::Foreign, Role::Owned))
+            .map(|r| comments.owned(r).map_or(Role::Foreign, Role::Owned))
             .collect(),
         result: (0..rules.len()).map(Slot::Existing).collect(),
     }
@@ -476,26 +720,36 @@ fn plan_full(snap: &Snapshot, spec: &ChainSpec) -> Plan {
     let jumps = &spec.jumps;
     let (mut roles, candidates) = classify(rules, jumps);
     let model = Model::new(rules, jumps, &roles);
-    let (edges, conflicts) = relax(&model, all_edges(jumps));
+    let (edges, conflicts) = relax(&model, all_edges(jumps, &model.by_target));
 
     // Keep as many candidates as possible (branch and bound; every branch is checked by
     // the full layout at its leaf).
     let none = vec![None; jumps.len()];
+    let mut possible = vec![0usize; jumps.len() + 1];
+    for j in (0..jumps.len()).rev() {
+        possible[j] = possible[j + 1] + usize::from(!candidates[j].is_empty());
+    }
     let mut search = Search {
         model: &model,
         edges: &edges,
+        bounds: Bounds::new(&model, &edges),
         candidates: &candidates,
+        possible,
         best: none.clone(),
+        best_layout: None,
         best_count: 0,
         leaves: 0,
     };
     let mut kept = none;
     search.dfs(0, &mut kept, 0);
     let kept = search.best;
-    let layout = model
-        .layout(&kept, &edges)
-        .or_else(|_| model.layout(&vec![None; jumps.len()], &edges))
-        .expect("after relaxation, inserting every jump is always possible");
+    let layout = match search.best_layout {
+        Some(l) => l,
+        None => model
+            .layout(&kept, &edges)
+            .or_else(|_| model.layout(&vec![None; jumps.len()], &edges))
+            .expect("after relaxation, inserting every jump is always possible"),
+    };
 
     // Roles of the copies not kept.
     for (i, role) in roles.iter_mut().enumerate() {
@@ -511,12 +765,15 @@ fn plan_full(snap: &Snapshot, spec: &ChainSpec) -> Plan {
     }
 
     // The resulting chain: fixed rules with inserted jumps in their gaps, in topo order.
-    let mut result = Vec::with_capacity(layout.fixed.len() + jumps.len());
+    let mut new: Vec<(usize, usize, usize)> = (0..jumps.len())
+        .filter_map(|j| layout.gap[j].map(|g| (g, model.rank[j], j)))
+        .collect();
+    new.sort_unstable();
+    let mut result = Vec::with_capacity(layout.fixed.len() + new.len());
+    let mut new = new.into_iter().peekable();
     for g in 0..=layout.fixed.len() {
-        for &j in &model.topo {
-            if layout.gap[j] == Some(g) {
-                result.push(Slot::New(j));
-            }
+        while let Some((_, _, j)) = new.next_if(|n| n.0 == g) {
+            result.push(Slot::New(j));
         }
         if let Some(&i) = layout.fixed.get(g) {
             result.push(Slot::Existing(i));
@@ -553,16 +810,25 @@ fn inserts(rules: &[Rule], result: &[Slot]) -> Vec<Op> {
         Slot::Existing(i) => Some(rules[*i].handle),
         Slot::New(_) => None,
     };
+    // The nearest existing rule below each slot, from the end.
+    let mut below = vec![None; result.len()];
+    let mut next = None;
+    for (pos, slot) in result.iter().enumerate().rev() {
+        below[pos] = next;
+        next = handle(slot).or(next);
+    }
     let mut ops = Vec::new();
+    let mut above = None;
     for (pos, slot) in result.iter().enumerate() {
         if let Slot::New(j) = *slot {
             ops.push(Op::Insert {
                 jump: j,
                 position: pos + 1,
-                after_handle: result[..pos].iter().rev().find_map(handle),
-                before_handle: result[pos + 1..].iter().find_map(handle),
+                after_handle: above,
+                before_handle: below[pos],
             });
         }
+        above = handle(slot).or(above);
     }
     ops
 }
@@ -696,31 +962,33 @@ fn conflict(model: &Model<'_>, e: &Edge<'_>, blocking: Vec<Blocking>) -> Conflic
 struct Search<'m, 'a> {
     model: &'m Model<'a>,
     edges: &'m [Edge<'a>],
+    bounds: Bounds,
     candidates: &'m [Vec<usize>],
+    /// `possible[j]`: jumps from `j` on that have a candidate.
+    possible: Vec<usize>,
     best: Vec<Option<usize>>,
+    /// The layout of `best`, once a leaf was laid out.
+    best_layout: Option<Layout>,
     best_count: usize,
     leaves: usize,
 }
 
 impl Search<'_, '_> {
     fn dfs(&mut self, j: usize, kept: &mut Vec<Option<usize>>, count: usize) {
-        let possible = self.candidates[j..]
-            .iter()
-            .filter(|c| !c.is_empty())
-            .count();
-        if count + possible <= self.best_count || self.leaves >= SEARCH_BUDGET {
+        if count + self.possible[j] <= self.best_count || self.leaves >= SEARCH_BUDGET {
             return;
         }
         if j == kept.len() {
             self.leaves += 1;
-            if self.model.layout(kept, self.edges).is_ok() {
+            if let Ok(layout) = self.model.layout(kept, self.edges) {
                 self.best = kept.clone();
+                self.best_layout = Some(layout);
                 self.best_count = count;
             }
             return;
         }
         for &i in &self.candidates[j] {
-            if self.model.compatible(i, j, kept, self.edges) {
+            if self.bounds.compatible(i, j, kept) {
                 kept[j] = Some(i);
                 self.dfs(j + 1, kept, count + 1);
                 kept[j] = None;
@@ -729,6 +997,10 @@ impl Search<'_, '_> {
         self.dfs(j + 1, kept, count);
     }
 }
+
+#[path = "plan_reasons.rs"]
+mod reasons;
+pub use reasons::{reasons, Blocker, Bound, Placed, Reason, Unmet};
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

@@ -426,7 +426,13 @@ fn valid(rules: &[Rule], spec: &ChainSpec, conflicts: &[Conflict]) -> bool {
             return false;
         }
     }
-    for e in all_edges(&spec.jumps) {
+    let by_target: HashMap<&str, usize> = spec
+        .jumps
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.target.as_str(), i))
+        .collect();
+    for e in all_edges(&spec.jumps, &by_target) {
         let unmet = match e.kind {
             Kind::After => format!("after {}", e.from),
             Kind::Before => format!("before {}", e.to),
@@ -609,4 +615,267 @@ fn the_harvester_chain_takes_the_fast_path() {
     let mut twice = healthy.clone();
     twice.rules.push(jump(5, OVN, "OVN-PREROUTING"));
     assert!(!is_converged(&twice.rules, &spec.jumps));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The two ways of looking comments up and of recognising a converged chain — a
+    /// scan for a few jumps, maps for many — agree (the random specs have few jumps, so
+    /// the planner itself only takes the scans here).
+    #[test]
+    fn the_scans_and_the_maps_agree(chain in chain_strategy(), cons in spec_strategy()) {
+        let Some(spec) = spec_from(&cons) else { return Ok(()); };
+        let rules: Vec<Rule> = chain.iter().enumerate()
+            .map(|(i, &(k, x))| rule_from(k, x, i as u64 + 1)).collect();
+        let s = snap(rules);
+        let after = apply(&s, &spec, &plan(&s, &spec));
+        let (scan, map) = (Comments::build(&spec.jumps, false), Comments::build(&spec.jumps, true));
+        for x in [&s, &after] {
+            prop_assert_eq!(is_converged_few(&x.rules, &spec.jumps), is_converged_many(&x.rules, &spec.jumps));
+            for r in &x.rules {
+                prop_assert_eq!(scan.owned(r), owned_jump(r, &spec.jumps));
+                prop_assert_eq!(map.owned(r), owned_jump(r, &spec.jumps));
+            }
+        }
+    }
+}
+
+/// `n` owned jumps OWN-0..: each after the one before it; `foreign` rules of other agents
+/// (bare jumps with their own comments, to AGENT-0..49) with the owned jumps spread
+/// among them, in order.
+fn many(n: usize, foreign: usize) -> (ChainSpec, Snapshot) {
+    let mut t = String::from("[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n");
+    for k in 0..n {
+        let after = if k == 0 {
+            String::new()
+        } else {
+            format!("\"OWN-{}\"", k - 1)
+        };
+        t.push_str(&format!(
+            "[[chain.jump]]\ntarget = \"OWN-{k}\"\ncomment = \"owned {k}\"\nafter = [{after}]\n"
+        ));
+    }
+    let spec = Config::from_toml(&t).unwrap().chains.remove(0);
+    let mut rules = Vec::new();
+    let every = (foreign / n.max(1)).max(1);
+    let mut k = 0;
+    for i in 0..foreign {
+        if i % every == 0 && k < n {
+            rules.push(jump(
+                rules.len() as u64 + 1,
+                &format!("owned {k}"),
+                &format!("OWN-{k}"),
+            ));
+            k += 1;
+        }
+        rules.push(jump(
+            rules.len() as u64 + 1,
+            &format!("agent rule {i}"),
+            &format!("AGENT-{}", i % 50),
+        ));
+    }
+    while k < n {
+        rules.push(jump(
+            rules.len() as u64 + 1,
+            &format!("owned {k}"),
+            &format!("OWN-{k}"),
+        ));
+        k += 1;
+    }
+    (spec, snap(rules))
+}
+
+#[test]
+fn a_thousand_owned_jumps_among_ten_thousand_rules_plan_as_a_few_do() {
+    let (spec, s) = many(1000, 10_000);
+    assert_eq!(s.rules.len(), 11_000);
+    // Converged: the fast path, and the full planner agrees.
+    assert!(is_converged(&s.rules, &spec.jumps));
+    let p = plan(&s, &spec);
+    assert!(p.is_noop() && p.conflicts.is_empty());
+    assert_eq!(p, plan_full(&s, &spec));
+
+    // One jump missing: exactly its insert, right after the jump it must follow.
+    let mut missing = s.clone();
+    missing.rules.retain(|r| r.target() != Some("OWN-500"));
+    let p = plan(&missing, &spec);
+    let prev = missing
+        .rules
+        .iter()
+        .position(|r| r.target() == Some("OWN-499"))
+        .unwrap();
+    let (after, before) = (missing.rules[prev].handle, missing.rules[prev + 1].handle);
+    assert_eq!(
+        p.ops,
+        [Op::Insert {
+            jump: 500,
+            position: prev + 2,
+            after_handle: Some(after),
+            before_handle: Some(before),
+        }]
+    );
+    assert!(plan(&apply(&missing, &spec, &p), &spec).is_noop());
+
+    // One jump out of order (OWN-10 at the top): moved, nothing else.
+    let mut top = s.clone();
+    let at = top
+        .rules
+        .iter()
+        .position(|r| r.target() == Some("OWN-10"))
+        .unwrap();
+    let r = top.rules.remove(at);
+    top.rules.insert(0, r);
+    let p = plan(&top, &spec);
+    assert_eq!(p.ops.len(), 2, "{:?}", p.ops);
+    assert!(matches!(
+        p.ops[0],
+        Op::Delete {
+            jump: 10,
+            reason: DeleteReason::Misplaced,
+            ..
+        }
+    ));
+    assert!(plan(&apply(&top, &spec, &p), &spec).is_noop());
+}
+
+// ---- reasons ----
+
+#[test]
+fn reasons_of_the_harvester_chain_name_the_anchors_and_their_positions() {
+    let spec = harvester();
+    let broken = snap(vec![
+        jump(1, OVN, "OVN-PREROUTING"),
+        jump(2, CALI, "cali-PREROUTING"),
+        jump(3, OVN, "OVN-PREROUTING"),
+        jump(4, KUBE, "KUBE-SERVICES"),
+        jump(5, OVN, "OVN-PREROUTING"),
+        foreign(6, "CNI-HOSTPORT-DNAT"),
+    ]);
+    let want = "after cali-PREROUTING (position 1), before KUBE-SERVICES (position 3), \
+                before CNI-HOSTPORT-DNAT (position 4)";
+    // What apply would do: the copy at 3 is kept, the others deleted.
+    let p = plan(&broken, &spec);
+    let r = reasons(&broken, &spec, &p);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].position, r[0].placed), (2, Placed::Kept));
+    assert_eq!(r[0].reason, want);
+    assert!(r[0].unmet.is_empty());
+    // And once applied, the same reason from the converged chain.
+    let healthy = apply(&broken, &spec, &p);
+    let p = plan(&healthy, &spec);
+    assert!(p.is_noop());
+    assert_eq!(reasons(&healthy, &spec, &p)[0].reason, want);
+    // Without Calico's jump, the after-anchor constrains nothing.
+    let no_cali = snap(vec![jump(4, KUBE, "KUBE-SERVICES")]);
+    let p = plan(&no_cali, &spec);
+    let r = &reasons(&no_cali, &spec, &p)[0];
+    assert_eq!((r.position, r.placed), (1, Placed::Inserted));
+    assert_eq!(
+        r.reason,
+        "before KUBE-SERVICES (position 2) (cali-PREROUTING, CNI-HOSTPORT-DNAT absent: constrain nothing)"
+    );
+}
+
+#[test]
+fn reasons_of_a_conflict_name_the_blocking_rule_at_its_resulting_position() {
+    let spec = harvester();
+    let s = snap(vec![
+        jump(4, KUBE, "KUBE-SERVICES"),
+        jump(1, OVN, "OVN-PREROUTING"),
+        jump(2, CALI, "cali-PREROUTING"),
+        jump(8, OVN, "OVN-PREROUTING"),
+        foreign(6, "CNI-HOSTPORT-DNAT"),
+    ]);
+    let p = plan(&s, &spec);
+    let r = &reasons(&s, &spec, &p)[0];
+    // Result: OVN, KUBE-SERVICES, cali-PREROUTING, CNI-HOSTPORT-DNAT.
+    assert_eq!(r.position, 1);
+    assert_eq!(
+        r.reason,
+        "before KUBE-SERVICES (position 2), before CNI-HOSTPORT-DNAT (position 4), \
+         cannot be after cali-PREROUTING (position 3): blocked by rule 2 (handle 4, -j KUBE-SERVICES)"
+    );
+    assert_eq!(r.unmet.len(), 1);
+    assert_eq!(r.unmet[0].constraint, "after cali-PREROUTING");
+    assert_eq!(
+        r.unmet[0].blocking,
+        [Blocker {
+            handle: 4,
+            position: 2,
+            target: Some("KUBE-SERVICES".into())
+        }]
+    );
+    // Applied, the chain reads the same reason.
+    let after = apply(&s, &spec, &p);
+    let p2 = plan(&after, &spec);
+    assert_eq!(reasons(&after, &spec, &p2)[0].reason, r.reason);
+    // A moved copy is said to be moved.
+    let misplaced = snap(vec![
+        jump(4, KUBE, "KUBE-SERVICES"),
+        jump(1, OVN, "OVN-PREROUTING"),
+    ]);
+    let spec_after_only = Config::from_toml(
+        "[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n[[chain.jump]]\n\
+         target = \"OVN-PREROUTING\"\ncomment = \"kube-ovn prerouting rules\"\n\
+         before = [\"KUBE-SERVICES\"]\n",
+    )
+    .unwrap()
+    .chains
+    .remove(0);
+    let p = plan(&misplaced, &spec_after_only);
+    let r = &reasons(&misplaced, &spec_after_only, &p)[0];
+    assert_eq!((r.position, r.placed), (1, Placed::Moved));
+    assert_eq!(r.reason, "before KUBE-SERVICES (position 2)");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Every reason is true of the chain the plan leaves: the jump stands at the position
+    /// given, each bound lists exactly the rules jumping to its name, `met` is whether the
+    /// relation holds, and every unmet constraint is one the planner reported.
+    #[test]
+    fn reasons_tell_the_truth_about_the_resulting_chain(chain in chain_strategy(), cons in spec_strategy()) {
+        let Some(spec) = spec_from(&cons) else { return Ok(()); };
+        let rules: Vec<Rule> = chain.iter().enumerate()
+            .map(|(i, &(k, x))| rule_from(k, x, i as u64 + 1)).collect();
+        let s = snap(rules);
+        let p = plan(&s, &spec);
+        let after = apply(&s, &spec, &p);
+        let rs = reasons(&s, &spec, &p);
+        prop_assert_eq!(rs.len(), spec.jumps.len());
+        for (j, r) in rs.iter().enumerate() {
+            let js = &spec.jumps[j];
+            prop_assert_eq!(&r.target, &js.target);
+            let me = &after.rules[r.position - 1];
+            prop_assert_eq!(owned_jump(me, &spec.jumps), Some(j));
+            for b in &r.bounds {
+                let at: Vec<usize> = (0..after.rules.len())
+                    .filter(|&i| after.rules[i].target() == Some(b.target.as_str()))
+                    .map(|i| i + 1).collect();
+                prop_assert_eq!(&b.positions, &at);
+                let holds = if b.relation == "after" {
+                    at.iter().all(|&x| x < r.position)
+                } else {
+                    at.iter().all(|&x| x > r.position)
+                };
+                prop_assert_eq!(b.met, holds);
+                if !b.met {
+                    let c = format!("{} {}", b.relation, b.target);
+                    prop_assert!(p.conflicts.iter().any(|k| k.jump == j && k.unmet == c),
+                        "unmet {} not reported: {:?}", c, p.conflicts);
+                    prop_assert!(r.reason.contains(&format!("cannot be {c}")), "{}", r.reason);
+                } else if let Some(&n) = if b.relation == "after" { at.last() } else { at.first() } {
+                    let said = format!("{} {} (position {n})", b.relation, b.target);
+                    prop_assert!(r.reason.contains(&said), "{} lacks {}", r.reason, said);
+                }
+            }
+            for u in &r.unmet {
+                for blk in &u.blocking {
+                    prop_assert_eq!(after.rules[blk.position - 1].handle, blk.handle);
+                }
+            }
+        }
+    }
 }

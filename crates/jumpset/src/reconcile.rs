@@ -2,17 +2,23 @@
 //! (a bounded number of times) when the kernel refuses a write planned from a stale
 //! generation.
 //!
+//! The read, the plan and the commit are one [`Backend::transact`]: the backend calls the
+//! planner on what it read, so a backend guarded by a lock plans inside it. The chain is
+//! read back and held to the plan only when the commit does not already prove the result
+//! ([`Verified::ReadBack`]).
+//!
 //! The generation is global: under a writer committing elsewhere faster than a long
 //! chain is read and written back, every guarded write is stale. After
-//! [`GUARDED_ATTEMPTS`] stale attempts — or at once when the read itself could not be
-//! taken at one generation (`Snapshot::generation` 0: nothing to guard with) — the write
-//! is anchored on the handles of the rules it deletes and inserts before instead
+//! [`GUARDED_ATTEMPTS`] stale attempts the reconcile goes through
+//! [`Backend::transact_anchored`] instead — and a backend whose read could not be taken at
+//! one generation (`Snapshot::generation` 0: nothing to guard with) anchors at once —: the
+//! write is anchored on the handles of the rules it deletes and inserts before
 //! ([`Backend::apply_anchored`]: the kernel still refuses it whole when one of them is
 //! gone), and the chain is then always read back: an anchored write cannot see a foreign
 //! rule inserted since the read, so a chain that is not converged after it is another
 //! stale attempt.
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Fingerprint, Transaction, Verified};
 use crate::plan::{self, Plan, Role};
 use crate::snapshot::{Family, Snapshot};
 use crate::spec::ChainSpec;
@@ -55,12 +61,12 @@ pub struct Outcome {
     pub generation_after: u32,
     /// Stale writes re-planned.
     pub retries: u32,
-    /// The kernel handle of each jump the plan inserted, found in the chain read back
-    /// right after the commit: `(index of the jump in the chain spec, handle)`. nf_tables:
-    /// the rule's handle (`nft -a list chain`); legacy: its 1-based position in the chain
-    /// at the read-back (`iptables -D CHAIN N` numbering), valid until the chain next
-    /// changes. A jump is left out when the read-back holds no copy of it, or more than
-    /// one (another writer changed the chain between the commit and the read-back).
+    /// The kernel handle of each jump the plan inserted: `(index of the jump in the chain
+    /// spec, handle)`. nf_tables: the rule's handle (`nft -a list chain`), as the kernel
+    /// echoed it; legacy: its 1-based position in the chain after the commit
+    /// (`iptables -D CHAIN N` numbering), valid until the chain next changes. When the
+    /// commit proves nothing and the chain is read back, a jump with no copy there or more
+    /// than one (another writer changed the chain in between) is left out.
     pub inserted: Vec<(usize, u64)>,
     /// Whether the committed write was anchored on handles (after stale attempts).
     pub anchored: bool,
@@ -144,6 +150,23 @@ impl ReconcileError {
     }
 }
 
+/// What the reconciles of one chain in one family remember from one to the next
+/// ([`reconcile_with_memo`]): what decided the last plan, and that plan's outcome when it
+/// wrote nothing.
+#[derive(Debug, Default)]
+pub struct Memo {
+    seen: Fingerprint,
+    last: Option<Outcome>,
+}
+
+impl Memo {
+    /// Forget everything: the next reconcile plans whatever it reads.
+    pub fn clear(&mut self) {
+        self.seen.invalidate();
+        self.last = None;
+    }
+}
+
 /// Reconcile one chain in one family as one transaction.
 pub fn reconcile(
     backend: &mut dyn Backend,
@@ -151,7 +174,7 @@ pub fn reconcile(
     spec: &ChainSpec,
     goal: Goal,
 ) -> Result<Outcome, ReconcileError> {
-    reconcile_with(backend, family, spec, goal, &mut Progress::default())
+    run(backend, family, spec, goal, None, &mut Progress::default())
 }
 
 /// [`reconcile`], telling `progress` how far it got.
@@ -162,42 +185,130 @@ pub fn reconcile_with(
     goal: Goal,
     progress: &mut Progress,
 ) -> Result<Outcome, ReconcileError> {
+    run(backend, family, spec, goal, None, progress)
+}
+
+/// [`reconcile`], skipping the plan when the chain reads as it did at the last reconcile
+/// with this `memo` and that one wrote nothing: then its outcome is returned again. For a
+/// poll (the daemon on x_tables, which has no change notifications): where the backend
+/// can tell cheaply and exactly that nothing that decides the plan changed
+/// ([`Backend::transact_if_changed`]), e.g. x_tables counters moved, rules did not, the
+/// planner is not run. `memo` belongs to one (spec, family, goal).
+pub fn reconcile_with_memo(
+    backend: &mut dyn Backend,
+    family: Family,
+    spec: &ChainSpec,
+    goal: Goal,
+    memo: &mut Memo,
+) -> Result<Outcome, ReconcileError> {
+    reconcile_tracked(backend, family, spec, goal, memo, &mut Progress::default())
+}
+
+/// [`reconcile_with_memo`], telling `progress` how far it got (as [`reconcile_with`]): the
+/// daemon's reconcile.
+pub fn reconcile_tracked(
+    backend: &mut dyn Backend,
+    family: Family,
+    spec: &ChainSpec,
+    goal: Goal,
+    memo: &mut Memo,
+    progress: &mut Progress,
+) -> Result<Outcome, ReconcileError> {
+    let r = run(backend, family, spec, goal, Some(&mut *memo), progress);
+    match &r {
+        Ok(o) if !o.committed => {
+            memo.seen.confirm();
+            memo.last = Some(o.clone());
+        }
+        _ => memo.clear(),
+    }
+    r
+}
+
+fn run(
+    backend: &mut dyn Backend,
+    family: Family,
+    spec: &ChainSpec,
+    goal: Goal,
+    mut memo: Option<&mut Memo>,
+    progress: &mut Progress,
+) -> Result<Outcome, ReconcileError> {
     loop {
         progress.step = Step::Read;
-        let snap = backend.read(family, &spec.table, &spec.chain)?;
-        let plan = plan_for(goal, &snap, spec);
-        progress.in_order = Some(plan.ops.is_empty() && plan.conflicts.is_empty());
-        progress.step = Step::Commit;
-        // Read while commits kept racing the dump (nf_tables): as stale as a refused
-        // write, and nothing to guard one with. (A legacy table that does not exist has
-        // generation 0 too.)
-        let unguardable = snap.generation == 0 && snap.table_exists;
-        if unguardable {
-            progress.stale += 1;
-            if progress.stale > MAX_RETRIES {
-                return Err(too_many(family, spec, progress));
+        let anchor = progress.stale >= GUARDED_ATTEMPTS;
+        let tx = {
+            // What the read found is known whatever happens to the write (a held lock, a
+            // stale or refused commit).
+            let mut planner = |snap: &Snapshot| {
+                let plan = plan_for(goal, snap, spec);
+                progress.in_order = Some(plan.ops.is_empty() && plan.conflicts.is_empty());
+                progress.step = Step::Commit;
+                plan
+            };
+            match memo.as_deref_mut() {
+                _ if anchor => backend
+                    .transact_anchored(family, spec, &mut planner)
+                    .map(Some),
+                Some(m) => backend.transact_if_changed(family, spec, &mut m.seen, &mut planner),
+                None => backend.transact(family, spec, &mut planner).map(Some),
             }
-        }
-        let applied = if progress.stale >= GUARDED_ATTEMPTS || unguardable {
-            backend.apply_anchored(&snap, spec, &plan)
-        } else {
-            backend.apply(&snap, spec, &plan)
         };
-        match applied {
-            Ok(applied) if !applied.committed => {
-                let g = snap.generation;
-                return Ok(Outcome {
-                    before: snap,
-                    plan,
-                    committed: false,
-                    generation_before: g,
-                    generation_after: g,
-                    retries: progress.stale,
-                    inserted: Vec::new(),
-                    anchored: false,
-                });
+        let tx: Transaction = match tx {
+            Ok(Some(tx)) => tx,
+            Ok(None) => match memo.as_deref_mut() {
+                Some(Memo {
+                    last: Some(last), ..
+                }) => {
+                    progress.in_order = Some(last.plan.conflicts.is_empty());
+                    return Ok(Outcome {
+                        retries: progress.stale,
+                        ..last.clone()
+                    });
+                }
+                // Only a confirmed fingerprint matches, and one is confirmed only
+                // together with `last`; plan anyway. (Without a memo nothing is skipped.)
+                m => {
+                    if let Some(m) = m {
+                        m.clear();
+                    }
+                    continue;
+                }
+            },
+            Err(BackendError::Stale { .. }) => {
+                progress.stale += 1;
+                if progress.stale > MAX_RETRIES {
+                    return Err(too_many(family, spec, progress));
+                }
+                continue;
             }
-            Ok(applied) => {
+            Err(e) => return Err(e.into()),
+        };
+        // Read while commits kept racing the dump (nf_tables): as stale as a refused
+        // write, and nothing to guard one with — the backend anchored it. (A legacy table
+        // that does not exist has generation 0 too.)
+        if tx.before.generation == 0 && tx.before.table_exists {
+            progress.stale += 1;
+        }
+        let g = tx.before.generation;
+        if !tx.applied.committed {
+            return Ok(Outcome {
+                before: tx.before,
+                plan: tx.plan,
+                committed: false,
+                generation_before: g,
+                generation_after: g,
+                retries: progress.stale,
+                inserted: Vec::new(),
+                anchored: false,
+            });
+        }
+        let anchored = tx.applied.expected_generation.is_none();
+        let (generation_after, inserted) = match tx.verified {
+            Verified::Proven { inserted } => {
+                progress.in_order = Some(tx.plan.conflicts.is_empty());
+                (tx.applied.expected_generation.unwrap_or(g), inserted)
+            }
+            Verified::ReadBack => {
                 // Read back and verify. A guarded commit is held to the plan only when
                 // nobody else touched the chain since (still at the generation our commit
                 // produced); an anchored one must have converged, or it is another attempt.
@@ -205,7 +316,6 @@ pub fn reconcile_with(
                 let after = backend.read(family, &spec.table, &spec.chain)?;
                 let replan = plan_for(goal, &after, spec);
                 progress.in_order = Some(replan.ops.is_empty() && replan.conflicts.is_empty());
-                let anchored = applied.expected_generation.is_none();
                 if anchored && !replan.ops.is_empty() {
                     progress.stale += 1;
                     if progress.stale > MAX_RETRIES {
@@ -213,7 +323,7 @@ pub fn reconcile_with(
                     }
                     continue;
                 }
-                if Some(after.generation) == applied.expected_generation && !replan.is_noop() {
+                if Some(after.generation) == tx.applied.expected_generation && !replan.is_noop() {
                     return Err(ReconcileError::Verify {
                         family,
                         table: spec.table.clone(),
@@ -221,25 +331,22 @@ pub fn reconcile_with(
                         pending: replan.ops.len(),
                     });
                 }
-                return Ok(Outcome {
-                    generation_before: snap.generation,
-                    generation_after: after.generation,
-                    inserted: inserted_handles(&plan, &after, &replan),
-                    before: snap,
-                    plan,
-                    committed: true,
-                    retries: progress.stale,
-                    anchored,
-                });
+                (
+                    after.generation,
+                    inserted_handles(&tx.plan, &after, &replan),
+                )
             }
-            Err(BackendError::Stale { .. }) => {
-                progress.stale += 1;
-                if progress.stale > MAX_RETRIES {
-                    return Err(too_many(family, spec, progress));
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+        };
+        return Ok(Outcome {
+            generation_before: g,
+            generation_after,
+            before: tx.before,
+            plan: tx.plan,
+            committed: true,
+            retries: progress.stale,
+            inserted,
+            anchored,
+        });
     }
 }
 

@@ -5,6 +5,15 @@
 //! anyone else committed in between, the kernel refuses it and [`BackendError::Stale`]
 //! tells the caller to re-read and re-plan. All `unsafe` and all kernel layouts live in
 //! the backend modules.
+//!
+//! A reconcile goes through [`Backend::transact`]: the backend reads, calls the planner
+//! on what it read, and commits the plan, so a backend whose guard is a lock rather than
+//! a generation (x_tables: the xtables lock) plans inside it, from one read. It also says
+//! what its commit proves ([`Verified`]), so the chain is read back only when that is
+//! the only way to know. After repeated stale attempts (other writers committing
+//! elsewhere faster than a long chain is read and written back) the reconcile goes
+//! through [`Backend::transact_anchored`] instead: the write is anchored on the rules it
+//! deletes and inserts next to, and always read back.
 
 pub mod legacy;
 pub mod nft;
@@ -77,6 +86,60 @@ pub struct Applied {
     pub expected_generation: Option<u32>,
 }
 
+/// What a backend knows about the chain after its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// Nothing beyond the commit's success: the reconcile reads the chain back and holds
+    /// it to the plan.
+    ReadBack,
+    /// The commit itself proves the chain is what the plan made of the read: nf_tables,
+    /// a batch guarded by the generation the plan was read at (the kernel checked it
+    /// under its commit mutex, and applied every message or none); x_tables, `GET_INFO`
+    /// right after the replace, under the xtables lock, reporting the very entry count,
+    /// size, hook entries and underflows of the blob encoded.
+    Proven {
+        /// The kernel handle of each jump the plan inserted: `(index of the jump in the
+        /// chain spec, handle)` (nf_tables: the rule handle the kernel echoed; x_tables:
+        /// the 1-based position the rule was written at).
+        inserted: Vec<(usize, u64)>,
+    },
+}
+
+/// One read, the plan made from it, and what was committed ([`Backend::transact`]).
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// The chain as read.
+    pub before: Snapshot,
+    /// The plan made from `before`.
+    pub plan: Plan,
+    /// What was committed (nothing when the plan was empty).
+    pub applied: Applied,
+    /// What the commit proves.
+    pub verified: Verified,
+}
+
+/// What decided the last plan of a chain, as a backend read it (see
+/// [`Backend::transact_if_changed`]). Opaque; compares by content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// The backend's canonical bytes of the chain.
+    pub(crate) bytes: Vec<u8>,
+    /// Whether `bytes` is what the last plan (one that wrote nothing) was made from.
+    pub(crate) valid: bool,
+}
+
+impl Fingerprint {
+    /// Forget it: the next read plans whatever it finds.
+    pub fn invalidate(&mut self) {
+        self.valid = false;
+    }
+
+    /// Mark the read that last updated it as one whose plan wrote nothing.
+    pub fn confirm(&mut self) {
+        self.valid = true;
+    }
+}
+
 /// One kernel interface. `Send`: a daemon may hand it to another thread.
 pub trait Backend: Send {
     /// The backend's name: `nft` or `legacy`.
@@ -113,11 +176,90 @@ pub trait Backend: Send {
     /// The current generation (nf_tables genid), after a commit.
     fn generation(&mut self) -> Result<u32, BackendError>;
 
+    /// Read `spec`'s chain in `family`, plan from that read with `planner`, and apply the
+    /// plan as one transaction guarded by that read. [`BackendError::Stale`]: someone
+    /// else committed first; nothing was applied (re-run it). A read that could not be
+    /// taken at one generation (`Snapshot::generation` 0 with the table there: commits
+    /// elsewhere kept racing a long dump) guards nothing: its plan is anchored at once
+    /// ([`Backend::apply_anchored`]) and the result is [`Verified::ReadBack`]. The default
+    /// is [`read`] then [`apply`] (or [`Backend::apply_anchored`], as just said).
+    ///
+    /// [`read`]: Backend::read
+    /// [`apply`]: Backend::apply
+    fn transact(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Transaction, BackendError> {
+        let before = self.read(family, &spec.table, &spec.chain)?;
+        let plan = planner(&before);
+        let applied = if before.generation == 0 && before.table_exists {
+            self.apply_anchored(&before, spec, &plan)?
+        } else {
+            self.apply(&before, spec, &plan)?
+        };
+        Ok(Transaction {
+            before,
+            plan,
+            applied,
+            verified: Verified::ReadBack,
+        })
+    }
+
+    /// [`Backend::transact`] anchored rather than guarded: read, plan, and
+    /// [`Backend::apply_anchored`] — what a reconcile falls back to after repeated stale
+    /// attempts. An anchored commit proves nothing about rules inserted since the read,
+    /// so it is always [`Verified::ReadBack`] (unless the backend's own guard does not
+    /// depend on other writers: x_tables' lock).
+    fn transact_anchored(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Transaction, BackendError> {
+        let before = self.read(family, &spec.table, &spec.chain)?;
+        let plan = planner(&before);
+        let applied = self.apply_anchored(&before, spec, &plan)?;
+        Ok(Transaction {
+            before,
+            plan,
+            applied,
+            verified: Verified::ReadBack,
+        })
+    }
+
+    /// [`Backend::transact`], unless what decides the plan reads as `seen` says it did
+    /// when a plan last wrote nothing: then `Ok(None)`, without planning. Otherwise `seen`
+    /// becomes what this read found (unconfirmed: the caller [`Fingerprint::confirm`]s it
+    /// when the plan writes nothing). x_tables keeps no generation and its counters
+    /// change with every packet, so it compares the chain's rules, counters aside; the
+    /// default cannot tell cheaply and always transacts.
+    fn transact_if_changed(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        seen: &mut Fingerprint,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Option<Transaction>, BackendError> {
+        seen.invalidate();
+        self.transact(family, spec, planner).map(Some)
+    }
+
     /// The netlink port id this backend commits from, when the kernel names it in its
     /// change notifications (nf_tables): how a watcher tells our own commits apart.
     fn commit_portid(&self) -> Option<u32> {
         None
     }
+}
+
+impl Applied {
+    /// Nothing committed (the plan was empty).
+    pub const NOTHING: Applied = Applied {
+        committed: false,
+        changes: 0,
+        expected_generation: None,
+    };
 }
 
 /// A failure talking to the kernel.

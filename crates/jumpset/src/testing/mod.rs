@@ -61,8 +61,10 @@
 //! ```
 
 mod fake;
+mod floor;
 
 pub use fake::{FakeKernel, Fault, Overflow, Step, Subscription, Tx};
+pub use floor::{nft_read_request, RawBatch, RawTable};
 
 use crate::snapshot::{Comment, CommentEncoding, Counters, Rule, Verdict};
 

@@ -2,13 +2,22 @@
 //! takes it: a pure codec, bytes in and bytes out, no I/O (the layouts:
 //! `docs/architecture.md#x_tables-structures` and `#x_tables-table-layout`).
 //!
-//! [`Table::decode`] splits a blob into chains — the built-in chains found through the
-//! table's `hook_entry`/`underflow` offsets, the user chains through their `ERROR` heads —
-//! and keeps every entry's bytes. Jumps (standard targets with a verdict ≥ 0) are absolute
-//! byte offsets in the blob; the codec turns each into a reference to the entry it lands on,
-//! so that [`Table::encode`] can lay the entries out again after rules were inserted or
-//! deleted and write every offset, `hook_entry` and `underflow` anew. A table that was
-//! not edited encodes to exactly the bytes it was decoded from.
+//! [`Table::decode`] validates a blob and indexes it *in place*: it borrows the buffer the
+//! kernel filled and copies no entry. One walk over the entries checks every length and
+//! offset, finds the built-in chains through the table's `hook_entry`/`underflow` offsets
+//! and the user chains through their `ERROR` heads, and checks that every jump (a standard
+//! target with a verdict ≥ 0, an absolute byte offset in the blob) lands on an entry. The
+//! index is one record per chain; nothing is allocated per entry. [`Table::rules`]
+//! decodes one chain's rules for the planner.
+//!
+//! Edits are recorded, not applied: [`Table::ensure_chain`] adds a user chain,
+//! [`Table::set_rules`] rebuilds a built-in chain from kept rules and new jumps. Then
+//! [`Table::encode_into`] lays the table out again after whatever the caller already put
+//! in its buffer (the `SET_REPLACE` header): every run of untouched entries is copied as
+//! one byte range and its jump offsets moved by where the run landed; only the new
+//! entries are built. `hook_entry` and `underflow` are computed anew, and the runs tell
+//! which old entry each new one is (how counters are carried over). A table that was not
+//! edited encodes to exactly the bytes it was decoded from.
 //!
 //! The layout libiptc (iptables-legacy) writes and expects: built-in chains, each its
 //! rules then its policy entry; user chains sorted by name, each an `ERROR` head naming it,
@@ -20,7 +29,7 @@
 //! offset is checked before it is used.
 
 use crate::snapshot::{Comment, CommentEncoding, Counters, Family, Match, Rule, Verdict};
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -102,7 +111,7 @@ fn take<const N: usize>(
     off.checked_add(N)
         .and_then(|end| bytes.get(off..end))
         .and_then(|s| <[u8; N]>::try_from(s).ok())
-        .ok_or(BlobError::Truncated {
+        .ok_or_else(|| BlobError::Truncated {
             what,
             offset: off,
             need: N,
@@ -261,20 +270,206 @@ impl Info {
     }
 }
 
-/// Where a rule sends the packet, with jumps resolved to entries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The hook field of a user chain's record.
+const NO_HOOK: u8 = u8::MAX;
+/// Size of the `ERROR` entry that heads a user chain (and ends the table).
+const fn error_entry_size(l: &Layout) -> usize {
+    l.entry_size + ERROR_TARGET_SIZE
+}
+/// Size of a `RETURN` footer (and of any entry with only a standard target).
+const fn standard_entry_size(l: &Layout) -> usize {
+    l.entry_size + STANDARD_TARGET_SIZE
+}
+/// Size of a jump as iptables-legacy writes `-m comment --comment C -j T`.
+const fn jump_entry_size(l: &Layout) -> usize {
+    l.entry_size + EXT_HEADER + COMMENT_INFO_SIZE + STANDARD_TARGET_SIZE
+}
+
+/// The target of an entry, as far as the codec cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
-    /// Standard target, verdict ≥ 0: continue at the entry with this id.
-    Jump(usize),
-    /// Standard target whose verdict is the offset of the entry right after it: no
-    /// verdict (libiptc's "fall through"); re-encoded as the next entry's offset.
-    Fallthrough,
-    /// Standard target, verdict < 0 (ACCEPT, DROP, RETURN, QUEUE, ...).
-    Verdict(i32),
-    /// `ERROR` target: a chain head or the end of the table; the chain name.
-    Error(Vec<u8>),
+    /// A standard target: a verdict < 0 (ACCEPT, DROP, RETURN, ...) or an offset ≥ 0.
+    Standard(i32),
+    /// The `ERROR` target: a chain head or the end of the table.
+    Error,
     /// Any other target (its name is read from the bytes when needed).
     Other,
+}
+
+/// What the walk learns about the entry at the start of a slice.
+#[derive(Debug, Clone, Copy)]
+struct EntryHead {
+    /// `next_offset`: the entry's size.
+    size: usize,
+    target: Target,
+}
+
+/// Check the entry at the start of `bytes` (which may hold more after it) — sizes,
+/// matches, target — without copying anything. `at` is its offset, for errors.
+fn parse_entry(l: &Layout, bytes: &[u8], at: usize) -> Result<EntryHead, BlobError> {
+    let have = bytes.len();
+    if have < l.entry_size {
+        return Err(BlobError::Truncated {
+            what: "entry",
+            offset: at,
+            need: l.entry_size,
+            have,
+        });
+    }
+    let target_offset = usize::from(u16_at(bytes, l.target_offset, "entry")?);
+    let next_offset = usize::from(u16_at(bytes, l.next_offset, "entry")?);
+    if next_offset % 8 != 0 {
+        return Err(malformed(
+            "entry",
+            at,
+            format!("next_offset {next_offset} is not a multiple of 8"),
+        ));
+    }
+    if next_offset > have {
+        return Err(BlobError::Truncated {
+            what: "entry",
+            offset: at,
+            need: next_offset,
+            have,
+        });
+    }
+    if target_offset < l.entry_size || target_offset + EXT_HEADER > next_offset {
+        return Err(malformed(
+            "entry",
+            at,
+            format!("target_offset {target_offset} does not fit between the entry header and next_offset {next_offset}"),
+        ));
+    }
+    let e = &bytes[..next_offset];
+    // Validate the matches here; `matches` walks them again, unchecked.
+    let mut m = l.entry_size;
+    while m < target_offset {
+        if m + EXT_HEADER > target_offset {
+            return Err(malformed(
+                "match",
+                at + m,
+                "match header overlaps the target",
+            ));
+        }
+        let size = usize::from(u16_at(e, m, "match")?);
+        if size < EXT_HEADER || m + size > target_offset {
+            return Err(malformed(
+                "match",
+                at + m,
+                format!("match_size {size} does not fit before target_offset {target_offset}"),
+            ));
+        }
+        m += size;
+    }
+    let t = target_offset;
+    let tsize = usize::from(u16_at(e, t, "target")?);
+    if tsize < EXT_HEADER || t + tsize > next_offset {
+        return Err(malformed(
+            "target",
+            at + t,
+            format!("target_size {tsize} does not fit before next_offset {next_offset}"),
+        ));
+    }
+    let name = cstr(&e[t + 2..t + 2 + EXTENSION_NAME_LEN]);
+    let target = if name.is_empty() {
+        if tsize < EXT_HEADER + 4 {
+            return Err(malformed(
+                "standard target",
+                at + t,
+                format!("target_size {tsize} has no verdict"),
+            ));
+        }
+        Target::Standard(u32_at(e, t + EXT_HEADER, "standard target")? as i32)
+    } else if name == ERROR_TARGET.as_bytes() {
+        if tsize < EXT_HEADER + FUNCTION_NAME_LEN {
+            return Err(malformed(
+                "ERROR target",
+                at + t,
+                format!("target_size {tsize} has no chain name"),
+            ));
+        }
+        Target::Error
+    } else {
+        Target::Other
+    };
+    Ok(EntryHead {
+        size: next_offset,
+        target,
+    })
+}
+
+/// An entry the decode walk validated: its size and target offset, read without checks.
+/// Only for offsets the walk found (the bytes there were checked by [`parse_entry`]).
+struct Valid<'b> {
+    bytes: &'b [u8],
+}
+
+impl<'b> Valid<'b> {
+    fn size(&self, l: &Layout) -> usize {
+        usize::from(u16::from_ne_bytes([
+            self.bytes[l.next_offset],
+            self.bytes[l.next_offset + 1],
+        ]))
+    }
+
+    fn target_offset(&self, l: &Layout) -> usize {
+        usize::from(u16::from_ne_bytes([
+            self.bytes[l.target_offset],
+            self.bytes[l.target_offset + 1],
+        ]))
+    }
+
+    /// The verdict of a standard target (`None` for any other target).
+    fn standard(&self, l: &Layout) -> Option<i32> {
+        let t = self.target_offset(l);
+        (self.bytes[t + 2] == 0).then(|| {
+            i32::from_ne_bytes([
+                self.bytes[t + EXT_HEADER],
+                self.bytes[t + EXT_HEADER + 1],
+                self.bytes[t + EXT_HEADER + 2],
+                self.bytes[t + EXT_HEADER + 3],
+            ])
+        })
+    }
+
+    /// The target's name.
+    fn target_name(&self, l: &Layout) -> &'b [u8] {
+        let t = self.target_offset(l);
+        cstr(&self.bytes[t + 2..t + 2 + EXTENSION_NAME_LEN])
+    }
+
+    fn counters(&self, l: &Layout) -> Counters {
+        Counters {
+            packets: u64_at(self.bytes, l.counters, "counters").unwrap_or(0),
+            bytes: u64_at(self.bytes, l.counters + 8, "counters").unwrap_or(0),
+        }
+    }
+
+    fn is_goto(&self, l: &Layout) -> bool {
+        self.bytes[l.flags] & l.goto_flag != 0
+    }
+
+    /// The matches, in order.
+    fn matches(&self, l: &Layout) -> impl Iterator<Item = MatchRef<'b>> + 'b {
+        let (bytes, end) = (self.bytes, self.target_offset(l));
+        let mut m = l.entry_size;
+        std::iter::from_fn(move || {
+            if m + EXT_HEADER > end {
+                return None;
+            }
+            let size = usize::from(u16::from_ne_bytes([bytes[m], bytes[m + 1]]));
+            if size < EXT_HEADER || m + size > end {
+                return None;
+            }
+            let r = MatchRef {
+                name: cstr(&bytes[m + 2..m + 2 + EXTENSION_NAME_LEN]),
+                revision: bytes[m + EXT_HEADER - 1],
+                data: &bytes[m + EXT_HEADER..m + size],
+            };
+            m += size;
+            Some(r)
+        })
+    }
 }
 
 /// A match of an entry, as it stands in the entry's bytes.
@@ -285,224 +480,57 @@ struct MatchRef<'a> {
     data: &'a [u8],
 }
 
-/// One entry: its bytes (kept verbatim) and what the codec needs to know about them.
+/// One chain of a decoded table: where its entries are in the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChainRef {
+    /// The hook of a built-in chain (`NF_INET_*`), [`NO_HOOK`] for a user chain.
+    hook: u8,
+    /// Offset of the chain's first entry: a user chain's `ERROR` head, a built-in chain's
+    /// first rule (or policy).
+    head: u32,
+    /// Where a jump to the chain lands: its first rule, or its footer when it has none.
+    first: u32,
+    /// Offset of the footer: the policy of a built-in chain, the `RETURN` of a user chain.
+    footer: u32,
+    /// Offset right after the footer.
+    end: u32,
+    /// Index (in the table as decoded) of the entry at `head`.
+    head_index: u32,
+    /// Index of the footer.
+    footer_index: u32,
+}
+
+impl ChainRef {
+    fn is_builtin(&self) -> bool {
+        self.hook != NO_HOOK
+    }
+
+    /// Index of the entry at `first`.
+    fn first_index(&self) -> u32 {
+        self.head_index + u32::from(!self.is_builtin())
+    }
+
+    /// Rules in the chain.
+    fn len(&self) -> usize {
+        (self.footer_index - self.first_index()) as usize
+    }
+}
+
+/// A chain of the table being encoded: one that was decoded, or one [`Table::ensure_chain`]
+/// created (by its index among the created ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChainId {
+    Old(u32),
+    New(u32),
+}
+
+/// A rule of an edited chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    /// Index in the table as decoded; fresh ids (≥ the decoded count) for new entries.
-    id: usize,
-    bytes: Vec<u8>,
-    target_offset: usize,
-    target: Target,
-}
-
-impl Entry {
-    /// Parse the entry at the start of `bytes` (which may hold more after it). Returns the
-    /// entry (its `next_offset` bytes) with standard verdicts not yet resolved: a verdict
-    /// ≥ 0 is returned separately for the caller to resolve.
-    fn parse(l: &Layout, bytes: &[u8], at: usize) -> Result<(Entry, Option<u32>), BlobError> {
-        let have = bytes.len();
-        if have < l.entry_size {
-            return Err(BlobError::Truncated {
-                what: "entry",
-                offset: at,
-                need: l.entry_size,
-                have,
-            });
-        }
-        let target_offset = usize::from(u16_at(bytes, l.target_offset, "entry")?);
-        let next_offset = usize::from(u16_at(bytes, l.next_offset, "entry")?);
-        if next_offset % 8 != 0 {
-            return Err(malformed(
-                "entry",
-                at,
-                format!("next_offset {next_offset} is not a multiple of 8"),
-            ));
-        }
-        if next_offset > have {
-            return Err(BlobError::Truncated {
-                what: "entry",
-                offset: at,
-                need: next_offset,
-                have,
-            });
-        }
-        if target_offset < l.entry_size || target_offset + EXT_HEADER > next_offset {
-            return Err(malformed(
-                "entry",
-                at,
-                format!("target_offset {target_offset} does not fit between the entry header and next_offset {next_offset}"),
-            ));
-        }
-        let e = &bytes[..next_offset];
-        // Validate the matches here; `Entry::matches` walks them again, unchecked.
-        let mut m = l.entry_size;
-        while m < target_offset {
-            if m + EXT_HEADER > target_offset {
-                return Err(malformed(
-                    "match",
-                    at + m,
-                    "match header overlaps the target",
-                ));
-            }
-            let size = usize::from(u16_at(e, m, "match")?);
-            if size < EXT_HEADER || m + size > target_offset {
-                return Err(malformed(
-                    "match",
-                    at + m,
-                    format!("match_size {size} does not fit before target_offset {target_offset}"),
-                ));
-            }
-            m += size;
-        }
-        let t = target_offset;
-        let tsize = usize::from(u16_at(e, t, "target")?);
-        if tsize < EXT_HEADER || t + tsize > next_offset {
-            return Err(malformed(
-                "target",
-                at + t,
-                format!("target_size {tsize} does not fit before next_offset {next_offset}"),
-            ));
-        }
-        let name = cstr(&e[t + 2..t + 2 + EXTENSION_NAME_LEN]);
-        let mut jump = None;
-        let target = if name.is_empty() {
-            if tsize < EXT_HEADER + 4 {
-                return Err(malformed(
-                    "standard target",
-                    at + t,
-                    format!("target_size {tsize} has no verdict"),
-                ));
-            }
-            let v = u32_at(e, t + EXT_HEADER, "standard target")? as i32;
-            if v >= 0 {
-                jump = Some(v as u32);
-                Target::Fallthrough // resolved by the caller
-            } else {
-                Target::Verdict(v)
-            }
-        } else if name == ERROR_TARGET.as_bytes() {
-            if tsize < EXT_HEADER + FUNCTION_NAME_LEN {
-                return Err(malformed(
-                    "ERROR target",
-                    at + t,
-                    format!("target_size {tsize} has no chain name"),
-                ));
-            }
-            Target::Error(cstr(&e[t + EXT_HEADER..t + EXT_HEADER + FUNCTION_NAME_LEN]).to_vec())
-        } else {
-            Target::Other
-        };
-        Ok((
-            Entry {
-                id: 0,
-                bytes: e.to_vec(),
-                target_offset,
-                target,
-            },
-            jump,
-        ))
-    }
-
-    /// A new entry built by the codec (its bytes are well-formed by construction).
-    fn built(l: &Layout, id: usize, bytes: Vec<u8>, target: Target) -> Entry {
-        let (mut e, _) = Entry::parse(l, &bytes, 0)
-            .unwrap_or_else(|err| unreachable!("the codec built a bad entry: {err}"));
-        e.id = id;
-        e.target = target;
-        e
-    }
-
-    fn counters(&self, l: &Layout) -> Counters {
-        Counters {
-            packets: u64_at(&self.bytes, l.counters, "counters").unwrap_or(0),
-            bytes: u64_at(&self.bytes, l.counters + 8, "counters").unwrap_or(0),
-        }
-    }
-
-    /// The matches, in order (the bytes were validated by `parse`).
-    fn matches(&self, l: &Layout) -> Vec<MatchRef<'_>> {
-        let mut out = Vec::new();
-        let mut m = l.entry_size;
-        while m + EXT_HEADER <= self.target_offset {
-            let size = usize::from(u16::from_ne_bytes([self.bytes[m], self.bytes[m + 1]]));
-            if size < EXT_HEADER || m + size > self.target_offset {
-                break;
-            }
-            out.push(MatchRef {
-                name: cstr(&self.bytes[m + 2..m + 2 + EXTENSION_NAME_LEN]),
-                revision: self.bytes[m + EXT_HEADER - 1],
-                data: &self.bytes[m + EXT_HEADER..m + size],
-            });
-            m += size;
-        }
-        out
-    }
-
-    /// The target's name.
-    fn target_name(&self) -> String {
-        let t = self.target_offset;
-        String::from_utf8_lossy(cstr(&self.bytes[t + 2..t + 2 + EXTENSION_NAME_LEN])).into_owned()
-    }
-
-    fn is_goto(&self, l: &Layout) -> bool {
-        self.bytes[l.flags] & l.goto_flag != 0
-    }
-}
-
-/// The bytes of an entry with no conditions, no matches and `target` (of `tsize` bytes,
-/// written by `fill` after the 32-byte header whose name is `tname`).
-fn new_entry(
-    l: &Layout,
-    matches: &[(&str, u8, &[u8], usize)],
-    tname: &str,
-    tsize: usize,
-    tdata: &[u8],
-) -> Vec<u8> {
-    let msize: usize = matches.iter().map(|m| EXT_HEADER + m.3).sum();
-    let target_offset = l.entry_size + msize;
-    let next_offset = target_offset + tsize;
-    let mut b = vec![0u8; next_offset];
-    put_u16(&mut b, l.target_offset, target_offset as u16);
-    put_u16(&mut b, l.next_offset, next_offset as u16);
-    let mut m = l.entry_size;
-    for (name, rev, data, len) in matches {
-        put_u16(&mut b, m, (EXT_HEADER + len) as u16);
-        b[m + 2..m + 2 + name.len()].copy_from_slice(name.as_bytes());
-        b[m + EXT_HEADER - 1] = *rev;
-        b[m + EXT_HEADER..m + EXT_HEADER + data.len()].copy_from_slice(data);
-        m += EXT_HEADER + len;
-    }
-    put_u16(&mut b, target_offset, tsize as u16);
-    b[target_offset + 2..target_offset + 2 + tname.len()].copy_from_slice(tname.as_bytes());
-    b[target_offset + EXT_HEADER..target_offset + EXT_HEADER + tdata.len()].copy_from_slice(tdata);
-    b
-}
-
-/// One chain of a table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Chain {
-    name: String,
-    /// The hook of a built-in chain.
-    hook: Option<usize>,
-    /// The `ERROR` head of a user chain.
-    head: Option<Entry>,
-    rules: Vec<Entry>,
-    /// The policy entry of a built-in chain, the `RETURN` of a user chain.
-    footer: Entry,
-}
-
-impl Chain {
-    fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.head
-            .iter()
-            .chain(self.rules.iter())
-            .chain(std::iter::once(&self.footer))
-    }
-
-    /// The entry a jump to this chain lands on: its first rule, or its footer.
-    fn start(&self) -> usize {
-        self.rules.first().unwrap_or(&self.footer).id
-    }
+enum Edit {
+    /// The rule at this offset and of this size in the blob, which is entry `index`.
+    Keep { offset: u32, size: u32, index: u32 },
+    /// A new `-m comment --comment C -j T`.
+    Jump { comment: Vec<u8>, target: ChainId },
 }
 
 /// What goes into a chain being rebuilt, in order.
@@ -520,20 +548,32 @@ pub enum Slot<'a> {
     },
 }
 
-/// A table blob encoded for `IPT_SO_SET_REPLACE`.
+/// A run of entries copied unchanged from the table as decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Index of the run's first entry in the new table.
+    pub new_index: u32,
+    /// Index of the same entry in the table as decoded.
+    pub old_index: u32,
+    /// Entries in the run.
+    pub count: u32,
+}
+
+/// The shape of a table laid out by [`Table::encode_into`] (the bytes went to the
+/// caller's buffer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
-    /// The entries.
-    pub blob: Vec<u8>,
-    /// How many there are.
+    /// Entries in the new blob.
     pub num_entries: u32,
+    /// Bytes of the new blob.
+    pub size: u32,
     /// Offset of each valid hook's first entry (0 for the others, as libiptc sends).
     pub hook_entry: [u32; NUM_HOOKS],
     /// Offset of each valid hook's policy entry (0 for the others).
     pub underflow: [u32; NUM_HOOKS],
-    /// For each entry: its index in the table as decoded, or `None` for a new entry
-    /// (how the old table's counters are carried over).
-    pub origin: Vec<Option<usize>>,
+    /// The runs of entries kept from the decoded table, in the new table's order; every
+    /// entry not in a run is new (how the old table's counters are carried over).
+    pub runs: Vec<Run>,
 }
 
 impl Encoded {
@@ -542,35 +582,94 @@ impl Encoded {
     pub fn info(&self, was: &Info) -> Info {
         let mut i = was.clone();
         i.num_entries = self.num_entries;
-        i.size = self.blob.len() as u32;
+        i.size = self.size;
         for h in (0..NUM_HOOKS).filter(|h| was.valid_hooks & (1 << h) != 0) {
             i.hook_entry[h] = self.hook_entry[h];
             i.underflow[h] = self.underflow[h];
         }
         i
     }
+
+    /// For each entry of the new table: its index in the table as decoded, or `None` for
+    /// a new entry.
+    pub fn origin(&self) -> impl Iterator<Item = Option<usize>> + '_ {
+        let mut runs = self.runs.iter().peekable();
+        (0..self.num_entries).map(move |i| {
+            while runs.peek().is_some_and(|r| i >= r.new_index + r.count) {
+                runs.next();
+            }
+            runs.peek()
+                .filter(|r| i >= r.new_index)
+                .map(|r| (r.old_index + (i - r.new_index)) as usize)
+        })
+    }
 }
 
-/// A decoded x_tables table.
+/// One chain of a table as `jumpset explain` shows it ([`Table::chain_summaries`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Table {
+pub struct ChainSummary {
+    /// The chain's name (built-in chains by their iptables names).
+    pub name: String,
+    /// The hook (NF_INET_*) of a built-in chain.
+    pub hook: Option<u32>,
+    /// Its rules (without the policy entry, head or footer).
+    pub rules: usize,
+    /// A built-in chain's policy (`ACCEPT` or `DROP`).
+    pub policy: Option<Verdict>,
+}
+
+/// A decoded x_tables table: an index over the blob it borrows, plus the edits to make
+/// when it is encoded again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table<'a> {
     layout: &'static Layout,
     /// Table name (`nat`, ...).
     pub name: String,
     /// Bitmask of hooks.
     pub valid_hooks: u32,
-    chains: Vec<Chain>,
-    /// The final `ERROR` entry.
-    end: Entry,
+    blob: &'a [u8],
+    /// Every chain, in table order.
+    chains: Vec<ChainRef>,
+    /// The index in `chains` of each hook's built-in chain (`u32::MAX`: no such hook).
+    builtins: [u32; NUM_HOOKS],
     /// Entries in the table as decoded.
-    decoded: usize,
-    /// The next fresh entry id.
-    next_id: usize,
+    num_entries: u32,
+    /// Offset of the final `ERROR` entry.
+    end: u32,
+    /// Per hook: whether a jump lands inside that built-in chain (then it is not rebuilt).
+    entered: [bool; NUM_HOOKS],
+    /// User chains created by [`Table::ensure_chain`], in the order they were created.
+    created: Vec<String>,
+    /// The chain order once chains were created (empty until then: the decoded order).
+    order: Vec<ChainId>,
+    /// Rebuilt chains: (chain index, its rules).
+    edits: Vec<(u32, Vec<Edit>)>,
 }
 
-impl Table {
-    /// Decode the entries blob of a table described by `info` (GET_INFO) for `family`.
-    pub fn decode(family: Family, info: &Info, blob: &[u8]) -> Result<Table, BlobError> {
+/// Where, during the decode walk, each valid hook's chain starts and ends.
+#[derive(Clone, Copy)]
+struct HookSeen {
+    first: Option<u32>,
+    /// Offset of the entry before the first one (the end of the chain before it).
+    before_first: u32,
+    policy: Option<u32>,
+    policy_ok: bool,
+}
+
+/// An `ERROR` entry found by the decode walk.
+#[derive(Clone, Copy)]
+struct ErrorSeen {
+    offset: u32,
+    index: u32,
+    size: u32,
+    /// Offset of the entry before it (the footer of the chain it ends).
+    prev: u32,
+}
+
+impl<'a> Table<'a> {
+    /// Validate and index the entries blob of a table described by `info` (GET_INFO) for
+    /// `family`. The table borrows `blob`; no entry is copied.
+    pub fn decode(family: Family, info: &Info, blob: &'a [u8]) -> Result<Table<'a>, BlobError> {
         let l = Layout::of(family);
         if blob.len() != info.size as usize {
             return Err(malformed(
@@ -593,81 +692,112 @@ impl Table {
                 ),
             ));
         }
-        // Every entry, in order, with its offset and unresolved verdict.
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut offsets: Vec<u32> = Vec::new();
-        let mut verdicts: Vec<Option<u32>> = Vec::new();
-        let mut off = 0usize;
+        let hooks: Vec<usize> = (0..NUM_HOOKS)
+            .filter(|h| info.valid_hooks & (1 << h) != 0)
+            .collect();
+        let announced = info.num_entries as usize;
+        // One bit per 8 bytes: which offsets start an entry (entries are 8-aligned).
+        let mut starts = vec![0u64; blob.len() / 512 + 1];
+        // Jumps that are not fall-throughs, checked against `starts` once all are known.
+        let mut jumps: Vec<u32> = Vec::new();
+        let mut errors: Vec<ErrorSeen> = Vec::new();
+        let mut seen = [HookSeen {
+            first: None,
+            before_first: 0,
+            policy: None,
+            policy_ok: false,
+        }; NUM_HOOKS];
+        let mut entered = [false; NUM_HOOKS];
+        let (mut off, mut index, mut prev) = (0usize, 0u32, 0u32);
+        let mut last = Target::Other;
         while off < blob.len() {
-            if entries.len() >= info.num_entries as usize {
+            if index as usize >= announced {
                 return Err(malformed(
                     "table",
                     off,
-                    format!(
-                        "more entries than the {} GET_INFO announced",
-                        info.num_entries
-                    ),
+                    format!("more entries than the {announced} GET_INFO announced"),
                 ));
             }
-            let (mut e, v) = Entry::parse(l, &blob[off..], off)?;
-            e.id = entries.len();
-            offsets.push(off as u32);
-            off += e.bytes.len();
-            entries.push(e);
-            verdicts.push(v);
+            let e = parse_entry(l, &blob[off..], off)?;
+            let off32 = off as u32;
+            starts[off / 512] |= 1 << ((off / 8) % 64);
+            for &h in &hooks {
+                if info.hook_entry[h] == off32 {
+                    seen[h].first = Some(index);
+                    seen[h].before_first = prev;
+                }
+                if info.underflow[h] == off32 {
+                    seen[h].policy = Some(index);
+                    seen[h].policy_ok = matches!(e.target, Target::Standard(v) if v < 0);
+                }
+            }
+            match e.target {
+                Target::Standard(v) if v >= 0 && v as usize != off + e.size => {
+                    let v = v as u32;
+                    jumps.push(v);
+                    // A jump into a built-in chain (never written by iptables): that chain
+                    // cannot be rebuilt without changing what the jump does.
+                    for &h in &hooks {
+                        if (info.hook_entry[h]..=info.underflow[h]).contains(&v) {
+                            entered[h] = true;
+                        }
+                    }
+                }
+                Target::Error => errors.push(ErrorSeen {
+                    offset: off32,
+                    index,
+                    size: e.size as u32,
+                    prev,
+                }),
+                _ => {}
+            }
+            last = e.target;
+            prev = off32;
+            off += e.size;
+            index += 1;
         }
-        if entries.len() != info.num_entries as usize {
+        if index as usize != announced {
             return Err(malformed(
                 "table",
                 0,
-                format!(
-                    "{} entries, GET_INFO announced {}",
-                    entries.len(),
-                    info.num_entries
-                ),
+                format!("{index} entries, GET_INFO announced {announced}"),
             ));
         }
-        let n = entries.len();
-        let index_of = |what: &'static str, o: u32| -> Result<usize, BlobError> {
-            offsets
-                .binary_search(&o)
-                .map_err(|_| malformed(what, o as usize, "the offset is not the start of an entry"))
-        };
-        // Resolve jumps; a verdict that lands on the next entry is a fall-through.
-        for i in 0..n {
-            if let Some(v) = verdicts[i] {
-                let t = index_of("jump", v)?;
-                entries[i].target = if t == i + 1 {
-                    Target::Fallthrough
-                } else {
-                    Target::Jump(t)
-                };
-            }
-        }
-        match entries.last().map(|e| &e.target) {
-            Some(Target::Error(_)) => {}
-            _ => {
+        for &v in &jumps {
+            let at = v as usize;
+            if at >= blob.len() || at % 8 != 0 || starts[at / 512] & (1 << ((at / 8) % 64)) == 0 {
                 return Err(malformed(
-                    "table",
-                    0,
-                    "the last entry is not the ERROR entry that ends a table",
-                ))
+                    "jump",
+                    at,
+                    "the offset is not the start of an entry",
+                ));
             }
         }
+        drop((starts, jumps));
+        let Some(&end) = errors.last().filter(|_| last == Target::Error) else {
+            return Err(malformed(
+                "table",
+                0,
+                "the last entry is not the ERROR entry that ends a table",
+            ));
+        };
+        let n = announced as u32;
 
         // Chain starts: each valid hook's first entry, each ERROR head but the last.
-        #[derive(Clone, Copy)]
-        enum Start {
-            Hook(usize, usize),
-            User,
-        }
-        let mut starts: Vec<(usize, Start)> = Vec::new();
-        for h in 0..NUM_HOOKS {
-            if info.valid_hooks & (1 << h) == 0 {
-                continue;
-            }
-            let first = index_of("hook_entry", info.hook_entry[h])?;
-            let policy = index_of("underflow", info.underflow[h])?;
+        let mut hook_starts: Vec<(u32, usize, u32)> = Vec::with_capacity(hooks.len());
+        for &h in &hooks {
+            let (Some(first), Some(policy)) = (seen[h].first, seen[h].policy) else {
+                let (what, at) = if seen[h].first.is_none() {
+                    ("hook_entry", info.hook_entry[h])
+                } else {
+                    ("underflow", info.underflow[h])
+                };
+                return Err(malformed(
+                    what,
+                    at as usize,
+                    "the offset is not the start of an entry",
+                ));
+            };
             if first > policy || policy + 1 >= n {
                 return Err(malformed(
                     "table",
@@ -675,109 +805,196 @@ impl Table {
                     format!("hook {h}: its policy entry does not follow its first entry"),
                 ));
             }
-            if !matches!(entries[policy].target, Target::Verdict(_)) {
+            if !seen[h].policy_ok {
                 return Err(malformed(
                     "table",
                     info.underflow[h] as usize,
                     format!("hook {h}: the policy entry is not a standard verdict"),
                 ));
             }
-            starts.push((first, Start::Hook(h, policy)));
+            hook_starts.push((first, h, policy));
         }
-        for (i, e) in entries.iter().enumerate().take(n - 1) {
-            if matches!(e.target, Target::Error(_)) {
-                starts.push((i, Start::User));
+        hook_starts.sort_unstable();
+        let heads = &errors[..errors.len() - 1];
+        let mut chains: Vec<ChainRef> = Vec::with_capacity(hook_starts.len() + heads.len());
+        // Merge the (few) hook chains into the user chains, by entry index.
+        let (mut hi, mut ui) = (0, 0);
+        let start_of = |hi: usize, ui: usize| -> Option<u32> {
+            match (hook_starts.get(hi), heads.get(ui)) {
+                (Some(h), Some(u)) => Some(h.0.min(u.index)),
+                (Some(h), None) => Some(h.0),
+                (None, Some(u)) => Some(u.index),
+                (None, None) => None,
             }
-        }
-        starts.sort_by_key(|s| s.0);
-        if starts.first().map(|s| s.0) != Some(0) {
+        };
+        if start_of(0, 0) != Some(0) {
             return Err(malformed("table", 0, "the first entry starts no chain"));
         }
-        let mut chains = Vec::with_capacity(starts.len());
-        let mut names: HashMap<String, ()> = HashMap::new();
-        let mut it = entries.into_iter();
-        for (k, &(s, kind)) in starts.iter().enumerate() {
-            let next = starts.get(k + 1).map_or(n - 1, |x| x.0);
-            if next == s {
+        while let Some(s) = start_of(hi, ui) {
+            let is_hook = hook_starts.get(hi).is_some_and(|h| h.0 == s);
+            let is_user = heads.get(ui).is_some_and(|u| u.index == s);
+            if is_hook && (is_user || hook_starts.get(hi + 1).is_some_and(|h| h.0 == s)) {
                 return Err(malformed(
                     "table",
-                    offsets[s] as usize,
+                    info.hook_entry[hook_starts[hi].1] as usize,
                     "two chains start at the same entry",
                 ));
             }
-            let mut body: Vec<Entry> = it.by_ref().take(next - s).collect();
-            let chain = match kind {
-                Start::Hook(h, policy) => {
-                    if policy != next - 1 {
-                        return Err(malformed(
-                            "table",
-                            offsets[s] as usize,
-                            format!(
-                                "chain {}: entries between its policy and the next chain",
-                                HOOK_CHAINS[h]
-                            ),
-                        ));
+            // The entry the next chain starts at (the final ERROR entry after the last).
+            let (next_index, next_offset, footer) = {
+                let (nh, nu) = if is_hook { (hi + 1, ui) } else { (hi, ui + 1) };
+                match start_of(nh, nu) {
+                    Some(ns) if heads.get(nu).is_some_and(|u| u.index == ns) => {
+                        (ns, heads[nu].offset, heads[nu].prev)
                     }
-                    let footer = body
-                        .pop()
-                        .ok_or_else(|| malformed("table", offsets[s] as usize, "empty chain"))?;
-                    Chain {
-                        name: HOOK_CHAINS[h].to_string(),
-                        hook: Some(h),
-                        head: None,
-                        rules: body,
-                        footer,
+                    Some(ns) => {
+                        let hook = hook_starts[nh].1;
+                        (ns, info.hook_entry[hook], seen[hook].before_first)
                     }
-                }
-                Start::User => {
-                    if body.len() < 2 {
-                        return Err(malformed(
-                            "table",
-                            offsets[s] as usize,
-                            "a user chain without the RETURN entry that ends it",
-                        ));
-                    }
-                    let footer = body
-                        .pop()
-                        .ok_or_else(|| malformed("table", offsets[s] as usize, "empty chain"))?;
-                    let head = body.remove(0);
-                    let Target::Error(name) = &head.target else {
-                        return Err(malformed(
-                            "table",
-                            offsets[s] as usize,
-                            "chain head is not an ERROR entry",
-                        ));
-                    };
-                    Chain {
-                        name: String::from_utf8_lossy(name).into_owned(),
-                        hook: None,
-                        head: Some(head),
-                        rules: body,
-                        footer,
-                    }
+                    None => (n - 1, end.offset, end.prev),
                 }
             };
-            if names.insert(chain.name.clone(), ()).is_some() {
-                return Err(malformed(
-                    "table",
-                    offsets[s] as usize,
-                    format!("two chains named {}", chain.name),
-                ));
+            if is_hook {
+                let (first, h, policy) = hook_starts[hi];
+                if policy != next_index - 1 {
+                    return Err(malformed(
+                        "table",
+                        info.hook_entry[h] as usize,
+                        format!(
+                            "chain {}: entries between its policy and the next chain",
+                            HOOK_CHAINS[h]
+                        ),
+                    ));
+                }
+                chains.push(ChainRef {
+                    hook: h as u8,
+                    head: info.hook_entry[h],
+                    first: info.hook_entry[h],
+                    footer: info.underflow[h],
+                    end: next_offset,
+                    head_index: first,
+                    footer_index: policy,
+                });
+                hi += 1;
+            } else {
+                let head = heads[ui];
+                if next_index - s < 2 {
+                    return Err(malformed(
+                        "table",
+                        head.offset as usize,
+                        "a user chain without the RETURN entry that ends it",
+                    ));
+                }
+                chains.push(ChainRef {
+                    hook: NO_HOOK,
+                    head: head.offset,
+                    first: head.offset + head.size,
+                    footer,
+                    end: next_offset,
+                    head_index: s,
+                    footer_index: next_index - 1,
+                });
+                ui += 1;
             }
-            chains.push(chain);
         }
-        let end = it
-            .next()
-            .ok_or_else(|| malformed("table", 0, "no ERROR entry at the end"))?;
-        Ok(Table {
+        let mut builtins = [u32::MAX; NUM_HOOKS];
+        for (i, c) in chains.iter().enumerate().filter(|(_, c)| c.is_builtin()) {
+            builtins[c.hook as usize] = i as u32;
+        }
+        let t = Table {
             layout: l,
             name: info.name.clone(),
             valid_hooks: info.valid_hooks,
+            blob,
             chains,
-            end,
-            decoded: n,
-            next_id: n,
-        })
+            builtins,
+            num_entries: n,
+            end: end.offset,
+            entered,
+            created: Vec::new(),
+            order: Vec::new(),
+            edits: Vec::new(),
+        };
+        t.check_names()?;
+        Ok(t)
+    }
+
+    /// No two chains of the table share a name.
+    fn check_names(&self) -> Result<(), BlobError> {
+        let users: Vec<(&[u8], u32)> = self
+            .chains
+            .iter()
+            .filter(|c| !c.is_builtin())
+            .map(|c| (self.user_name(c), c.head))
+            .collect();
+        let dup = |name: &[u8], at: u32| {
+            malformed(
+                "table",
+                at as usize,
+                format!("two chains named {}", String::from_utf8_lossy(name)),
+            )
+        };
+        for &(name, at) in &users {
+            if self.builtin_by_name(name).is_some() {
+                return Err(dup(name, at));
+            }
+        }
+        // libiptc writes user chains sorted by name: then one pass proves them distinct.
+        if users.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Ok(());
+        }
+        let mut sorted = users;
+        sorted.sort_unstable();
+        match sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+            Some(w) => Err(dup(w[1].0, w[1].1)),
+            None => Ok(()),
+        }
+    }
+
+    /// The name in a user chain's `ERROR` head.
+    fn user_name(&self, c: &ChainRef) -> &'a [u8] {
+        if c.is_builtin() {
+            return b"";
+        }
+        let head = Valid {
+            bytes: &self.blob[c.head as usize..c.first as usize],
+        };
+        let t = head.target_offset(self.layout) + EXT_HEADER;
+        cstr(&self.blob[c.head as usize + t..c.head as usize + t + FUNCTION_NAME_LEN])
+    }
+
+    /// A chain's name (built-in chains by their iptables names).
+    fn chain_name(&self, c: &ChainRef) -> Cow<'a, str> {
+        if c.is_builtin() {
+            Cow::Borrowed(HOOK_CHAINS[c.hook as usize])
+        } else {
+            String::from_utf8_lossy(self.user_name(c))
+        }
+    }
+
+    fn builtin_by_name(&self, name: &[u8]) -> Option<usize> {
+        let h = HOOK_CHAINS.iter().position(|c| c.as_bytes() == name)?;
+        Some(self.builtins[h])
+            .filter(|&i| i != u32::MAX)
+            .map(|i| i as usize)
+    }
+
+    fn builtin(&self, chain: &str) -> Option<usize> {
+        self.builtin_by_name(chain.as_bytes())
+    }
+
+    /// The decoded user chain named `name`.
+    fn user(&self, name: &str) -> Option<usize> {
+        self.chains
+            .iter()
+            .position(|c| !c.is_builtin() && self.user_name(c) == name.as_bytes())
+    }
+
+    /// The entry at `off`, which the walk validated.
+    fn valid(&self, off: u32) -> Valid<'a> {
+        Valid {
+            bytes: &self.blob[off as usize..],
+        }
     }
 
     /// The family.
@@ -785,44 +1002,54 @@ impl Table {
         self.layout.family
     }
 
-    /// Entries in the table now.
+    /// Entries in the table as decoded.
     pub fn num_entries(&self) -> usize {
-        self.chains
-            .iter()
-            .map(|c| c.entries().count())
-            .sum::<usize>()
-            + 1
+        self.num_entries as usize
     }
 
-    /// The chains' names, in table order (built-in chains by their iptables names).
-    pub fn chain_names(&self) -> Vec<&str> {
-        self.chains.iter().map(|c| c.name.as_str()).collect()
+    /// The chains' names, in table order as decoded (built-in chains by their iptables
+    /// names).
+    pub fn chain_names(&self) -> Vec<Cow<'a, str>> {
+        self.chains.iter().map(|c| self.chain_name(c)).collect()
     }
 
     /// Rules in all chains and the names of the user chains: what `iptables-save` shows
     /// of the table (host detection counts these).
-    pub fn census(&self) -> (usize, Vec<&str>) {
-        let rules = self.chains.iter().map(|c| c.rules.len()).sum();
+    pub fn census(&self) -> (usize, Vec<String>) {
+        let rules = self.chains.iter().map(ChainRef::len).sum();
         let users = self
             .chains
             .iter()
-            .filter(|c| c.hook.is_none())
-            .map(|c| c.name.as_str())
+            .filter(|c| !c.is_builtin())
+            .map(|c| self.chain_name(c).into_owned())
             .collect();
         (rules, users)
     }
 
-    /// Whether the table has user chain `name`.
-    pub fn has_user_chain(&self, name: &str) -> bool {
+    /// Every chain of the table in table order as decoded: built-in chains with their
+    /// hook and policy, user chains, each with its rule count (`jumpset explain`).
+    pub fn chain_summaries(&self) -> Vec<ChainSummary> {
         self.chains
             .iter()
-            .any(|c| c.hook.is_none() && c.name == name)
+            .map(|c| ChainSummary {
+                name: self.chain_name(c).into_owned(),
+                hook: c.is_builtin().then_some(u32::from(c.hook)),
+                rules: c.len(),
+                policy: c
+                    .is_builtin()
+                    .then(|| match self.valid(c.footer).standard(self.layout) {
+                        Some(VERDICT_ACCEPT) => Verdict::Accept,
+                        Some(VERDICT_DROP) => Verdict::Drop,
+                        Some(v) => Verdict::Other(format!("<verdict {v}>")),
+                        None => Verdict::Other("<not a verdict>".into()),
+                    }),
+            })
+            .collect()
     }
 
-    fn builtin(&self, chain: &str) -> Option<usize> {
-        self.chains
-            .iter()
-            .position(|c| c.hook.is_some() && c.name == chain)
+    /// Whether the table has user chain `name` (decoded or created).
+    pub fn has_user_chain(&self, name: &str) -> bool {
+        self.user(name).is_some() || self.created.iter().any(|c| c == name)
     }
 
     /// Whether `chain` is one of this table's built-in chains.
@@ -830,55 +1057,118 @@ impl Table {
         self.builtin(chain).is_some()
     }
 
-    /// The rules of built-in chain `chain` as `iptables -S` sees them, with handle =
-    /// 1-based position; `None` when the table has no such built-in chain.
+    /// The offsets of the rules of chain `c`, in order.
+    fn rule_offsets(&self, c: &ChainRef) -> impl Iterator<Item = u32> + '_ {
+        let l = self.layout;
+        let (mut off, footer) = (c.first, c.footer);
+        std::iter::from_fn(move || {
+            (off < footer).then(|| {
+                let at = off;
+                off += self.valid(at).size(l) as u32;
+                at
+            })
+        })
+    }
+
+    /// The rules of built-in chain `chain` as decoded, as `iptables -S` sees them, with
+    /// handle = 1-based position; `None` when the table has no such built-in chain.
     pub fn rules(&self, chain: &str) -> Option<Vec<Rule>> {
-        let c = &self.chains[self.builtin(chain)?];
-        let starts: HashMap<usize, &str> = self
-            .chains
-            .iter()
-            .filter(|c| c.hook.is_none())
-            .map(|c| (c.start(), c.name.as_str()))
-            .collect();
+        let c = self.chains[self.builtin(chain)?];
         Some(
-            c.rules
-                .iter()
+            self.rule_offsets(&c)
                 .enumerate()
-                .map(|(i, e)| self.rule(e, i as u64 + 1, &starts))
+                .map(|(i, off)| self.rule(off, i as u64 + 1))
                 .collect(),
         )
     }
 
-    /// The bytes of each rule of built-in chain `chain`, as decoded (or as built).
-    pub fn rule_bytes(&self, chain: &str) -> Option<Vec<&[u8]>> {
-        let c = &self.chains[self.builtin(chain)?];
-        Some(c.rules.iter().map(|e| e.bytes.as_slice()).collect())
+    /// The bytes of each rule of built-in chain `chain`, as decoded.
+    pub fn rule_bytes(&self, chain: &str) -> Option<Vec<&'a [u8]>> {
+        let c = self.chains[self.builtin(chain)?];
+        let l = self.layout;
+        Some(
+            self.rule_offsets(&c)
+                .map(|off| {
+                    let size = self.valid(off).size(l);
+                    &self.blob[off as usize..off as usize + size]
+                })
+                .collect(),
+        )
     }
 
-    fn rule(&self, e: &Entry, handle: u64, starts: &HashMap<usize, &str>) -> Rule {
+    /// Write to `out` (cleared first) what decides a plan for built-in chain `chain`:
+    /// every rule's bytes with the fields that change without the rule changing zeroed
+    /// (counters, `comefrom`, jump offsets), each jump followed by the name of the chain
+    /// it lands on (or that it falls through, or lands inside a chain). Two reads give the
+    /// same bytes exactly when [`Table::rules`] gives the same rules, counters aside;
+    /// nothing is decoded. Returns whether the table has the chain.
+    pub fn fingerprint(&self, chain: &str, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Some(ci) = self.builtin(chain) else {
+            return false;
+        };
+        let c = self.chains[ci];
         let l = self.layout;
-        let verdict = match &e.target {
-            Target::Jump(id) => match starts.get(id) {
-                Some(name) if e.is_goto(l) => Verdict::Goto(name.to_string()),
-                Some(name) => Verdict::Jump(name.to_string()),
+        for off in self.rule_offsets(&c) {
+            let e = self.valid(off);
+            let size = e.size(l);
+            let start = out.len();
+            out.extend_from_slice(&(size as u32).to_ne_bytes());
+            out.extend_from_slice(&self.blob[off as usize..off as usize + size]);
+            let b = &mut out[start + 4..];
+            b[l.counters..l.counters + 16].fill(0);
+            b[l.next_offset + 2..l.next_offset + 6].fill(0); // comefrom
+            if let Some(v) = e.standard(l).filter(|&v| v >= 0) {
+                let at = e.target_offset(l) + EXT_HEADER;
+                b[at..at + 4].fill(0);
+                if v as usize == off as usize + size {
+                    out.push(1); // falls through
+                } else if let Some(t) = self.chain_at(v as u32) {
+                    out.push(2);
+                    out.extend_from_slice(self.user_name(t));
+                    out.push(0);
+                } else {
+                    out.push(3); // into the middle of a chain
+                }
+            }
+        }
+        true
+    }
+
+    /// The user chain a jump to `offset` lands at the start of.
+    fn chain_at(&self, offset: u32) -> Option<&ChainRef> {
+        let i = self.chains.partition_point(|c| c.first < offset);
+        self.chains
+            .get(i)
+            .filter(|c| c.first == offset && !c.is_builtin())
+    }
+
+    fn rule(&self, off: u32, handle: u64) -> Rule {
+        let l = self.layout;
+        let e = self.valid(off);
+        let size = e.size(l);
+        let bytes = &self.blob[off as usize..off as usize + size];
+        let verdict = match e.standard(l) {
+            Some(v) if v >= 0 && v as usize == off as usize + size => Verdict::None,
+            Some(v) if v >= 0 => match self.chain_at(v as u32) {
+                Some(c) if e.is_goto(l) => Verdict::Goto(self.chain_name(c).into_owned()),
+                Some(c) => Verdict::Jump(self.chain_name(c).into_owned()),
                 None => Verdict::Other("-j <a jump into the middle of a chain>".into()),
             },
-            Target::Fallthrough => Verdict::None,
-            Target::Verdict(VERDICT_ACCEPT) => Verdict::Accept,
-            Target::Verdict(VERDICT_DROP) => Verdict::Drop,
-            Target::Verdict(VERDICT_RETURN) => Verdict::Return,
-            Target::Verdict(VERDICT_QUEUE) => Verdict::Other("-j QUEUE".into()),
-            Target::Verdict(v) => Verdict::Other(format!("-j <verdict {v}>")),
-            Target::Error(_) => Verdict::Other("-j ERROR".into()),
-            Target::Other => Verdict::Other(format!("-j {}", e.target_name())),
+            Some(VERDICT_ACCEPT) => Verdict::Accept,
+            Some(VERDICT_DROP) => Verdict::Drop,
+            Some(VERDICT_RETURN) => Verdict::Return,
+            Some(VERDICT_QUEUE) => Verdict::Other("-j QUEUE".into()),
+            Some(v) => Verdict::Other(format!("-j <verdict {v}>")),
+            None => Verdict::Other(format!("-j {}", String::from_utf8_lossy(e.target_name(l)))),
         };
         let is_chain_jump = matches!(verdict, Verdict::Jump(_) | Verdict::Goto(_));
         let mut matches = Vec::new();
-        if let Some(text) = ip_conditions(l, &e.bytes, is_chain_jump) {
+        if let Some(text) = ip_conditions(l, bytes, is_chain_jump) {
             matches.push(Match::Opaque(text));
         }
         let mut comment = None;
-        for m in e.matches(l) {
+        for m in (Valid { bytes }).matches(l) {
             let data = m.data;
             match (m.name, m.revision) {
                 (b"comment", 0) if data.len() >= COMMENT_INFO_SIZE => {
@@ -920,7 +1210,7 @@ impl Table {
 
     /// Create user chain `name` (an `ERROR` head and a `RETURN` footer, as `iptables -N`
     /// does) unless it exists, placed among the user chains in name order like libiptc.
-    /// Returns whether it was created.
+    /// Returns whether it was created. Takes effect when the table is encoded.
     pub fn ensure_chain(&mut self, name: &str) -> Result<bool, BlobError> {
         if self.has_user_chain(name) {
             return Ok(false);
@@ -930,99 +1220,69 @@ impl Table {
                 "{name:?} cannot be an x_tables chain name"
             )));
         }
-        if HOOK_CHAINS.contains(&name) || self.chains.iter().any(|c| c.name == name) {
+        if HOOK_CHAINS.contains(&name) {
             return Err(BlobError::Refused(format!(
                 "{name} is a built-in chain, not a user chain"
             )));
         }
-        let l = self.layout;
-        let mut errorname = [0u8; FUNCTION_NAME_LEN];
-        errorname[..name.len()].copy_from_slice(name.as_bytes());
-        let head_id = self.take_id();
-        let head = Entry::built(
-            l,
-            head_id,
-            new_entry(l, &[], ERROR_TARGET, ERROR_TARGET_SIZE, &errorname),
-            Target::Error(name.as_bytes().to_vec()),
-        );
-        let foot_id = self.take_id();
-        let footer = Entry::built(
-            l,
-            foot_id,
-            new_entry(
-                l,
-                &[],
-                "",
-                STANDARD_TARGET_SIZE,
-                &VERDICT_RETURN.to_ne_bytes(),
-            ),
-            Target::Verdict(VERDICT_RETURN),
-        );
+        if self.order.is_empty() {
+            self.order = (0..self.chains.len() as u32).map(ChainId::Old).collect();
+        }
         // libiptc inserts a new chain before the first user chain whose name sorts after
         // it (strcmp), else at the end.
         let at = self
-            .chains
+            .order
             .iter()
-            .position(|c| c.hook.is_none() && c.name.as_bytes() > name.as_bytes())
-            .unwrap_or(self.chains.len());
-        self.chains.insert(
-            at,
-            Chain {
-                name: name.to_string(),
-                hook: None,
-                head: Some(head),
-                rules: Vec::new(),
-                footer,
-            },
-        );
+            .position(|&id| match id {
+                ChainId::Old(i) => {
+                    let c = &self.chains[i as usize];
+                    !c.is_builtin() && self.user_name(c) > name.as_bytes()
+                }
+                ChainId::New(k) => self.created[k as usize].as_bytes() > name.as_bytes(),
+            })
+            .unwrap_or(self.order.len());
+        self.order
+            .insert(at, ChainId::New(self.created.len() as u32));
+        self.created.push(name.to_string());
         Ok(true)
     }
 
-    fn take_id(&mut self) -> usize {
-        self.next_id += 1;
-        self.next_id - 1
-    }
-
-    /// Replace the rules of built-in chain `chain` by `slots`: kept rules keep their bytes,
-    /// new jumps are written as iptables-legacy writes them. Every other chain is untouched.
+    /// Rebuild built-in chain `chain` from `slots`: kept rules keep their bytes, new jumps
+    /// are written as iptables-legacy writes them. Every other chain is untouched. Slots
+    /// name rules of the chain as decoded; a second call for the same chain replaces the
+    /// first. Takes effect when the table is encoded; a refused edit records nothing.
     pub fn set_rules(&mut self, chain: &str, slots: &[Slot<'_>]) -> Result<(), BlobError> {
-        let l = self.layout;
         let ci = self.builtin(chain).ok_or_else(|| {
             BlobError::Refused(format!("table {} has no built-in chain {chain}", self.name))
         })?;
+        let c = self.chains[ci];
         // Nothing may jump into the chain: its rules are about to move.
-        let inside: Vec<usize> = self.chains[ci]
-            .rules
-            .iter()
-            .chain([&self.chains[ci].footer])
-            .map(|e| e.id)
-            .collect();
-        for c in &self.chains {
-            for e in c.entries() {
-                if let Target::Jump(t) = e.target {
-                    if inside.contains(&t) {
-                        return Err(BlobError::Refused(format!(
-                            "a rule of chain {} jumps into the middle of {chain}; jumpset will not move rules under it",
-                            c.name
-                        )));
-                    }
-                }
-            }
+        if self.entered[c.hook as usize] {
+            return Err(BlobError::Refused(format!(
+                "a rule of the table jumps into the middle of {chain}; jumpset will not move rules under it"
+            )));
         }
-        // Check every slot before changing anything, so a refused edit changes nothing.
-        let count = self.chains[ci].rules.len();
-        let mut kept = vec![false; count];
-        let mut starts = Vec::with_capacity(slots.len());
+        let l = self.layout;
+        let old: Vec<(u32, u32)> = self
+            .rule_offsets(&c)
+            .map(|off| (off, self.valid(off).size(l) as u32))
+            .collect();
+        let mut kept = vec![false; old.len()];
+        let mut edit = Vec::with_capacity(slots.len());
         for s in slots {
             match *s {
                 Slot::Keep(i) => {
-                    if i >= count || std::mem::replace(&mut kept[i], true) {
+                    if i >= old.len() || std::mem::replace(&mut kept[i], true) {
                         return Err(BlobError::Refused(format!(
                             "rule {} of {chain} is not there to keep, or is kept twice",
                             i + 1
                         )));
                     }
-                    starts.push(None);
+                    edit.push(Edit::Keep {
+                        offset: old[i].0,
+                        size: old[i].1,
+                        index: c.first_index() + i as u32,
+                    });
                 }
                 Slot::Jump { comment, target } => {
                     if comment.len() >= COMMENT_INFO_SIZE || comment.contains(&0) {
@@ -1031,102 +1291,344 @@ impl Table {
                             String::from_utf8_lossy(comment)
                         )));
                     }
-                    let start = self
-                        .chains
-                        .iter()
-                        .find(|c| c.hook.is_none() && c.name == target)
-                        .map(Chain::start)
-                        .ok_or_else(|| {
-                            BlobError::Refused(format!(
-                                "chain {target} does not exist in table {}",
-                                self.name
-                            ))
-                        })?;
-                    starts.push(Some(start));
+                    let target = match self.user(target) {
+                        Some(i) => ChainId::Old(i as u32),
+                        None => match self.created.iter().position(|c| c == target) {
+                            Some(k) => ChainId::New(k as u32),
+                            None => {
+                                return Err(BlobError::Refused(format!(
+                                    "chain {target} does not exist in table {}",
+                                    self.name
+                                )))
+                            }
+                        },
+                    };
+                    edit.push(Edit::Jump {
+                        comment: comment.to_vec(),
+                        target,
+                    });
                 }
-            }
-        }
-        let mut old: Vec<Option<Entry>> = self.chains[ci].rules.drain(..).map(Some).collect();
-        let mut rules = Vec::with_capacity(slots.len());
-        for (s, start) in slots.iter().zip(starts) {
-            match (*s, start) {
-                (Slot::Jump { comment, .. }, Some(start)) => {
-                    let mut info = [0u8; COMMENT_INFO_SIZE];
-                    info[..comment.len()].copy_from_slice(comment);
-                    let id = self.take_id();
-                    let bytes = new_entry(
-                        l,
-                        &[("comment", 0, &info, COMMENT_INFO_SIZE)],
-                        "",
-                        STANDARD_TARGET_SIZE,
-                        &[0u8; 4],
-                    );
-                    rules.push(Entry::built(l, id, bytes, Target::Jump(start)));
-                }
-                (Slot::Keep(i), _) => rules.extend(old[i].take()),
-                (Slot::Jump { .. }, None) => {}
             }
         }
         // Rules not kept are deleted; their counters go with them.
-        self.chains[ci].rules = rules;
+        self.edits.retain(|e| e.0 != ci as u32);
+        self.edits.push((ci as u32, edit));
         Ok(())
     }
 
-    /// Lay the table out: every jump offset, `hook_entry` and `underflow` computed anew.
-    pub fn encode(&self) -> Result<Encoded, BlobError> {
-        let all: Vec<&Entry> = self
-            .chains
-            .iter()
-            .flat_map(Chain::entries)
-            .chain([&self.end])
-            .collect();
-        let mut offset_of = vec![u32::MAX; self.next_id];
-        let mut off = 0usize;
-        for e in &all {
-            offset_of[e.id] = u32::try_from(off)
-                .map_err(|_| BlobError::Refused("the table would exceed 4 GiB".into()))?;
-            off += e.bytes.len();
+    /// Lay the table out with its edits, appending the blob to `out` (after whatever the
+    /// caller put there, e.g. the `SET_REPLACE` header): every run of untouched entries is
+    /// one copy, with the jump offsets inside it moved; every offset, `hook_entry` and
+    /// `underflow` computed anew. On error `out` is left as it was.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<Encoded, BlobError> {
+        let base = out.len();
+        let r = self.lay_out(out, base);
+        if r.is_err() {
+            out.truncate(base);
         }
-        let mut blob = Vec::with_capacity(off);
-        let mut origin = Vec::with_capacity(all.len());
-        for e in &all {
-            let start = blob.len();
-            blob.extend_from_slice(&e.bytes);
-            let verdict = match e.target {
-                Target::Jump(t) => match offset_of.get(t) {
-                    Some(&o) if o != u32::MAX => Some(o),
-                    _ => {
-                        return Err(BlobError::Refused(format!(
-                            "a rule jumps to an entry that is no longer in the table (entry {} of the table as read)",
-                            t
-                        )))
+        r
+    }
+
+    /// [`Table::encode_into`] a new buffer: the blob and its shape.
+    pub fn encode(&self) -> Result<(Vec<u8>, Encoded), BlobError> {
+        let mut blob = Vec::with_capacity(self.blob.len());
+        let enc = self.encode_into(&mut blob)?;
+        Ok((blob, enc))
+    }
+
+    fn lay_out(&self, out: &mut Vec<u8>, base: usize) -> Result<Encoded, BlobError> {
+        let l = self.layout;
+        // Pass 1: the new table as a list of pieces, with offsets and entry indices.
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut at = Cursor {
+            offset: 0,
+            index: 0,
+        };
+        let mut hook_entry = [0u64; NUM_HOOKS];
+        let mut underflow = [0u64; NUM_HOOKS];
+        // Where each created chain's jumps land (its footer), by creation index.
+        let mut created_start = vec![0u32; self.created.len()];
+        let order: Box<dyn Iterator<Item = ChainId>> = if self.order.is_empty() {
+            Box::new((0..self.chains.len() as u32).map(ChainId::Old))
+        } else {
+            Box::new(self.order.iter().copied())
+        };
+        for id in order {
+            match id {
+                ChainId::Old(ci) => {
+                    let c = &self.chains[ci as usize];
+                    match self.edits.iter().position(|e| e.0 == ci) {
+                        None => {
+                            let new_head = at.offset;
+                            let count = c.footer_index - c.head_index + 1;
+                            copy(&mut pieces, &mut at, c.head, c.end, c.head_index, count);
+                            if c.is_builtin() {
+                                let h = c.hook as usize;
+                                hook_entry[h] = new_head;
+                                underflow[h] = new_head + u64::from(c.footer - c.head);
+                            }
+                        }
+                        Some(ei) => {
+                            let edit = &self.edits[ei].1;
+                            let h = c.hook as usize;
+                            hook_entry[h] = at.offset;
+                            for (k, e) in edit.iter().enumerate() {
+                                match *e {
+                                    Edit::Keep {
+                                        offset,
+                                        size,
+                                        index,
+                                    } => {
+                                        copy(&mut pieces, &mut at, offset, offset + size, index, 1)
+                                    }
+                                    Edit::Jump { .. } => {
+                                        pieces.push(Piece::Jump {
+                                            edit: ei as u32,
+                                            slot: k as u32,
+                                        });
+                                        at.advance(jump_entry_size(l), 1);
+                                    }
+                                }
+                            }
+                            underflow[h] = at.offset;
+                            copy(&mut pieces, &mut at, c.footer, c.end, c.footer_index, 1);
+                        }
                     }
-                },
-                Target::Fallthrough => Some(start as u32 + e.bytes.len() as u32),
-                _ => None,
-            };
-            if let Some(v) = verdict {
-                put_u32(&mut blob, start + e.target_offset + EXT_HEADER, v);
+                }
+                ChainId::New(k) => {
+                    pieces.push(Piece::Head(k));
+                    at.advance(error_entry_size(l), 1);
+                    created_start[k as usize] = at.offset as u32;
+                    pieces.push(Piece::Footer);
+                    at.advance(standard_entry_size(l), 1);
+                }
             }
-            origin.push((e.id < self.decoded).then_some(e.id));
         }
+        copy(
+            &mut pieces,
+            &mut at,
+            self.end,
+            self.blob.len() as u32,
+            self.num_entries - 1,
+            1,
+        );
+        let size = u32::try_from(at.offset)
+            .map_err(|_| BlobError::Refused("the table would exceed 4 GiB".into()))?;
+        // Old offset → new offset, for the copied runs (sorted by old offset).
+        let mut runs: Vec<CopyRun> = pieces
+            .iter()
+            .filter_map(|p| match *p {
+                Piece::Copy(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let encoded_runs: Vec<Run> = runs
+            .iter()
+            .map(|r| Run {
+                new_index: r.new_index,
+                old_index: r.old_index,
+                count: r.count,
+            })
+            .collect();
+        runs.sort_unstable_by_key(|r| r.old);
+        let relocate = |v: u32| -> Result<u32, BlobError> {
+            let i = runs.partition_point(|r| r.old <= v);
+            runs.get(i.wrapping_sub(1))
+                .filter(|r| v < r.old + r.len)
+                .map(|r| (r.new + u64::from(v - r.old)) as u32)
+                .ok_or_else(|| {
+                    BlobError::Refused(format!(
+                        "a rule jumps to byte {v} of the table as read, which is no longer in the table"
+                    ))
+                })
+        };
+        let start_of = |id: ChainId| -> Result<u32, BlobError> {
+            match id {
+                ChainId::Old(i) => relocate(self.chains[i as usize].first),
+                ChainId::New(k) => Ok(created_start[k as usize]),
+            }
+        };
+
+        // Pass 2: the bytes.
+        out.reserve(at.offset as usize);
+        for p in &pieces {
+            let here = (out.len() - base) as u32;
+            match *p {
+                Piece::Copy(r) => {
+                    out.extend_from_slice(&self.blob[r.old as usize..(r.old + r.len) as usize]);
+                    self.move_jumps(&mut out[base + here as usize..], r, &relocate)?;
+                }
+                Piece::Jump { edit, slot } => {
+                    let Edit::Jump { comment, target } =
+                        &self.edits[edit as usize].1[slot as usize]
+                    else {
+                        continue; // a jump piece is only made for a jump edit
+                    };
+                    let mut info = [0u8; COMMENT_INFO_SIZE];
+                    info[..comment.len()].copy_from_slice(comment);
+                    let verdict = start_of(*target)? as i32;
+                    push_entry(
+                        out,
+                        l,
+                        Some(("comment", 0, &info)),
+                        "",
+                        STANDARD_TARGET_SIZE,
+                        &verdict.to_ne_bytes(),
+                    );
+                }
+                Piece::Head(k) => {
+                    let name = self.created[k as usize].as_bytes();
+                    let mut errorname = [0u8; FUNCTION_NAME_LEN];
+                    errorname[..name.len()].copy_from_slice(name);
+                    push_entry(out, l, None, ERROR_TARGET, ERROR_TARGET_SIZE, &errorname);
+                }
+                Piece::Footer => push_entry(
+                    out,
+                    l,
+                    None,
+                    "",
+                    STANDARD_TARGET_SIZE,
+                    &VERDICT_RETURN.to_ne_bytes(),
+                ),
+            }
+        }
+        debug_assert_eq!((out.len() - base) as u64, at.offset);
         // Hooks the table does not have: 0, as libiptc sends them (the kernel ignores them).
-        let mut hook_entry = [0; NUM_HOOKS];
-        let mut underflow = [0; NUM_HOOKS];
-        for c in &self.chains {
-            if let Some(h) = c.hook {
-                hook_entry[h] = offset_of[c.rules.first().unwrap_or(&c.footer).id];
-                underflow[h] = offset_of[c.footer.id];
+        for h in 0..NUM_HOOKS {
+            if self.valid_hooks & (1 << h) == 0 {
+                hook_entry[h] = 0;
+                underflow[h] = 0;
             }
         }
         Ok(Encoded {
-            blob,
-            num_entries: all.len() as u32,
-            hook_entry,
-            underflow,
-            origin,
+            num_entries: at.index,
+            size,
+            hook_entry: hook_entry.map(|o| o as u32),
+            underflow: underflow.map(|o| o as u32),
+            runs: encoded_runs,
         })
     }
+
+    /// Rewrite the jump offsets of the entries of run `r`, copied to `bytes`: a jump moves
+    /// with the entry it lands on, a fall-through keeps falling to the entry after it.
+    fn move_jumps(
+        &self,
+        bytes: &mut [u8],
+        r: CopyRun,
+        relocate: &impl Fn(u32) -> Result<u32, BlobError>,
+    ) -> Result<(), BlobError> {
+        let l = self.layout;
+        let mut p = 0usize;
+        while p < r.len as usize {
+            let e = self.valid(r.old + p as u32);
+            let size = e.size(l);
+            if let Some(v) = e.standard(l).filter(|&v| v >= 0) {
+                let old_here = r.old as usize + p;
+                let new = if v as usize == old_here + size {
+                    r.new as usize + p + size
+                } else {
+                    relocate(v as u32)? as usize
+                };
+                let at = p + e.target_offset(l) + EXT_HEADER;
+                put_u32(bytes, at, new as u32);
+            }
+            p += size;
+        }
+        Ok(())
+    }
+}
+
+/// Where the layout has got to: the next entry's offset and index.
+struct Cursor {
+    offset: u64,
+    index: u32,
+}
+
+impl Cursor {
+    fn advance(&mut self, size: usize, entries: u32) {
+        self.offset += size as u64;
+        self.index += entries;
+    }
+}
+
+/// Entries copied as they are: `len` bytes from offset `old` (entry `old_index` on) to
+/// offset `new` (entry `new_index` on).
+#[derive(Debug, Clone, Copy)]
+struct CopyRun {
+    old: u32,
+    len: u32,
+    new: u64,
+    old_index: u32,
+    new_index: u32,
+    count: u32,
+}
+
+/// A piece of the table being laid out.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Copy(CopyRun),
+    /// The new jump of slot `slot` of edit `edit`.
+    Jump {
+        edit: u32,
+        slot: u32,
+    },
+    /// The head of created chain `k`.
+    Head(u32),
+    /// The `RETURN` footer of the created chain before it.
+    Footer,
+}
+
+/// Append the copy of old bytes `from..to` (entries `old_index` on, `count` of them),
+/// merged into the previous piece when it ends where this one starts.
+fn copy(pieces: &mut Vec<Piece>, at: &mut Cursor, from: u32, to: u32, old_index: u32, count: u32) {
+    let len = to - from;
+    if let Some(Piece::Copy(r)) = pieces.last_mut() {
+        if r.old + r.len == from && r.old_index + r.count == old_index {
+            r.len += len;
+            r.count += count;
+            at.advance(len as usize, count);
+            return;
+        }
+    }
+    pieces.push(Piece::Copy(CopyRun {
+        old: from,
+        len,
+        new: at.offset,
+        old_index,
+        new_index: at.index,
+        count,
+    }));
+    at.advance(len as usize, count);
+}
+
+/// Append an entry with no conditions, at most one match (`name`, revision, data) and
+/// target `tname` of `tsize` bytes whose data (after its 32-byte header) is `tdata`.
+fn push_entry(
+    out: &mut Vec<u8>,
+    l: &Layout,
+    m: Option<(&str, u8, &[u8])>,
+    tname: &str,
+    tsize: usize,
+    tdata: &[u8],
+) {
+    let msize = m.map_or(0, |m| EXT_HEADER + m.2.len());
+    let target_offset = l.entry_size + msize;
+    let next_offset = target_offset + tsize;
+    let start = out.len();
+    out.resize(start + next_offset, 0);
+    let b = &mut out[start..];
+    put_u16(b, l.target_offset, target_offset as u16);
+    put_u16(b, l.next_offset, next_offset as u16);
+    if let Some((name, rev, data)) = m {
+        let at = l.entry_size;
+        put_u16(b, at, (EXT_HEADER + data.len()) as u16);
+        b[at + 2..at + 2 + name.len()].copy_from_slice(name.as_bytes());
+        b[at + EXT_HEADER - 1] = rev;
+        b[at + EXT_HEADER..at + EXT_HEADER + data.len()].copy_from_slice(data);
+    }
+    put_u16(b, target_offset, tsize as u16);
+    b[target_offset + 2..target_offset + 2 + tname.len()].copy_from_slice(tname.as_bytes());
+    b[target_offset + EXT_HEADER..target_offset + EXT_HEADER + tdata.len()].copy_from_slice(tdata);
 }
 
 /// The conditions of `struct ipt_ip` / `ip6t_ip6` (`-s`, `-d`, `-i`, `-o`, `-p`, `-f`, ...)

@@ -62,7 +62,7 @@ fn capture(name: &str) -> (Family, Info, &'static [u8]) {
     (family_of(name), info, &bytes[INFO_SIZE..])
 }
 
-fn table(name: &str) -> Table {
+fn table(name: &str) -> Table<'static> {
     let (f, info, blob) = capture(name);
     Table::decode(f, &info, blob).unwrap()
 }
@@ -81,30 +81,35 @@ fn shape(rules: &[Rule]) -> Vec<(Option<Vec<u8>>, Vec<Match>, Verdict)> {
         .collect()
 }
 
-/// Every rule of every chain as (chain, shape), via a decode of `enc`.
+/// Every entry of every chain of the table as decoded, as (chain, bytes): the fields the
+/// kernel owns (comefrom, counters) and jump offsets masked, plus where each jump lands
+/// by chain name (or that it falls through).
 fn all_chains(t: &Table) -> Vec<(String, Vec<u8>)> {
-    // Entry bytes with the fields the kernel owns (comefrom, counters) and jump offsets
-    // masked, plus where each jump lands by chain name.
     let l = t.layout;
-    let starts: HashMap<usize, &str> = t
-        .chains
-        .iter()
-        .filter(|c| c.hook.is_none())
-        .map(|c| (c.start(), c.name.as_str()))
-        .collect();
     let mut out = Vec::new();
     for c in &t.chains {
-        for e in c.entries() {
-            let mut b = e.bytes.clone();
+        let name = t.chain_name(c).into_owned();
+        let mut off = c.head;
+        while off < c.end {
+            let e = t.valid(off);
+            let size = e.size(l);
+            let mut b = t.blob[off as usize..off as usize + size].to_vec();
             b[l.counters..l.counters + 16].fill(0);
             b[l.next_offset + 2..l.next_offset + 6].fill(0); // comefrom
             let mut tag = String::new();
-            if let Target::Jump(id) = e.target {
-                b[e.target_offset + EXT_HEADER..e.target_offset + EXT_HEADER + 4].fill(0);
-                tag = starts.get(&id).map_or("?".to_string(), |s| s.to_string());
+            if let Some(v) = e.standard(l).filter(|&v| v >= 0) {
+                let at = e.target_offset(l) + EXT_HEADER;
+                b[at..at + 4].fill(0);
+                tag = if v as usize == off as usize + size {
+                    "(falls through)".to_string()
+                } else {
+                    t.chain_at(v as u32)
+                        .map_or("?".to_string(), |c| t.chain_name(c).into_owned())
+                };
             }
             b.extend_from_slice(tag.as_bytes());
-            out.push((c.name.clone(), b));
+            out.push((name.clone(), b));
+            off += size as u32;
         }
     }
     out
@@ -116,8 +121,8 @@ fn every_capture_decodes_and_encodes_to_the_same_bytes() {
         let (f, info, blob) = capture(name);
         let t = Table::decode(f, &info, blob).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(t.num_entries(), info.num_entries as usize, "{name}");
-        let enc = t.encode().unwrap();
-        assert_eq!(enc.blob, blob, "{name}: encode(decode(blob)) != blob");
+        let (out, enc) = t.encode().unwrap();
+        assert_eq!(out, blob, "{name}: encode(decode(blob)) != blob");
         assert_eq!(enc.num_entries, info.num_entries, "{name}");
         for h in 0..NUM_HOOKS {
             if info.valid_hooks & (1 << h) != 0 {
@@ -132,10 +137,11 @@ fn every_capture_decodes_and_encodes_to_the_same_bytes() {
             }
         }
         assert_eq!(
-            enc.origin,
+            enc.origin().collect::<Vec<_>>(),
             (0..t.num_entries()).map(Some).collect::<Vec<_>>(),
             "{name}"
         );
+        assert_eq!(enc.runs.len(), 1, "{name}: one copy of the whole table");
         assert_eq!(Info::parse(&info.to_bytes()).unwrap(), info);
     }
 }
@@ -268,11 +274,9 @@ fn the_broken_chain_rebuilt_is_the_healthy_chain_and_nothing_else_moves() {
             &[Slot::Keep(1), Slot::Keep(2), Slot::Keep(3), Slot::Keep(5)],
         )
         .unwrap();
-        let enc = t.encode().unwrap();
-        let (f, mut info, _) = capture(name);
-        info.num_entries = enc.num_entries;
-        info.size = enc.blob.len() as u32;
-        let back = Table::decode(f, &enc.info(&info), &enc.blob).unwrap();
+        let (blob, enc) = t.encode().unwrap();
+        let (f, info, _) = capture(name);
+        let back = Table::decode(f, &enc.info(&info), &blob).unwrap();
         let rules = back.rules("PREROUTING").unwrap();
         assert_eq!(
             shape(&rules),
@@ -295,12 +299,10 @@ fn the_broken_chain_rebuilt_is_the_healthy_chain_and_nothing_else_moves() {
         };
         assert_eq!(other(all_chains(&back)), other(before));
         // Old indices of the kept entries, for the counters.
-        assert_eq!(enc.origin.len(), 17);
-        assert_eq!(
-            &enc.origin[..5],
-            &[Some(1), Some(2), Some(3), Some(5), Some(6)]
-        );
-        assert!(enc.origin.iter().all(Option::is_some));
+        let origin: Vec<_> = enc.origin().collect();
+        assert_eq!(origin.len(), 17);
+        assert_eq!(&origin[..5], &[Some(1), Some(2), Some(3), Some(5), Some(6)]);
+        assert!(origin.iter().all(Option::is_some));
     }
 }
 
@@ -317,7 +319,7 @@ fn a_new_jump_is_byte_for_byte_what_iptables_legacy_wrote() {
         }];
         slots.extend((1..6).map(Slot::Keep));
         t.set_rules("PREROUTING", &slots).unwrap();
-        let enc = t.encode().unwrap();
+        let (out, enc) = t.encode().unwrap();
         let l = Layout::of(f);
         let theirs = &blob[..t.rule_bytes("PREROUTING").unwrap()[0].len()];
         let mut theirs = theirs.to_vec();
@@ -325,10 +327,14 @@ fn a_new_jump_is_byte_for_byte_what_iptables_legacy_wrote() {
         // and the counters; we send zeros there as libiptc does.
         theirs[l.next_offset + 2..l.next_offset + 6].fill(0);
         theirs[l.counters..l.counters + 16].fill(0);
-        assert_eq!(&enc.blob[..theirs.len()], &theirs[..], "{name}");
+        assert_eq!(&out[..theirs.len()], &theirs[..], "{name}");
         assert_eq!(theirs.len(), if f == Family::Ip { 440 } else { 496 });
-        assert_eq!(enc.blob.len(), info.size as usize);
-        assert_eq!(enc.origin[0], None, "a new rule has no old counters");
+        assert_eq!(out.len(), info.size as usize);
+        assert_eq!(
+            enc.origin().next(),
+            Some(None),
+            "a new rule has no old counters"
+        );
     }
 }
 
@@ -342,19 +348,7 @@ fn a_new_chain_is_what_iptables_n_writes_and_goes_in_name_order() {
         assert!(t.ensure_chain("CNI-HOSTPORT-DNAT").unwrap());
         assert!(t.ensure_chain("cali-PREROUTING").unwrap());
         assert!(t.ensure_chain("KUBE-SERVICES").unwrap());
-        assert_eq!(
-            t.chain_names(),
-            [
-                "PREROUTING",
-                "INPUT",
-                "OUTPUT",
-                "POSTROUTING",
-                "CNI-HOSTPORT-DNAT",
-                "KUBE-SERVICES",
-                "OVN-PREROUTING",
-                "cali-PREROUTING"
-            ]
-        );
+        assert!(!t.ensure_chain("KUBE-SERVICES").unwrap(), "created once");
         t.set_rules(
             "PREROUTING",
             &[
@@ -369,17 +363,34 @@ fn a_new_chain_is_what_iptables_n_writes_and_goes_in_name_order() {
             ],
         )
         .unwrap();
-        let enc = t.encode().unwrap();
+        let (blob, enc) = t.encode().unwrap();
         // The same table as iptables-legacy-restore wrote it (harvester capture minus the
         // rules we did not add), kernel-owned fields aside.
-        let back = Table::decode(f, &enc.info(&info), &enc.blob).unwrap();
-        let mut theirs = table(&name.replace("empty", "harvester-broken"));
+        let back = Table::decode(f, &enc.info(&info), &blob).unwrap();
+        assert_eq!(
+            back.chain_names(),
+            [
+                "PREROUTING",
+                "INPUT",
+                "OUTPUT",
+                "POSTROUTING",
+                "CNI-HOSTPORT-DNAT",
+                "KUBE-SERVICES",
+                "OVN-PREROUTING",
+                "cali-PREROUTING"
+            ]
+        );
+        let full = name.replace("empty", "harvester-broken");
+        let (_, their_info, _) = capture(&full);
+        let mut theirs = table(&full);
         theirs
             .set_rules("PREROUTING", &[Slot::Keep(0), Slot::Keep(3)])
             .unwrap();
+        let (their_blob, their_enc) = theirs.encode().unwrap();
+        let theirs = Table::decode(f, &their_enc.info(&their_info), &their_blob).unwrap();
         assert_eq!(all_chains(&back), all_chains(&theirs), "{name}");
         assert_eq!(
-            enc.origin.iter().filter(|o| o.is_some()).count(),
+            enc.origin().filter(|o| o.is_some()).count(),
             5,
             "the empty table's entries"
         );
@@ -398,8 +409,8 @@ fn a_rule_without_a_target_keeps_falling_through_to_whatever_follows_it() {
     });
     slots.extend((5..10).map(Slot::Keep));
     t.set_rules("PREROUTING", &slots).unwrap();
-    let enc = t.encode().unwrap();
-    let back = Table::decode(f, &enc.info(&info), &enc.blob).unwrap();
+    let (blob, enc) = t.encode().unwrap();
+    let back = Table::decode(f, &enc.info(&info), &blob).unwrap();
     let rules = back.rules("PREROUTING").unwrap();
     assert_eq!(rules[4].verdict, Verdict::None);
     assert_eq!(rules[5].verdict, Verdict::Jump("KUBE-SERVICES".into()));
@@ -463,7 +474,7 @@ fn a_jump_into_the_managed_chain_is_refused() {
         Verdict::Other(_)
     ));
     assert_eq!(
-        t.encode().unwrap().blob,
+        t.encode().unwrap().0,
         blob,
         "still decodes and encodes losslessly"
     );
@@ -476,7 +487,7 @@ fn a_jump_into_the_managed_chain_is_refused() {
 #[test]
 fn malformed_tables_are_errors() {
     let (f, info, blob) = capture("ip-nat-harvester-broken");
-    let dec = |i: &Info, b: &[u8]| Table::decode(f, i, b);
+    let dec = |i: &Info, b: &[u8]| Table::decode(f, i, b).map(|_| ());
     // Truncated.
     assert!(dec(&info, &blob[..blob.len() - 8]).is_err());
     let mut i = info.clone();
@@ -608,8 +619,11 @@ proptest! {
         for c in &created {
             t.ensure_chain(c).unwrap();
         }
-        let users: Vec<String> = t.chain_names().into_iter().filter(|c| t.has_user_chain(c)).map(String::from).collect();
-        let before = all_chains(&t);
+        let mut users: Vec<String> = t.chain_names().into_iter().filter(|c| t.has_user_chain(c)).map(|c| c.into_owned()).collect();
+        users.extend(created.iter().filter(|c| !users.contains(c)).cloned().collect::<Vec<_>>());
+        // Every chain but the edited one, with the created chains in place.
+        let (with_chains, shape) = t.encode().unwrap();
+        let before = all_chains(&Table::decode(f, &shape.info(&info), &with_chains).unwrap());
         let comments: Vec<Vec<u8>> = (0..edit.len()).map(|i| format!("jump {i}").into_bytes()).collect();
         let mut used = vec![false; old.len()];
         let mut slots = Vec::new();
@@ -629,8 +643,8 @@ proptest! {
             }
         }
         t.set_rules(&chain, &slots).unwrap();
-        let enc = t.encode().unwrap();
-        let back = Table::decode(f, &enc.info(&info), &enc.blob).unwrap();
+        let (blob, enc) = t.encode().unwrap();
+        let back = Table::decode(f, &enc.info(&info), &blob).unwrap();
         prop_assert_eq!(back.num_entries(), enc.num_entries as usize);
         let got = back.rules(&chain).unwrap();
         prop_assert_eq!(got.len(), want.len());
@@ -644,13 +658,114 @@ proptest! {
         let other = |v: Vec<(String, Vec<u8>)>| v.into_iter().filter(|(c, _)| *c != chain).collect::<Vec<_>>();
         prop_assert_eq!(other(all_chains(&back)), other(before));
         // Kept entries map to their old index; new ones to none; each old index at most once.
-        let kept: Vec<usize> = enc.origin.iter().flatten().copied().collect();
+        let kept: Vec<usize> = enc.origin().flatten().collect();
         let mut dedup = kept.clone();
         dedup.sort_unstable();
         dedup.dedup();
         prop_assert_eq!(dedup.len(), kept.len());
         prop_assert_eq!(kept.len(), info.num_entries as usize - old.len() + used.iter().filter(|u| **u).count());
         // And the rebuilt table re-encodes to itself.
-        prop_assert_eq!(back.encode().unwrap().blob, enc.blob);
+        prop_assert_eq!(back.encode().unwrap().0, blob);
     }
+}
+
+#[test]
+fn chain_summaries_give_hooks_policies_and_rule_counts_as_the_rules_file_has_them() {
+    // ip-filter-policies.rules: INPUT DROP, FORWARD DROP, OUTPUT ACCEPT; user chains.
+    let t = table("ip-filter-policies");
+    let s = t.chain_summaries();
+    let builtin: Vec<(&str, Option<u32>, Option<Verdict>)> = s
+        .iter()
+        .filter(|c| c.hook.is_some())
+        .map(|c| (c.name.as_str(), c.hook, c.policy.clone()))
+        .collect();
+    assert_eq!(
+        builtin,
+        [
+            ("INPUT", Some(1), Some(Verdict::Drop)),
+            ("FORWARD", Some(2), Some(Verdict::Drop)),
+            ("OUTPUT", Some(3), Some(Verdict::Accept)),
+        ]
+    );
+    let (rules, users) = t.census();
+    assert_eq!(s.iter().map(|c| c.rules).sum::<usize>(), rules);
+    let user_names: Vec<&str> = s
+        .iter()
+        .filter(|c| c.hook.is_none())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(user_names, users);
+    assert!(s
+        .iter()
+        .filter(|c| c.hook.is_none())
+        .all(|c| c.policy.is_none()));
+    // nat of the Harvester case: PREROUTING holds its six rules, the user chains none.
+    let t = table("ip-nat-harvester-broken");
+    let pre = t
+        .chain_summaries()
+        .into_iter()
+        .find(|c| c.name == "PREROUTING")
+        .unwrap();
+    assert_eq!(
+        (pre.hook, pre.rules, pre.policy),
+        (Some(0), 6, Some(Verdict::Accept))
+    );
+}
+
+#[test]
+fn the_fingerprint_ignores_counters_and_offsets_and_sees_rules_and_names() {
+    let (f, info, blob) = capture("ip-nat-harvester-broken");
+    let fp = |t: &Table| {
+        let mut out = Vec::new();
+        assert!(t.fingerprint("PREROUTING", &mut out));
+        out
+    };
+    let t = table("ip-nat-harvester-broken");
+    let base = fp(&t);
+    let l = Layout::of(f);
+    let first = t.rule_bytes("PREROUTING").unwrap()[0].len();
+
+    // Counters (and comefrom) change with every packet: same fingerprint.
+    let mut b = blob.to_vec();
+    b[l.counters..l.counters + 16].copy_from_slice(&[7; 16]);
+    b[first + l.counters..first + l.counters + 8].copy_from_slice(&[1; 8]);
+    assert_eq!(fp(&Table::decode(f, &info, &b).unwrap()), base);
+
+    // Every jump offset moves (a chain created before the targets): same fingerprint.
+    let mut moved = table("ip-nat-harvester-broken");
+    assert!(moved.ensure_chain("AAA").unwrap());
+    let (mb, menc) = moved.encode().unwrap();
+    let moved = Table::decode(f, &menc.info(&info), &mb).unwrap();
+    assert_ne!(
+        moved.rule_bytes("PREROUTING").unwrap()[0][400..440],
+        blob[400..440],
+        "the jump offset did move"
+    );
+    assert_eq!(fp(&moved), base);
+
+    // A rule's bytes change (one comment byte): another fingerprint.
+    let mut b = blob.to_vec();
+    b[l.entry_size + EXT_HEADER] ^= 1;
+    assert_ne!(fp(&Table::decode(f, &info, &b).unwrap()), base);
+
+    // The chain a jump lands on is renamed, the chain's bytes stay the same (`iptables
+    // -E` keeps the offsets when the name sorts to the same place): another fingerprint.
+    let head = t
+        .chains
+        .iter()
+        .find(|c| t.user_name(c) == b"OVN-PREROUTING")
+        .unwrap();
+    let name_at = head.head as usize + l.entry_size + EXT_HEADER;
+    let mut b = blob.to_vec();
+    b[name_at..name_at + 14].copy_from_slice(b"OVN-PREROUTINX");
+    let renamed = Table::decode(f, &info, &b).unwrap();
+    assert_eq!(
+        renamed.rule_bytes("PREROUTING").unwrap(),
+        t.rule_bytes("PREROUTING").unwrap()
+    );
+    assert_ne!(fp(&renamed), base);
+    assert!(
+        !t.fingerprint("FORWARD", &mut Vec::new()),
+        "nat has no FORWARD"
+    );
 }

@@ -16,22 +16,40 @@
 //!   chain when it was read (`iptables -D CHAIN N` numbering). `apply` only acts on a table
 //!   whose chain still holds exactly the rules the snapshot was read from, so positions
 //!   cannot have shifted.
-//! - **Staleness.** `Snapshot::generation` is the table's entry count at read time (what the
-//!   kernel itself checks). `apply` takes the xtables lock, re-reads the table and goes on
-//!   only if it still has that many entries and the chain decodes to the same rules
-//!   (counters aside); else [`BackendError::Stale`], and the reconcile re-reads and
-//!   re-plans. The new table is built from that re-read, so a change made elsewhere in
-//!   the table before we took the lock is kept, not clobbered. The kernel's own check
+//! - **One read per reconcile, under the lock.** [`Backend::transact`] takes the xtables
+//!   lock (when it is free; see the lock below), reads the table once, hands the chain to the planner, and — when the plan
+//!   writes — rebuilds the table from that same read, replaces it and puts the counters
+//!   back, then releases the lock. Every writer that honours the lock is kept out from the
+//!   read to the replace, so nothing can move under the plan; the kernel's own check
 //!   (`num_counters` = the current entry count, else `EAGAIN`) catches writers that ignore
-//!   the lock, and is reported as stale too.
+//!   the lock, and is reported as [`BackendError::Stale`]: the reconcile re-runs it.
+//!   `Snapshot::generation` is the table's entry count at read time. [`Backend::apply`]
+//!   of a plan made elsewhere does the same and goes on only if the chain still decodes
+//!   to the rules the plan was made from (counters aside) and the table still has that
+//!   many entries, else `Stale`.
+//! - **Verify without a second read.** After the replace, `GET_INFO` must report the very
+//!   entry count, size, hook entries and underflows of the blob encoded; then the table
+//!   is ours ([`Verified::Proven`]) and is not read back. Only when it reports something
+//!   else (a writer that ignores the lock got in right after us) does the reconcile read
+//!   the chain back, which is the one thing such a read can tell.
+//! - **No copies of the table.** The table is decoded in place in the buffer the kernel
+//!   filled ([`blob::Table`] borrows it), rebuilt by copying runs of untouched entries as
+//!   byte ranges into the buffer the replace is sent from, and both buffers are kept
+//!   between reconciles (a daemon on a 50k-rule node reuses them instead of faulting in
+//!   twice the table each poll). Peak memory is about twice the table's size.
 //! - **The xtables lock.** `$XTABLES_LOCKFILE` when set and non-empty, else
 //!   `/run/xtables.lock`, opened `O_RDONLY|O_CREAT, 0600` and locked with
-//!   `flock(LOCK_EX)` exactly as iptables-legacy does, for the whole re-read → replace →
-//!   counters sequence. It waits up to `xtables_lock_timeout` (like `iptables -w N`;
-//!   zero: one try and no wait, like iptables without `-w`) and then fails with
-//!   [`BackendError::LockHeld`], naming the file. Reads do not take it (neither does
-//!   iptables-legacy-save). The daemon tries once per attempt and retries on its own
-//!   timer, so a held lock never blocks its loop.
+//!   `flock(LOCK_EX)` exactly as iptables-legacy does, for the whole
+//!   read → plan → replace → counters sequence of a reconcile, and tried before the read,
+//!   as iptables-legacy takes it for every command. Each try is non-blocking. When another
+//!   process holds it, the chain is read without it (as iptables-legacy-save reads): a
+//!   plan that writes nothing needs no lock, so a held lock neither fails nor delays a
+//!   chain that is in order, and what the read found is known either way; a plan that
+//!   writes waits for the lock up to `xtables_lock_timeout` (like `iptables -w N`; zero:
+//!   no wait after the one try, like iptables without `-w`), is then made again from a
+//!   read under it, or fails with [`BackendError::LockHeld`], naming the file. Plain reads
+//!   (`status`, `check`, `plan`) do not take it. The daemon opens the backend with zero
+//!   and retries on its own timer, so a held lock never blocks its loop.
 //! - **What we write.** `-m comment --comment C -j T` exactly as iptables-legacy writes it
 //!   (comment match rev 0 with its 256-byte info, a standard target). x_tables has no rule
 //!   userdata, so a jump configured with `comment_encoding = "userdata"` is written with
@@ -47,15 +65,16 @@
 pub mod blob;
 mod sys;
 
-use super::{Applied, Backend, BackendError};
-use crate::plan::{Op, Plan};
+use super::{Applied, Backend, BackendError, Fingerprint, Transaction, Verified};
+use crate::plan::{self, Op, Plan};
 use crate::snapshot::{Family, Rule, Snapshot};
 use crate::spec::ChainSpec;
 use blob::{Info, Slot, Table};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use sys::{LockFile, RawSocket, XtCounters};
+use sys::LockFile;
+pub(crate) use sys::{RawSocket, XtCounters, ENTRIES_HEADER, REPLACE_HEADER};
 
 /// The lock file iptables-legacy uses unless `$XTABLES_LOCKFILE` says otherwise.
 pub const DEFAULT_LOCK_FILE: &str = "/run/xtables.lock";
@@ -79,6 +98,25 @@ pub struct LegacyBackend {
     allow_mixed: bool,
     last_generation: u32,
     before_replace: Option<Box<dyn FnMut() + Send>>,
+    bufs: Buffers,
+}
+
+/// The buffers a read and a replace of a table go through, kept from one reconcile to the
+/// next (their capacity is the table's size; their contents are not reused).
+#[derive(Default)]
+pub(crate) struct Buffers {
+    /// `GET_ENTRIES` header + the table as read.
+    pub(crate) read: Vec<u8>,
+    /// `SET_REPLACE` header + the table as rebuilt.
+    pub(crate) write: Vec<u8>,
+    /// The replaced table's counters, as the kernel hands them back.
+    pub(crate) old: Vec<XtCounters>,
+    /// The counters to put back, one per entry of the new table.
+    pub(crate) new: Vec<XtCounters>,
+    /// `ADD_COUNTERS` scratch.
+    pub(crate) add: Vec<u8>,
+    /// The chain's fingerprint as read (compared with the caller's).
+    pub(crate) fingerprint: Vec<u8>,
 }
 
 impl std::fmt::Debug for LegacyBackend {
@@ -96,7 +134,7 @@ const NO_XTABLES: &str = "this kernel has no iptables-legacy (x_tables) support 
      (ENOPROTOOPT): the host does not use iptables-legacy, or ip_tables/ip6_tables must be loaded";
 
 /// Map a failed socket call of `step`; EPERM names `capability`.
-fn io_err<'a>(
+pub(crate) fn io_err<'a>(
     step: &'a str,
     capability: &'static str,
 ) -> impl FnOnce(io::Error) -> BackendError + 'a {
@@ -138,7 +176,7 @@ fn cmd(family: Family, table: &str) -> String {
 }
 
 /// Counters aside, the same rules.
-fn same_rules(a: &[Rule], b: &[Rule]) -> bool {
+pub(crate) fn same_rules(a: &[Rule], b: &[Rule]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
             x.handle == y.handle
@@ -212,6 +250,7 @@ impl LegacyBackend {
             allow_mixed: false,
             last_generation: 0,
             before_replace: None,
+            bufs: Buffers::default(),
         }
     }
 
@@ -232,74 +271,65 @@ impl LegacyBackend {
     }
 
     /// GET_INFO + GET_ENTRIES (+ GET_INFO again) of `table`, retried when the table
-    /// changed in between.
+    /// changed in between: its info and its entries blob, copied out.
     /// Instantiates the table if it does not exist: look at [`existing_tables`] first.
     pub fn read_raw(family: Family, table: &str) -> Result<(Info, Vec<u8>), BackendError> {
         let step = format!("reading {}", cmd(family, table));
         let sock = Self::socket(family, &step)?;
-        Self::read_raw_on(&sock, table, &step)
+        let mut buf = Vec::new();
+        let info = read_into(&sock, table, &step, &mut buf)?;
+        buf.drain(..ENTRIES_HEADER);
+        Ok((info, buf))
     }
 
-    fn read_raw_on(
-        sock: &RawSocket,
-        table: &str,
-        step: &str,
-    ) -> Result<(Info, Vec<u8>), BackendError> {
-        for _ in 0..READ_RETRIES {
-            let info = sock
-                .get_info(table)
-                .map_err(io_err(step, "CAP_NET_ADMIN"))?;
-            match sock.get_entries(table, info.size) {
-                // GET_INFO and GET_ENTRIES are two calls: a replace between them that
-                // kept the size would pair these entries with stale hook offsets. The
-                // table's info is read again to make sure it did not move.
-                Ok(blob) => {
-                    if sock
-                        .get_info(table)
-                        .map_err(io_err(step, "CAP_NET_ADMIN"))?
-                        == info
-                    {
-                        return Ok((info, blob));
-                    }
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-                Err(e) => return Err(io_err(step, "CAP_NET_ADMIN")(e)),
-            }
-        }
-        Err(BackendError::Kernel {
-            step: step.to_string(),
-            errno: libc::EAGAIN,
-            message: format!("the table changed during each of {READ_RETRIES} reads"),
-        })
-    }
-
-    /// Read and decode `table` (instantiating it if it does not exist).
-    pub fn read_table(family: Family, table: &str) -> Result<Table, BackendError> {
+    /// The rules of `table`'s built-in chains and the names of its user chains, as
+    /// `iptables-legacy-save` would show them (host detection). Instantiates the table
+    /// if it does not exist: look at [`existing_tables`] first.
+    pub fn census(family: Family, table: &str) -> Result<(usize, Vec<String>), BackendError> {
         let (info, blob) = Self::read_raw(family, table)?;
-        Table::decode(family, &info, &blob)
-            .map_err(|e| decode_err(&format!("reading {}", cmd(family, table)), e))
+        let t = Table::decode(family, &info, &blob)
+            .map_err(|e| decode_err(&format!("reading {}", cmd(family, table)), e))?;
+        Ok(t.census())
     }
 
-    /// Take the xtables lock, waiting up to the timeout (zero: one try, no wait).
-    fn lock(&self) -> Result<LockFile, BackendError> {
+    /// Every chain of `table` with its hook, policy and rule count (`jumpset explain`).
+    /// Instantiates the table if it does not exist: look at [`existing_tables`] first.
+    pub fn chain_summaries(
+        family: Family,
+        table: &str,
+    ) -> Result<Vec<blob::ChainSummary>, BackendError> {
+        let (info, blob) = Self::read_raw(family, table)?;
+        let t = Table::decode(family, &info, &blob)
+            .map_err(|e| decode_err(&format!("reading {}", cmd(family, table)), e))?;
+        Ok(t.chain_summaries())
+    }
+
+    /// Open the xtables lock file.
+    fn open_lock(&self) -> Result<LockFile, BackendError> {
         let path = self.lock_file.display();
-        let f = LockFile::open(&self.lock_file).map_err(|source| BackendError::Io {
+        LockFile::open(&self.lock_file).map_err(|source| BackendError::Io {
             step: format!(
                 "opening the xtables lock file {path} (it must be a file; in a container, \
                  mount the host's {path} as a file)"
             ),
             source,
-        })?;
-        let step = || format!("taking the xtables lock {path}");
-        let deadline = Instant::now() + self.lock_timeout;
+        })
+    }
+
+    /// One non-blocking try of the xtables lock: whether it is ours now.
+    fn try_lock(&self, f: &LockFile) -> Result<bool, BackendError> {
+        f.try_lock().map_err(|source| BackendError::Io {
+            step: format!("taking the xtables lock {}", self.lock_file.display()),
+            source,
+        })
+    }
+
+    /// After a failed try at `first`: try again until the timeout has passed since
+    /// (zero: not at all), then [`BackendError::LockHeld`].
+    fn wait_lock(&self, f: &LockFile, first: Instant) -> Result<(), BackendError> {
+        let deadline = first + self.lock_timeout;
         let mut pause = Duration::from_millis(1);
         loop {
-            if f.try_lock().map_err(|source| BackendError::Io {
-                step: step(),
-                source,
-            })? {
-                return Ok(f);
-            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(BackendError::LockHeld {
@@ -309,7 +339,61 @@ impl LegacyBackend {
             }
             std::thread::sleep(pause.min(deadline - now));
             pause = (pause * 2).min(LOCK_POLL_MAX);
+            if self.try_lock(f)? {
+                return Ok(());
+            }
         }
+    }
+
+    /// The lock is held by another process: read the chain without it and plan (see the
+    /// module documentation). With `seen`, as in [`LegacyBackend::locked`].
+    fn peek(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        seen: Option<&mut Fingerprint>,
+        decide: &mut dyn FnMut(&Snapshot) -> Result<Plan, BackendError>,
+    ) -> Result<Peek, BackendError> {
+        let (table, chain) = (spec.table.as_str(), spec.chain.as_str());
+        let before = if existing_tables(family)?.iter().any(|t| t == table) {
+            let step = format!("reading {}", cmd(family, table));
+            let sock = Self::socket(family, &step)?;
+            let Buffers {
+                read, fingerprint, ..
+            } = &mut self.bufs;
+            let info = read_into(&sock, table, &step, read)?;
+            self.last_generation = info.num_entries;
+            let t = Table::decode(family, &info, &read[ENTRIES_HEADER..])
+                .map_err(|e| decode_err(&step, e))?;
+            if let Some(seen) = seen {
+                if !t.fingerprint(chain, fingerprint) {
+                    fingerprint.clear();
+                    fingerprint.extend_from_slice(NO_CHAIN);
+                }
+                if seen.valid && seen.bytes == *fingerprint {
+                    return Ok(Peek::Same);
+                }
+                std::mem::swap(&mut seen.bytes, fingerprint);
+                seen.valid = false;
+            }
+            snapshot_of(&t, table, chain)
+        } else {
+            self.last_generation = 0;
+            if let Some(seen) = seen {
+                if seen.valid && seen.bytes == MISSING_TABLE {
+                    return Ok(Peek::Same);
+                }
+                seen.bytes.clear();
+                seen.bytes.extend_from_slice(MISSING_TABLE);
+                seen.valid = false;
+            }
+            missing_table(family, table, chain)
+        };
+        let plan = decide(&before)?;
+        if plan.ops.is_empty() {
+            return Ok(Peek::Nothing(Box::new(nothing(before, plan))));
+        }
+        Ok(Peek::Writes)
     }
 
     /// The chain as the plan wants it: the snapshot's rules (by handle = position) minus
@@ -375,54 +459,52 @@ impl LegacyBackend {
         }
         Ok(slots)
     }
-}
 
-impl Backend for LegacyBackend {
-    fn name(&self) -> &'static str {
-        "legacy"
-    }
-
-    /// The entry count of the table this backend last read or wrote.
-    fn generation(&mut self) -> Result<u32, BackendError> {
-        Ok(self.last_generation)
-    }
-
-    fn read(&mut self, family: Family, table: &str, chain: &str) -> Result<Snapshot, BackendError> {
-        if !existing_tables(family)?.iter().any(|t| t == table) {
-            self.last_generation = 0;
-            return Ok(Snapshot {
-                family,
-                table: table.to_string(),
-                chain: chain.to_string(),
-                generation: 0,
-                table_exists: false,
-                chain_exists: false,
-                rules: Vec::new(),
-            });
-        }
-        let snap = snapshot_of(&Self::read_table(family, table)?, table, chain);
-        self.last_generation = snap.generation;
-        Ok(snap)
-    }
-
-    fn apply(
+    /// The reconcile of `spec`'s chain in `family` under the xtables lock, from one read:
+    /// `decide` plans from the chain as read (or refuses with `Stale`); a plan that writes
+    /// is committed from that same read. See the module documentation.
+    /// With `seen`, nothing is planned when the chain reads as `seen` says
+    /// ([`Backend::transact_if_changed`]): `Ok(None)`.
+    fn locked(
         &mut self,
-        snap: &Snapshot,
+        family: Family,
         spec: &ChainSpec,
-        plan: &Plan,
-    ) -> Result<Applied, BackendError> {
-        if plan.ops.is_empty() {
-            return Ok(Applied {
-                committed: false,
-                changes: 0,
-                expected_generation: None,
-            });
+        mut seen: Option<&mut Fingerprint>,
+        decide: &mut dyn FnMut(&Snapshot) -> Result<Plan, BackendError>,
+    ) -> Result<Option<Transaction>, BackendError> {
+        let (table, chain) = (spec.table.as_str(), spec.chain.as_str());
+        let first = Instant::now();
+        let lock = self.open_lock()?;
+        if !self.try_lock(&lock)? {
+            // Another process holds it: what does the chain need? Nothing, then no lock.
+            match self.peek(family, spec, seen.as_deref_mut(), decide)? {
+                Peek::Same => return Ok(None),
+                Peek::Nothing(tx) => return Ok(Some(*tx)),
+                // A write: wait for the lock (up to the timeout), then read again under
+                // it and plan from that read.
+                Peek::Writes => self.wait_lock(&lock, first)?,
+            }
         }
-        let (family, table, chain) = (snap.family, snap.table.as_str(), snap.chain.as_str());
-        let stale = BackendError::Stale {
-            planned: snap.generation,
-        };
-        if !snap.table_exists {
+        let _lock = lock;
+        let step = format!("reading {} under the xtables lock", cmd(family, table));
+        let exists = existing_tables(family)?.iter().any(|t| t == table);
+        let missing = missing_table(family, table, chain);
+        let planned_missing = if exists {
+            None
+        } else {
+            self.last_generation = 0;
+            if let Some(seen) = seen.as_deref_mut() {
+                if seen.valid && seen.bytes == MISSING_TABLE {
+                    return Ok(None);
+                }
+                seen.bytes.clear();
+                seen.bytes.extend_from_slice(MISSING_TABLE);
+                seen.valid = false;
+            }
+            let plan = decide(&missing)?;
+            if plan.ops.is_empty() {
+                return Ok(Some(nothing(missing, plan)));
+            }
             // A missing table has no chains: refuse before instantiating it for nothing.
             if let Some(js) = plan.ops.iter().find_map(|op| match *op {
                 Op::Insert { jump, .. } => spec.jumps.get(jump).filter(|js| !js.create_chain),
@@ -434,36 +516,58 @@ impl Backend for LegacyBackend {
                     chain: js.target.clone(),
                 });
             }
-        }
-        if !snap.table_exists && !self.allow_mixed {
-            BackendError::check_mixing(crate::detect::Choice::Legacy, family)?;
-        }
-        let _lock = self.lock()?;
+            if !self.allow_mixed {
+                BackendError::check_mixing(crate::detect::Choice::Legacy, family)?;
+            }
+            Some(plan)
+        };
 
-        // Under the lock: is the table still the one the plan was made from?
-        let exists = existing_tables(family)?.iter().any(|t| t == table);
-        if exists != snap.table_exists {
-            return Err(stale);
-        }
-        let step = format!("reading {} under the xtables lock", cmd(family, table));
+        // The one read. For a missing table it instantiates it, as iptables-legacy's
+        // first write does.
         let sock = Self::socket(family, &step)?;
-        // This instantiates a missing table, as iptables-legacy does on its first write.
-        let (info, bytes) = Self::read_raw_on(&sock, table, &step)?;
-        let mut t = Table::decode(family, &info, &bytes).map_err(|e| decode_err(&step, e))?;
-        let rules = t.rules(chain).ok_or_else(|| {
-            BackendError::Unsupported(format!(
+        let Buffers {
+            read,
+            write,
+            old,
+            new,
+            add,
+            fingerprint,
+        } = &mut self.bufs;
+        let info = read_into(&sock, table, &step, read)?;
+        self.last_generation = info.num_entries;
+        let mut t = Table::decode(family, &info, &read[ENTRIES_HEADER..])
+            .map_err(|e| decode_err(&step, e))?;
+        if let (Some(seen), None) = (seen, &planned_missing) {
+            // The poll's shortcut: counters change with every packet, the rules may not.
+            if !t.fingerprint(chain, fingerprint) {
+                fingerprint.clear();
+                fingerprint.extend_from_slice(NO_CHAIN);
+            }
+            if seen.valid && seen.bytes == *fingerprint {
+                return Ok(None);
+            }
+            std::mem::swap(&mut seen.bytes, fingerprint);
+            seen.valid = false;
+        }
+        let now = snapshot_of(&t, table, chain);
+        let (before, plan) = match planned_missing {
+            None => {
+                let plan = decide(&now)?;
+                (now, plan)
+            }
+            // Just created: empty, unless a writer that ignores the lock got there first.
+            Some(_) if !now.rules.is_empty() => return Err(BackendError::Stale { planned: 0 }),
+            Some(plan) => (missing, plan),
+        };
+        if plan.ops.is_empty() {
+            return Ok(Some(nothing(before, plan)));
+        }
+        if !t.has_builtin(chain) {
+            return Err(BackendError::Unsupported(format!(
                 "{}: the table has no built-in chain {chain}; \
                  iptables-legacy tables cannot gain built-in chains",
                 cmd(family, table)
-            ))
-        })?;
-        if snap.table_exists
-            && (info.num_entries != snap.generation || !same_rules(&rules, &snap.rules))
-        {
-            return Err(stale);
-        }
-        if !snap.table_exists && !same_rules(&rules, &snap.rules) {
-            return Err(stale);
+            )));
         }
 
         // Target chains first, then the chain itself.
@@ -493,11 +597,13 @@ impl Backend for LegacyBackend {
                 changes += usize::from(created);
             }
         }
-        let slots = Self::slots(snap, spec, plan)?;
+        let slots = Self::slots(&before, spec, &plan)?;
         t.set_rules(chain, &slots).map_err(|e| {
             BackendError::Unsupported(format!("{} {chain}: {e}", cmd(family, table)))
         })?;
-        let enc = t.encode().map_err(|e| {
+        write.clear();
+        write.resize(REPLACE_HEADER, 0);
+        let enc = t.encode_into(write).map_err(|e| {
             BackendError::Unsupported(format!("{} {chain}: {e}", cmd(family, table)))
         })?;
 
@@ -505,31 +611,32 @@ impl Backend for LegacyBackend {
         if let Some(mut f) = self.before_replace.take() {
             f();
         }
-        let mut old = vec![XtCounters::default(); info.num_entries as usize];
+        old.clear();
+        old.resize(info.num_entries as usize, XtCounters::default());
         let step = format!("replacing {} (IPT_SO_SET_REPLACE)", cmd(family, table));
-        match sock.replace(
-            table,
-            t.valid_hooks,
-            enc.num_entries,
-            enc.hook_entry,
-            enc.underflow,
-            &enc.blob,
-            &mut old,
-        ) {
+        match sock.replace(table, t.valid_hooks, &enc, write, old) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Err(stale),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                return Err(BackendError::Stale {
+                    planned: before.generation,
+                })
+            }
             Err(e) => return Err(io_err(&step, "CAP_NET_ADMIN")(e)),
         }
         self.last_generation = enc.num_entries;
 
         // Every kept entry gets its counters back; the kernel adds them to what the new
         // table counted since the swap.
-        let counters: Vec<XtCounters> = enc
-            .origin
-            .iter()
-            .map(|o| o.and_then(|i| old.get(i).copied()).unwrap_or_default())
-            .collect();
-        sock.add_counters(table, &counters).map_err(|e| {
+        new.clear();
+        new.resize(enc.num_entries as usize, XtCounters::default());
+        for r in &enc.runs {
+            let (from, to) = (r.old_index as usize, r.new_index as usize);
+            let n = r.count as usize;
+            if let (Some(src), Some(dst)) = (old.get(from..from + n), new.get_mut(to..to + n)) {
+                dst.copy_from_slice(src);
+            }
+        }
+        sock.add_counters(table, new, add).map_err(|e| {
             io_err(
                 &format!(
                     "restoring the counters of {} (IPT_SO_SET_ADD_COUNTERS) after the table was replaced; \
@@ -539,11 +646,213 @@ impl Backend for LegacyBackend {
                 "CAP_NET_ADMIN",
             )(e)
         })?;
-        Ok(Applied {
-            committed: true,
-            changes,
-            expected_generation: Some(enc.num_entries),
-        })
+
+        // The verify: what the kernel now says of the table is what was encoded (we hold
+        // the lock, so only a writer ignoring it could differ). A full read-back would
+        // only repeat what the codec's tests prove (the blob decodes to the planned
+        // chain); it is left to the reconcile for the case this check fails.
+        let step = format!("checking {} after the replace", cmd(family, table));
+        let got = sock
+            .get_info(table)
+            .map_err(io_err(&step, "CAP_NET_ADMIN"))?;
+        let verified = if got == enc.info(&info) {
+            Verified::Proven {
+                inserted: plan
+                    .result
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| match *s {
+                        plan::Slot::New(j) => Some((j, i as u64 + 1)),
+                        plan::Slot::Existing(_) => None,
+                    })
+                    .collect(),
+            }
+        } else {
+            Verified::ReadBack
+        };
+        Ok(Some(Transaction {
+            before,
+            plan,
+            applied: Applied {
+                committed: true,
+                changes,
+                expected_generation: Some(enc.num_entries),
+            },
+            verified,
+        }))
+    }
+}
+
+/// The fingerprint of a table that does not exist.
+const MISSING_TABLE: &[u8] = b"\0no table";
+/// The fingerprint of a table without the chain.
+const NO_CHAIN: &[u8] = b"\0no chain";
+
+/// What a read without the lock found ([`LegacyBackend::peek`]).
+enum Peek {
+    /// The chain reads as the caller's fingerprint says: nothing planned.
+    Same,
+    /// Planned, and the plan writes nothing.
+    Nothing(Box<Transaction>),
+    /// The plan writes: take the lock.
+    Writes,
+}
+
+/// The snapshot of a table that does not exist.
+fn missing_table(family: Family, table: &str, chain: &str) -> Snapshot {
+    Snapshot {
+        family,
+        table: table.to_string(),
+        chain: chain.to_string(),
+        generation: 0,
+        table_exists: false,
+        chain_exists: false,
+        rules: Vec::new(),
+    }
+}
+
+/// A transaction that committed nothing.
+fn nothing(before: Snapshot, plan: Plan) -> Transaction {
+    Transaction {
+        before,
+        plan,
+        applied: Applied::NOTHING,
+        verified: Verified::ReadBack,
+    }
+}
+
+/// GET_INFO + GET_ENTRIES (+ GET_INFO again) of `table` into `buf` (header, then the
+/// blob), retried when the table changed in between: the pair is not atomic, and a
+/// replace between them that kept the size would pair the entries with stale hook
+/// offsets, so the info is read again to make sure it did not move.
+pub(crate) fn read_into(
+    sock: &RawSocket,
+    table: &str,
+    step: &str,
+    buf: &mut Vec<u8>,
+) -> Result<Info, BackendError> {
+    for _ in 0..READ_RETRIES {
+        let info = sock
+            .get_info(table)
+            .map_err(io_err(step, "CAP_NET_ADMIN"))?;
+        match sock.get_entries_into(table, info.size, buf, 0) {
+            Ok(()) => {
+                if sock
+                    .get_info(table)
+                    .map_err(io_err(step, "CAP_NET_ADMIN"))?
+                    == info
+                {
+                    return Ok(info);
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(e) => return Err(io_err(step, "CAP_NET_ADMIN")(e)),
+        }
+    }
+    Err(BackendError::Kernel {
+        step: step.to_string(),
+        errno: libc::EAGAIN,
+        message: format!("the table changed during each of {READ_RETRIES} reads"),
+    })
+}
+
+impl Backend for LegacyBackend {
+    fn name(&self) -> &'static str {
+        "legacy"
+    }
+
+    /// The entry count of the table this backend last read or wrote.
+    fn generation(&mut self) -> Result<u32, BackendError> {
+        Ok(self.last_generation)
+    }
+
+    /// A plain read, without the lock (like iptables-legacy-save).
+    fn read(&mut self, family: Family, table: &str, chain: &str) -> Result<Snapshot, BackendError> {
+        if !existing_tables(family)?.iter().any(|t| t == table) {
+            self.last_generation = 0;
+            return Ok(missing_table(family, table, chain));
+        }
+        let step = format!("reading {}", cmd(family, table));
+        let sock = Self::socket(family, &step)?;
+        let info = read_into(&sock, table, &step, &mut self.bufs.read)?;
+        let t = Table::decode(family, &info, &self.bufs.read[ENTRIES_HEADER..])
+            .map_err(|e| decode_err(&step, e))?;
+        let snap = snapshot_of(&t, table, chain);
+        self.last_generation = snap.generation;
+        Ok(snap)
+    }
+
+    /// Apply a plan made from `snap` elsewhere: under the lock, from one read, only if the
+    /// chain still holds exactly the rules `snap` has (counters aside) and the table as
+    /// many entries; else [`BackendError::Stale`].
+    fn apply(
+        &mut self,
+        snap: &Snapshot,
+        spec: &ChainSpec,
+        plan: &Plan,
+    ) -> Result<Applied, BackendError> {
+        if plan.ops.is_empty() {
+            return Ok(Applied::NOTHING);
+        }
+        if (snap.table.as_str(), snap.chain.as_str()) != (spec.table.as_str(), spec.chain.as_str())
+        {
+            return Err(BackendError::Unsupported(format!(
+                "the plan was made for {} {}, the spec is for {} {}",
+                snap.table, snap.chain, spec.table, spec.chain
+            )));
+        }
+        let stale = BackendError::Stale {
+            planned: snap.generation,
+        };
+        let tx = self.locked(snap.family, spec, None, &mut |now| {
+            if now.table_exists != snap.table_exists
+                || now.generation != snap.generation
+                || !same_rules(&now.rules, &snap.rules)
+            {
+                return Err(BackendError::Stale {
+                    planned: snap.generation,
+                });
+            }
+            Ok(plan.clone())
+        });
+        match tx {
+            Ok(tx) => Ok(tx.map_or(Applied::NOTHING, |tx| tx.applied)),
+            Err(BackendError::Stale { .. }) => Err(stale),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn transact(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Transaction, BackendError> {
+        let tx = self.locked(family, spec, None, &mut |snap| Ok(planner(snap)))?;
+        tx.ok_or_else(|| BackendError::Unsupported("no fingerprint was given".into()))
+    }
+
+    /// The same as [`Backend::transact`]: x_tables has no global generation that others
+    /// bump (the entry count is the table's own, and the lock keeps every writer that
+    /// honours it out from the read to the replace), so there is nothing to fall back
+    /// from; its commit still proves what it can.
+    fn transact_anchored(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Transaction, BackendError> {
+        self.transact(family, spec, planner)
+    }
+
+    fn transact_if_changed(
+        &mut self,
+        family: Family,
+        spec: &ChainSpec,
+        seen: &mut Fingerprint,
+        planner: &mut dyn FnMut(&Snapshot) -> Plan,
+    ) -> Result<Option<Transaction>, BackendError> {
+        self.locked(family, spec, Some(seen), &mut |snap| Ok(planner(snap)))
     }
 }
 

@@ -13,24 +13,20 @@ fn spec() -> ChainSpec {
     Config::from_toml(&toml).unwrap().chains.remove(0)
 }
 
-fn harvester() -> Table {
+fn harvester() -> Table<'static> {
     let info = Info::parse(&HARVESTER[..blob::INFO_SIZE]).unwrap();
     Table::decode(Family::Ip, &info, &HARVESTER[blob::INFO_SIZE..]).unwrap()
 }
 
-/// What the kernel would hand back after a replace with `t`.
-fn reread(t: &Table) -> Table {
-    let enc = t.encode().unwrap();
-    let mut info = Info::parse(&HARVESTER[..blob::INFO_SIZE]).unwrap();
-    info.num_entries = enc.num_entries;
-    info.size = enc.blob.len() as u32;
-    for h in 0..blob::NUM_HOOKS {
-        if info.valid_hooks & (1 << h) != 0 {
-            info.hook_entry[h] = enc.hook_entry[h];
-            info.underflow[h] = enc.underflow[h];
-        }
-    }
-    Table::decode(Family::Ip, &info, &enc.blob).unwrap()
+/// What the kernel would hand back after a replace with `t`: GET_INFO and the blob.
+fn reread(t: &Table) -> (Info, Vec<u8>) {
+    let (blob, enc) = t.encode().unwrap();
+    let info = Info::parse(&HARVESTER[..blob::INFO_SIZE]).unwrap();
+    (enc.info(&info), blob)
+}
+
+fn decode((info, blob): &(Info, Vec<u8>)) -> Table<'_> {
+    Table::decode(Family::Ip, info, blob).unwrap()
 }
 
 /// Plan `t`'s PREROUTING for `goal`, rebuild as `apply` does, and decode the result.
@@ -46,7 +42,7 @@ fn apply_plan(t: &Table, goal: crate::reconcile::Goal) -> (Snapshot, Plan, Snaps
     }
     let slots = LegacyBackend::slots(&snap, &spec, &plan).unwrap();
     t.set_rules("PREROUTING", &slots).unwrap();
-    let after = snapshot_of(&reread(&t), "nat", "PREROUTING");
+    let after = snapshot_of(&decode(&reread(&t)), "nat", "PREROUTING");
     (snap, plan, after)
 }
 
@@ -157,7 +153,8 @@ proptest! {
             }
         }
         t.set_rules("PREROUTING", &slots).unwrap();
-        let t = reread(&t);
+        let read = reread(&t);
+        let t = decode(&read);
         let goal = if cleanup { crate::reconcile::Goal::Remove } else { crate::reconcile::Goal::Converge };
         let (snap, plan, after) = apply_plan(&t, goal);
         let spec = spec();

@@ -7,7 +7,7 @@
 //! kernel's `compat_*` translation, whose layouts differ (4-byte counters pointer and
 //! alignment), and [`RawSocket::open`] refuses it.
 
-use super::blob::{Info, INFO_SIZE, TABLE_NAME_LEN};
+use super::blob::{Encoded, Info, INFO_SIZE, TABLE_NAME_LEN};
 use crate::snapshot::Family;
 use std::ffi::CString;
 use std::io;
@@ -41,6 +41,11 @@ pub struct IptGetinfo {
     /// Bytes of the entries blob.
     pub size: u32,
 }
+
+/// Bytes of the `IPT_SO_GET_ENTRIES` header before the entries.
+pub const ENTRIES_HEADER: usize = size_of::<IptGetEntries>();
+/// Bytes of the `IPT_SO_SET_REPLACE` header before the entries.
+pub const REPLACE_HEADER: usize = size_of::<IptReplace>();
 
 /// `struct ipt_get_entries` header (the entries follow it).
 #[repr(C)]
@@ -217,80 +222,100 @@ impl RawSocket {
         Info::parse(&buf[..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// `SO_GET_ENTRIES`: the entries blob of `size` bytes (the size GET_INFO reported).
-    /// `EAGAIN` when the table's size changed since.
-    pub fn get_entries(&self, table: &str, size: u32) -> io::Result<Vec<u8>> {
-        const HDR: usize = size_of::<IptGetEntries>();
-        let mut buf = vec![0u8; HDR + size as usize];
-        buf[..TABLE_NAME_LEN].copy_from_slice(&table_name(table)?);
-        buf[offset_of!(IptGetEntries, size)..][..4].copy_from_slice(&size.to_ne_bytes());
-        let n = self.getsockopt(SO_GET_ENTRIES, &mut buf)?;
-        if n != buf.len() {
+    /// `SO_GET_ENTRIES` of `size` bytes (the size GET_INFO reported) into `buf`, reused,
+    /// after `room` bytes left as they are: afterwards `buf` holds `room` bytes, then
+    /// [`ENTRIES_HEADER`] bytes of header, then the entries blob. Only bytes the buffer
+    /// did not have yet are zeroed (the kernel overwrites the rest). `EAGAIN` when the
+    /// table's size changed since.
+    pub fn get_entries_into(
+        &self,
+        table: &str,
+        size: u32,
+        buf: &mut Vec<u8>,
+        room: usize,
+    ) -> io::Result<()> {
+        let want = ENTRIES_HEADER + size as usize;
+        if buf.len() < room + want {
+            buf.resize(room + want, 0);
+        } else {
+            buf.truncate(room + want);
+        }
+        let req = &mut buf[room..];
+        req[..TABLE_NAME_LEN].copy_from_slice(&table_name(table)?);
+        req[offset_of!(IptGetEntries, size)..][..4].copy_from_slice(&size.to_ne_bytes());
+        let n = self.getsockopt(SO_GET_ENTRIES, req)?;
+        if n != want {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("GET_ENTRIES returned {n} bytes, expected {}", buf.len()),
+                format!("GET_ENTRIES returned {n} bytes, expected {want}"),
             ));
         }
-        buf.drain(..HDR);
-        Ok(buf)
+        Ok(())
     }
 
-    /// `SO_SET_REPLACE`: swap in `blob` atomically. `old_counters` must hold one slot per
-    /// entry of the table being replaced (`num_counters`); the kernel fills it with the old
-    /// table's final counters. `EAGAIN` when the table no longer has that many entries.
-    #[allow(clippy::too_many_arguments)]
+    /// `SO_SET_REPLACE`: swap in the blob that follows [`REPLACE_HEADER`] bytes of room in
+    /// `buf` (the header is written there) atomically. `old_counters` must hold one slot
+    /// per entry of the table being replaced (`num_counters`); the kernel fills it with
+    /// the old table's final counters. `EAGAIN` when the table no longer has that many
+    /// entries.
     pub fn replace(
         &self,
         table: &str,
         valid_hooks: u32,
-        num_entries: u32,
-        hook_entry: [u32; 5],
-        underflow: [u32; 5],
-        blob: &[u8],
+        shape: &Encoded,
+        buf: &mut [u8],
         old_counters: &mut [XtCounters],
     ) -> io::Result<()> {
-        const HDR: usize = size_of::<IptReplace>();
-        let size = u32::try_from(blob.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "table too large"))?;
+        if buf.len() != REPLACE_HEADER + shape.size as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the replace buffer does not hold the header and the blob",
+            ));
+        }
         let num_counters = u32::try_from(old_counters.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many counters"))?;
-        let mut buf = vec![0u8; HDR + blob.len()];
+        buf[..REPLACE_HEADER].fill(0);
         buf[..TABLE_NAME_LEN].copy_from_slice(&table_name(table)?);
         let put = |buf: &mut [u8], off: usize, v: u32| {
             buf[off..off + 4].copy_from_slice(&v.to_ne_bytes())
         };
-        put(&mut buf, offset_of!(IptReplace, valid_hooks), valid_hooks);
-        put(&mut buf, offset_of!(IptReplace, num_entries), num_entries);
-        put(&mut buf, offset_of!(IptReplace, size), size);
+        put(buf, offset_of!(IptReplace, valid_hooks), valid_hooks);
+        put(buf, offset_of!(IptReplace, num_entries), shape.num_entries);
+        put(buf, offset_of!(IptReplace, size), shape.size);
         for h in 0..5 {
             put(
-                &mut buf,
+                buf,
                 offset_of!(IptReplace, hook_entry) + 4 * h,
-                hook_entry[h],
+                shape.hook_entry[h],
             );
             put(
-                &mut buf,
+                buf,
                 offset_of!(IptReplace, underflow) + 4 * h,
-                underflow[h],
+                shape.underflow[h],
             );
         }
-        put(&mut buf, offset_of!(IptReplace, num_counters), num_counters);
+        put(buf, offset_of!(IptReplace, num_counters), num_counters);
         let ptr = old_counters.as_mut_ptr() as usize as u64;
         buf[offset_of!(IptReplace, counters)..][..8].copy_from_slice(&ptr.to_ne_bytes());
-        buf[HDR..].copy_from_slice(blob);
         // SAFETY: the only pointer in `buf` is `counters`, taken from `old_counters`, which
         // is exclusively borrowed for this call and holds exactly `num_counters`
         // `struct xt_counters` — the kernel writes that many through it, nothing more.
-        unsafe { self.setsockopt(SO_SET_REPLACE, &buf) }
+        unsafe { self.setsockopt(SO_SET_REPLACE, buf) }
     }
 
     /// `SO_SET_ADD_COUNTERS`: add `counters` (one per entry of the current table) to the
-    /// table's counters.
-    pub fn add_counters(&self, table: &str, counters: &[XtCounters]) -> io::Result<()> {
+    /// table's counters; `buf` is scratch space, reused.
+    pub fn add_counters(
+        &self,
+        table: &str,
+        counters: &[XtCounters],
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
         const HDR: usize = size_of::<XtCountersInfo>();
         let n = u32::try_from(counters.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many counters"))?;
-        let mut buf = Vec::with_capacity(HDR + std::mem::size_of_val(counters));
+        buf.clear();
+        buf.reserve(HDR + std::mem::size_of_val(counters));
         buf.extend_from_slice(&table_name(table)?);
         buf.extend_from_slice(&n.to_ne_bytes());
         buf.extend_from_slice(&[0u8; 4]);
@@ -299,7 +324,7 @@ impl RawSocket {
             buf.extend_from_slice(&c.bcnt.to_ne_bytes());
         }
         // SAFETY: `xt_counters_info` embeds no pointer; the kernel only reads `buf`.
-        unsafe { self.setsockopt(SO_SET_ADD_COUNTERS, &buf) }
+        unsafe { self.setsockopt(SO_SET_ADD_COUNTERS, buf) }
     }
 }
 

@@ -5,7 +5,9 @@
 //! planned from (`NFNL_BATCH_GENID`: the kernel refuses the whole batch with ERESTART when
 //! the ruleset moved on), the changes, then BATCH_END asking for an ack.
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
+};
 
 use super::expr::{put_expr, Expr, NF_ACCEPT};
 use super::frame::{begin_msg, end_msg, nest_end, nest_start, put, put_be32, put_be64, put_str};
@@ -92,6 +94,15 @@ pub(crate) fn get_chain(family: u8, table: &str, chain: &str, seq: u32) -> Vec<u
     )
 }
 
+/// GETCHAIN of one chain without an ack (REQUEST only): the reply is the NEWCHAIN, or an
+/// error — one datagram, for a request that rides with others in one `sendmsg`.
+pub(crate) fn get_chain_unacked(family: u8, table: &str, chain: &str, seq: u32) -> Vec<u8> {
+    request(NFT_MSG_GETCHAIN, NLM_F_REQUEST, family, seq, |b| {
+        put_str(b, NFTA_CHAIN_TABLE, table);
+        put_str(b, NFTA_CHAIN_NAME, chain);
+    })
+}
+
 /// GETTABLE of one table (REQUEST|ACK).
 pub(crate) fn get_table(family: u8, table: &str, seq: u32) -> Vec<u8> {
     request(
@@ -127,6 +138,30 @@ pub(crate) fn get_chains(family: u8, table: &str, seq: u32) -> Vec<u8> {
         |b| {
             put_str(b, NFTA_CHAIN_TABLE, table);
         },
+    )
+}
+
+/// GETCHAIN dump of every chain of every table of every family (REQUEST|DUMP,
+/// AF_UNSPEC, no attribute): `nft list chains`.
+pub(crate) fn get_all_chains(seq: u32) -> Vec<u8> {
+    request(
+        NFT_MSG_GETCHAIN,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        AF_UNSPEC,
+        seq,
+        |_| {},
+    )
+}
+
+/// GETRULE dump of every rule of every table of every family (REQUEST|DUMP, AF_UNSPEC,
+/// no attribute): what `nft list ruleset` reads.
+pub(crate) fn get_all_rules(seq: u32) -> Vec<u8> {
+    request(
+        NFT_MSG_GETRULE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        AF_UNSPEC,
+        seq,
+        |_| {},
     )
 }
 
@@ -278,13 +313,38 @@ impl Batch {
         rule: &NewRule,
         at: Position,
     ) -> u32 {
+        self.rule(family, table, chain, rule, at, 0)
+    }
+
+    /// NEWRULE at a position, with NLM_F_ECHO: once the batch commits, the kernel sends
+    /// the rule back to this socket as it stored it — with its handle — before the acks.
+    pub fn new_rule_echoed(
+        &mut self,
+        family: u8,
+        table: &str,
+        chain: &str,
+        rule: &NewRule,
+        at: Position,
+    ) -> u32 {
+        self.rule(family, table, chain, rule, at, NLM_F_ECHO)
+    }
+
+    fn rule(
+        &mut self,
+        family: u8,
+        table: &str,
+        chain: &str,
+        rule: &NewRule,
+        at: Position,
+        extra: u16,
+    ) -> u32 {
         let (append, position) = match at {
             Position::Append => (true, None),
             Position::Head => (false, None),
             Position::After(h) => (true, Some(h)),
             Position::Before(h) => (false, Some(h)),
         };
-        let flags = NLM_F_REQUEST | NLM_F_CREATE | if append { NLM_F_APPEND } else { 0 };
+        let flags = NLM_F_REQUEST | NLM_F_CREATE | extra | if append { NLM_F_APPEND } else { 0 };
         self.push(NFT_MSG_NEWRULE, flags, family, |b| {
             put_str(b, NFTA_RULE_TABLE, table);
             put_str(b, NFTA_RULE_CHAIN, chain);
