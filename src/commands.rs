@@ -25,9 +25,23 @@ pub fn check(js: &Jumpset) -> Result<Output, CmdError> {
     Ok(output(js.check()?, render::check))
 }
 
-/// `jumpset plan`: exit 0 either way (errors aside).
-pub fn plan(js: &Jumpset) -> Result<Output, CmdError> {
-    Ok(output(js.plan()?, render::plan))
+/// `jumpset plan` (`--explain`: with the reasons): exit 0 either way (errors aside).
+pub fn plan(js: &Jumpset, explain: bool) -> Result<Output, CmdError> {
+    let report = if explain {
+        js.plan_explained()?
+    } else {
+        js.plan()?
+    };
+    Ok(output(report, render::plan))
+}
+
+/// `jumpset explain`: exit 0 (findings are reported, not failed on).
+pub fn explain(x: &jumpset::explain::Explanation) -> Output {
+    Output {
+        json: serde_json::to_value(x).unwrap_or_default(),
+        text: render::explain(x),
+        code: EXIT_OK,
+    }
 }
 
 /// `jumpset apply`.

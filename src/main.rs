@@ -54,9 +54,21 @@ enum Command {
     /// Exit 0 when converged, 1 on drift, 5 on a conflict, >= 2 on error.
     Check,
     /// What `apply` would do, as iptables-style lines; exit 0 either way.
-    Plan,
+    Plan {
+        /// Also say why each declared jump would stand where `apply` leaves it.
+        #[arg(long)]
+        explain: bool,
+    },
     /// One reconcile: one kernel transaction per chain and family.
     Apply,
+    /// Every base chain a packet meets on a hook, in the kernel's order (both backends,
+    /// every table, nat chains inside the NAT hook), who owns each, what is fragile, and
+    /// why each owned jump stands where it does. Read-only; the config is optional.
+    Explain {
+        /// The hook (default: those of the managed chains; without a config, all five).
+        #[arg(long, value_enum)]
+        hook: Option<HookArg>,
+    },
     /// Remove the owned jumps (uninstall).
     Cleanup,
     /// Keep the chains reconciled: react to nf_tables change notifications (legacy: poll
@@ -95,6 +107,28 @@ enum Command {
 enum EncodingArg {
     Xt,
     Userdata,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HookArg {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl HookArg {
+    fn hook(self) -> jumpset::explain::Hook {
+        use jumpset::explain::Hook;
+        match self {
+            HookArg::Prerouting => Hook::Prerouting,
+            HookArg::Input => Hook::Input,
+            HookArg::Forward => Hook::Forward,
+            HookArg::Output => Hook::Output,
+            HookArg::Postrouting => Hook::Postrouting,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -145,7 +179,7 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
         Command::Validate => Ok(commands::validate(js.config())),
         Command::Status => commands::status(&js),
         Command::Check => commands::check(&js),
-        Command::Plan => commands::plan(&js),
+        Command::Plan { explain } => commands::plan(&js, explain),
         Command::Apply => commands::apply(&js),
         Command::Cleanup => commands::cleanup(&js),
         Command::Wait { ref timeout } => {
@@ -153,7 +187,11 @@ fn run(cli: Cli) -> Result<Output, CmdError> {
                 .map_err(|e| CmdError::new(EXIT_USAGE, format!("--timeout: {e}")))?;
             commands::wait(&js, timeout)
         }
-        Command::Demo | Command::Detect | Command::Bench { .. } | Command::Daemon { .. } => {
+        Command::Demo
+        | Command::Detect
+        | Command::Bench { .. }
+        | Command::Daemon { .. }
+        | Command::Explain { .. } => {
             unreachable!("handled before the config is read")
         }
     }
@@ -205,9 +243,57 @@ fn main() -> ExitCode {
     if let Command::Daemon { log_format } = cli.command {
         return daemon(cli, log_format);
     }
+    if let Command::Explain { hook } = cli.command {
+        let code = print(explain(&cli, hook), json);
+        bench::report_peak_rss();
+        return code;
+    }
     let code = print(run(cli), json);
     bench::report_peak_rss();
     code
+}
+
+/// `jumpset explain`: with the config given by `--config`, or found at the default path;
+/// without one (no such file), the path alone.
+fn explain(cli: &Cli, hook: Option<HookArg>) -> Result<Output, CmdError> {
+    let (backend, families) = cli.overrides();
+    let path = cli.config.clone().or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+        default.exists().then_some(default)
+    });
+    let hooks = hook.map(|h| vec![h.hook()]);
+    let cfg = match &path {
+        Some(p) => {
+            Some(Config::load(p).map_err(|e| CmdError::new(EXIT_USAGE, format!("config: {e}")))?)
+        }
+        None => None,
+    };
+    let x = match cfg {
+        Some(cfg) => {
+            let mut js = Jumpset::new(cfg);
+            if let Some(b) = backend {
+                js = js.backend(b);
+            }
+            if let Some(f) = families {
+                js = js.families(f);
+            }
+            js.explain(hooks.as_deref())?
+        }
+        None => {
+            let mut req = jumpset::explain::Request::new(None);
+            if let Some(b) = backend {
+                req.backend = b;
+            }
+            if let Some(f) = families {
+                req.families = f;
+            }
+            if let Some(h) = hooks {
+                req.hooks = h;
+            }
+            jumpset::explain::explain(&req)?
+        }
+    };
+    Ok(commands::explain(&x))
 }
 
 /// `jumpset daemon`: load the config, check the capabilities and drop every other one

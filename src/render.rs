@@ -1,7 +1,11 @@
 //! The text the commands print (their `--json` is the reports' serde form).
 
 use jumpset::detect::HostVerdict;
-use jumpset::report::{conflict_lines, ChainApply, ChainCheck, ChainPlan, ChainStatus};
+use jumpset::explain::facts::priority_name;
+use jumpset::explain::{Explanation, OrderSource, Severity};
+use jumpset::report::{
+    conflict_lines, reason_lines, ChainApply, ChainCheck, ChainPlan, ChainStatus,
+};
 use jumpset::report::{Report, RuleRole};
 
 /// The text of every entry of `report`, an error line for each chain that failed.
@@ -107,6 +111,9 @@ pub fn plan(p: &ChainPlan) -> String {
     for c in conflict_lines(&p.conflicts) {
         text.push_str(&format!("# {c}\n"));
     }
+    for r in p.reason_lines() {
+        text.push_str(&format!("# why: {r}\n"));
+    }
     text
 }
 
@@ -159,4 +166,167 @@ pub fn detect(host: &HostVerdict) -> String {
         text.push_str(&format!("  - {e}\n"));
     }
     text
+}
+
+/// `explain`: each hook's path as a table, the findings, then each managed chain with the
+/// reasons of its owned jumps.
+pub fn explain(x: &Explanation) -> String {
+    let mut out = String::new();
+    for h in &x.hooks {
+        out.push_str(&format!(
+            "{} {}: {}\n",
+            h.family,
+            h.hook,
+            match h.order {
+                OrderSource::HookDump => "in the order of the kernel's hook dump",
+                OrderSource::Derived =>
+                    "order derived from the priorities (this kernel has no hook dump)",
+            }
+        ));
+        if h.path.is_empty() {
+            out.push_str("  no base chain: packets pass untouched\n");
+        }
+        // One row per step, the NAT hook as a heading over its chains.
+        let mut rows: Vec<[String; 9]> = vec![[
+            "#".into(),
+            "runs at".into(),
+            "table chain".into(),
+            "type".into(),
+            "priority".into(),
+            "policy".into(),
+            "rules".into(),
+            "owner".into(),
+            String::new(),
+        ]];
+        let mut headings: Vec<(usize, String)> = Vec::new();
+        let mut in_nat = false;
+        for s in &h.path {
+            if s.nat && !in_nat {
+                if let Some(n) = &h.nat_hook {
+                    headings.push((
+                        rows.len(),
+                        format!(
+                            "{} ({}): the NAT hook{} — its nat chains, by priority, for a connection's first packet only",
+                            n.priority,
+                            n.priority_name,
+                            n.function.as_deref().map(|f| format!(" ({f})")).unwrap_or_default(),
+                        ),
+                    ));
+                }
+            }
+            in_nat = s.nat;
+            let mut flags = Vec::new();
+            if s.managed {
+                flags.push("managed".to_string());
+            }
+            if !s.tied_with.is_empty() {
+                flags.push(if s.order_known {
+                    "tie".to_string()
+                } else {
+                    "tie: order unknown".to_string()
+                });
+            }
+            rows.push([
+                s.position.to_string(),
+                if s.nat {
+                    "  NAT hook".to_string()
+                } else {
+                    format!("{} ({})", s.runs_at, priority_name(h.hook, s.runs_at))
+                },
+                match s.backend {
+                    "nf_tables" => format!("{} {} {}", s.family, s.table, s.chain),
+                    "x_tables" => format!("{} {} {} (x_tables)", s.family, s.table, s.chain),
+                    _ => s.chain.clone(),
+                },
+                s.chain_type.clone().unwrap_or_else(|| "-".into()),
+                format!("{} ({})", s.priority, s.priority_name),
+                s.policy.clone().unwrap_or_else(|| "-".into()),
+                s.rules.map_or("-".to_string(), |n| n.to_string()),
+                s.owner.to_string(),
+                flags.join(", "),
+            ]);
+        }
+        if !h.path.is_empty() {
+            let mut w = [0usize; 9];
+            for r in &rows {
+                for (i, c) in r.iter().enumerate() {
+                    w[i] = w[i].max(c.chars().count());
+                }
+            }
+            for (i, r) in rows.iter().enumerate() {
+                if let Some((_, text)) = headings.iter().find(|(at, _)| *at == i) {
+                    out.push_str(&format!("  {:>w0$}  {text}\n", "", w0 = w[0]));
+                }
+                let line = format!(
+                    "  {:>w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {:<w5$}  {:>w6$}  {:<w7$}  {}",
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6],
+                    r[7],
+                    r[8],
+                    w0 = w[0],
+                    w1 = w[1],
+                    w2 = w[2],
+                    w3 = w[3],
+                    w4 = w[4],
+                    w5 = w[5],
+                    w6 = w[6],
+                    w7 = w[7],
+                );
+                out.push_str(line.trim_end());
+                out.push('\n');
+            }
+        }
+        for d in &h.dormant {
+            out.push_str(&format!("  dormant, never run: {d}\n"));
+        }
+        for n in &h.notes {
+            out.push_str(&format!("  note: {n}\n"));
+        }
+        out.push('\n');
+    }
+    if x.findings.is_empty() {
+        out.push_str("findings: none\n");
+    } else {
+        out.push_str("findings:\n");
+        for f in &x.findings {
+            out.push_str(&format!(
+                "  {} {}: {}\n",
+                match f.severity {
+                    Severity::Warning => "warning",
+                    Severity::Info => "info",
+                },
+                f.kind.name(),
+                f.summary
+            ));
+            for e in &f.evidence {
+                out.push_str(&format!("    - {e}\n"));
+            }
+            out.push_str(&format!("    what to do: {}\n", f.what_to_do));
+        }
+    }
+    for c in &x.chains {
+        out.push('\n');
+        let mut s = status(&c.status);
+        if let Some(first) = s.find(' ') {
+            // Name the backend after the family: `ip (nft) nat PREROUTING ...`.
+            s.insert_str(first, &format!(" ({})", c.backend));
+        }
+        out.push_str(&s);
+        if !c.reasons.is_empty() {
+            out.push_str(if c.status.in_order {
+                "  why each owned jump stands where it does:\n"
+            } else {
+                "  why each owned jump stands where apply leaves it (positions in the chain as apply leaves it):\n"
+            });
+            for r in reason_lines(&c.reasons) {
+                out.push_str(&format!("    {r}\n"));
+            }
+        }
+    }
+    out
 }

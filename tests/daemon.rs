@@ -779,3 +779,62 @@ fn auto_waits_for_an_undecided_host_and_detects_again() {
         );
     });
 }
+
+#[test]
+fn a_host_turning_mixed_under_the_daemon_is_logged_once_and_counted() {
+    netns(|| {
+        lo_up();
+        load_broken("iptables-nft-restore");
+        let cfg = config(
+            &daemon_config("300ms", false, "xt").replace("backend = \"nft\"", "backend = \"auto\""),
+        );
+        let d = DaemonProc::start(&["--config", cfg.as_str()], &[]);
+        let gauge = |kind: &str| {
+            http_get("/metrics")
+                .map(|(_, body)| {
+                    metric_value(&body, &format!("jumpset_findings{{kind=\"{kind}\"}}"))
+                })
+                .unwrap_or(-1.0)
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || gauge("mixed_backends") == 0.0),
+            "{}",
+            d.log()
+        );
+        assert!(!d.log().contains("explain: mixed_backends"), "{}", d.log());
+        // iptables-legacy comes into use beside iptables-nft: the next look finds it.
+        ok("iptables-legacy -t nat -A PREROUTING -p udp -j RETURN");
+        assert!(
+            d.wait_log("explain: mixed_backends", Duration::from_secs(5)),
+            "{}",
+            d.log()
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || gauge("mixed_backends") == 1.0),
+            "{}",
+            d.log()
+        );
+        // Several looks later it is still there, and was said once.
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_eq!(gauge("mixed_backends"), 1.0);
+        assert_eq!(
+            d.log().matches("explain: mixed_backends").count(),
+            1,
+            "{}",
+            d.log()
+        );
+        // Gone again: said so, once.
+        ok("iptables-legacy -t nat -F PREROUTING");
+        assert!(
+            d.wait_log(
+                "explain: mixed_backends: no longer found",
+                Duration::from_secs(5)
+            ),
+            "{}",
+            d.log()
+        );
+        assert!(wait_until(Duration::from_secs(5), || gauge(
+            "mixed_backends"
+        ) == 0.0));
+    });
+}

@@ -10,6 +10,7 @@
 use crate::backend::{self, Backend};
 use crate::detect::HostVerdict;
 use crate::error::Error;
+use crate::explain::{self, Explanation, Hook};
 use crate::reconcile::{self, Goal};
 use crate::report::{ChainApply, ChainCheck, ChainPlan, ChainResult, ChainStatus, Report};
 use crate::snapshot::Family;
@@ -104,6 +105,32 @@ impl Jumpset {
         self.with_opened(|b| self.plan_with(b))
     }
 
+    /// `jumpset plan --explain`: what `apply` would do, and why each declared jump would
+    /// stand where it leaves it.
+    pub fn plan_explained(&self) -> Result<Report<ChainPlan>, Error> {
+        self.with_opened(|b| self.plan_explained_with(b))
+    }
+
+    /// `jumpset explain`: every base chain a packet of each managed family meets on
+    /// `hooks` (default: the hooks of the managed chains), in the kernel's order, who owns
+    /// each, the findings, and for each managed chain every rule and why each owned jump
+    /// stands where it does. Read-only, like `detect`.
+    pub fn explain(&self, hooks: Option<&[Hook]>) -> Result<Explanation, Error> {
+        let run = || {
+            let mut req = explain::Request::new(Some(&self.config));
+            req.backend = self.backend;
+            req.families = self.families.clone();
+            if let Some(h) = hooks {
+                req.hooks = h.to_vec();
+            }
+            explain::explain(&req)
+        };
+        match &self.netns {
+            None => run(),
+            Some(fd) => crate::netns::run_in(fd, run),
+        }
+    }
+
     /// `jumpset apply`: one reconcile, one kernel transaction per chain and family.
     pub fn apply(&self) -> Result<Report<ChainApply>, Error> {
         self.with_opened(|b| self.apply_with(b))
@@ -142,6 +169,15 @@ impl Jumpset {
     pub fn plan_with(&self, backend: &mut dyn Backend) -> Report<ChainPlan> {
         self.each(backend, |b, family, spec| {
             plan_one(b, family, spec, Goal::Converge)
+        })
+    }
+
+    /// [`Jumpset::plan_explained`] on an open backend.
+    pub fn plan_explained_with(&self, backend: &mut dyn Backend) -> Report<ChainPlan> {
+        self.each(backend, |b, family, spec| {
+            let snap = b.read(family, &spec.table, &spec.chain)?;
+            let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
+            Ok(ChainPlan::new(&snap, spec, &plan).with_reasons(&snap, spec, &plan))
         })
     }
 

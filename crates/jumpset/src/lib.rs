@@ -46,6 +46,8 @@
 //! - [`report`] — the typed results of each operation, serializable to the command's JSON.
 //! - [`Jumpset`] — the operations (`status`, `check`, `plan`, `apply`, `cleanup`) over
 //!   every managed chain and family; [`detect()`] — which backend the host uses.
+//! - [`explain`] — the packet's whole path through a hook (both backends, every table),
+//!   who owns each piece, what is fragile, and why each owned jump stands where it does.
 //! - [`iptables`] — the iptables facts the rest relies on (tables, base chains, names).
 //! - `daemon` (feature `daemon`) — the event-driven engine and its loop.
 //! - `testing` (feature `testing`) — an in-memory kernel for unit tests without root.
@@ -56,6 +58,7 @@ pub mod backend;
 pub mod daemon;
 pub mod detect;
 mod error;
+pub mod explain;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -20,6 +20,10 @@
 //! constraints that push it down (what it must follow) are dropped — its `before`
 //! constraints win — and each dropped one is reported with the rules that block it. The
 //! relaxation depends on the foreign rules only, so re-planning after an apply is stable.
+//!
+//! Reasons. [`reasons`] reads a finished plan and says why each declared jump stands
+//! where the plan leaves it — the constraint that puts it there, or the conflict and the
+//! rule blocking it — without touching the planner's decisions.
 
 use crate::snapshot::{Rule, Snapshot, Verdict};
 use crate::spec::{ChainSpec, JumpSpec};
@@ -993,6 +997,10 @@ impl Search<'_, '_> {
         self.dfs(j + 1, kept, count);
     }
 }
+
+#[path = "plan_reasons.rs"]
+mod reasons;
+pub use reasons::{reasons, Blocker, Bound, Placed, Reason, Unmet};
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

@@ -738,3 +738,144 @@ fn a_thousand_owned_jumps_among_ten_thousand_rules_plan_as_a_few_do() {
     ));
     assert!(plan(&apply(&top, &spec, &p), &spec).is_noop());
 }
+
+// ---- reasons ----
+
+#[test]
+fn reasons_of_the_harvester_chain_name_the_anchors_and_their_positions() {
+    let spec = harvester();
+    let broken = snap(vec![
+        jump(1, OVN, "OVN-PREROUTING"),
+        jump(2, CALI, "cali-PREROUTING"),
+        jump(3, OVN, "OVN-PREROUTING"),
+        jump(4, KUBE, "KUBE-SERVICES"),
+        jump(5, OVN, "OVN-PREROUTING"),
+        foreign(6, "CNI-HOSTPORT-DNAT"),
+    ]);
+    let want = "after cali-PREROUTING (position 1), before KUBE-SERVICES (position 3), \
+                before CNI-HOSTPORT-DNAT (position 4)";
+    // What apply would do: the copy at 3 is kept, the others deleted.
+    let p = plan(&broken, &spec);
+    let r = reasons(&broken, &spec, &p);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].position, r[0].placed), (2, Placed::Kept));
+    assert_eq!(r[0].reason, want);
+    assert!(r[0].unmet.is_empty());
+    // And once applied, the same reason from the converged chain.
+    let healthy = apply(&broken, &spec, &p);
+    let p = plan(&healthy, &spec);
+    assert!(p.is_noop());
+    assert_eq!(reasons(&healthy, &spec, &p)[0].reason, want);
+    // Without Calico's jump, the after-anchor constrains nothing.
+    let no_cali = snap(vec![jump(4, KUBE, "KUBE-SERVICES")]);
+    let p = plan(&no_cali, &spec);
+    let r = &reasons(&no_cali, &spec, &p)[0];
+    assert_eq!((r.position, r.placed), (1, Placed::Inserted));
+    assert_eq!(
+        r.reason,
+        "before KUBE-SERVICES (position 2) (cali-PREROUTING, CNI-HOSTPORT-DNAT absent: constrain nothing)"
+    );
+}
+
+#[test]
+fn reasons_of_a_conflict_name_the_blocking_rule_at_its_resulting_position() {
+    let spec = harvester();
+    let s = snap(vec![
+        jump(4, KUBE, "KUBE-SERVICES"),
+        jump(1, OVN, "OVN-PREROUTING"),
+        jump(2, CALI, "cali-PREROUTING"),
+        jump(8, OVN, "OVN-PREROUTING"),
+        foreign(6, "CNI-HOSTPORT-DNAT"),
+    ]);
+    let p = plan(&s, &spec);
+    let r = &reasons(&s, &spec, &p)[0];
+    // Result: OVN, KUBE-SERVICES, cali-PREROUTING, CNI-HOSTPORT-DNAT.
+    assert_eq!(r.position, 1);
+    assert_eq!(
+        r.reason,
+        "before KUBE-SERVICES (position 2), before CNI-HOSTPORT-DNAT (position 4), \
+         cannot be after cali-PREROUTING (position 3): blocked by rule 2 (handle 4, -j KUBE-SERVICES)"
+    );
+    assert_eq!(r.unmet.len(), 1);
+    assert_eq!(r.unmet[0].constraint, "after cali-PREROUTING");
+    assert_eq!(
+        r.unmet[0].blocking,
+        [Blocker {
+            handle: 4,
+            position: 2,
+            target: Some("KUBE-SERVICES".into())
+        }]
+    );
+    // Applied, the chain reads the same reason.
+    let after = apply(&s, &spec, &p);
+    let p2 = plan(&after, &spec);
+    assert_eq!(reasons(&after, &spec, &p2)[0].reason, r.reason);
+    // A moved copy is said to be moved.
+    let misplaced = snap(vec![
+        jump(4, KUBE, "KUBE-SERVICES"),
+        jump(1, OVN, "OVN-PREROUTING"),
+    ]);
+    let spec_after_only = Config::from_toml(
+        "[[chain]]\ntable = \"nat\"\nchain = \"PREROUTING\"\n[[chain.jump]]\n\
+         target = \"OVN-PREROUTING\"\ncomment = \"kube-ovn prerouting rules\"\n\
+         before = [\"KUBE-SERVICES\"]\n",
+    )
+    .unwrap()
+    .chains
+    .remove(0);
+    let p = plan(&misplaced, &spec_after_only);
+    let r = &reasons(&misplaced, &spec_after_only, &p)[0];
+    assert_eq!((r.position, r.placed), (1, Placed::Moved));
+    assert_eq!(r.reason, "before KUBE-SERVICES (position 2)");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Every reason is true of the chain the plan leaves: the jump stands at the position
+    /// given, each bound lists exactly the rules jumping to its name, `met` is whether the
+    /// relation holds, and every unmet constraint is one the planner reported.
+    #[test]
+    fn reasons_tell_the_truth_about_the_resulting_chain(chain in chain_strategy(), cons in spec_strategy()) {
+        let Some(spec) = spec_from(&cons) else { return Ok(()); };
+        let rules: Vec<Rule> = chain.iter().enumerate()
+            .map(|(i, &(k, x))| rule_from(k, x, i as u64 + 1)).collect();
+        let s = snap(rules);
+        let p = plan(&s, &spec);
+        let after = apply(&s, &spec, &p);
+        let rs = reasons(&s, &spec, &p);
+        prop_assert_eq!(rs.len(), spec.jumps.len());
+        for (j, r) in rs.iter().enumerate() {
+            let js = &spec.jumps[j];
+            prop_assert_eq!(&r.target, &js.target);
+            let me = &after.rules[r.position - 1];
+            prop_assert_eq!(owned_jump(me, &spec.jumps), Some(j));
+            for b in &r.bounds {
+                let at: Vec<usize> = (0..after.rules.len())
+                    .filter(|&i| after.rules[i].target() == Some(b.target.as_str()))
+                    .map(|i| i + 1).collect();
+                prop_assert_eq!(&b.positions, &at);
+                let holds = if b.relation == "after" {
+                    at.iter().all(|&x| x < r.position)
+                } else {
+                    at.iter().all(|&x| x > r.position)
+                };
+                prop_assert_eq!(b.met, holds);
+                if !b.met {
+                    let c = format!("{} {}", b.relation, b.target);
+                    prop_assert!(p.conflicts.iter().any(|k| k.jump == j && k.unmet == c),
+                        "unmet {} not reported: {:?}", c, p.conflicts);
+                    prop_assert!(r.reason.contains(&format!("cannot be {c}")), "{}", r.reason);
+                } else if let Some(&n) = if b.relation == "after" { at.last() } else { at.first() } {
+                    let said = format!("{} {} (position {n})", b.relation, b.target);
+                    prop_assert!(r.reason.contains(&said), "{} lacks {}", r.reason, said);
+                }
+            }
+            for u in &r.unmet {
+                for blk in &u.blocking {
+                    prop_assert_eq!(after.rules[blk.position - 1].handle, blk.handle);
+                }
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! prints and the daemon logs.
 
 use crate::error::{exit, Error};
-use crate::plan::{Conflict, DeleteReason, Op, Plan, Role};
+use crate::plan::{Conflict, DeleteReason, Op, Plan, Reason, Role};
 use crate::reconcile::Outcome;
 use crate::snapshot::{agent_of, quote, CommentEncoding, Counters, Family, Snapshot};
 use crate::spec::ChainSpec;
@@ -439,6 +439,10 @@ pub struct ChainPlan {
     pub ops: Vec<PlannedOp>,
     /// Constraints the foreign rules make impossible to meet.
     pub conflicts: Vec<Conflict>,
+    /// Why each declared jump stands where `apply` leaves it (`plan --explain`; empty
+    /// otherwise, and then absent from the JSON).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<Reason>,
 }
 
 impl ExitCode for ChainPlan {
@@ -487,7 +491,22 @@ impl ChainPlan {
             chain: snap.chain.clone(),
             ops,
             conflicts: plan.conflicts.clone(),
+            reasons: Vec::new(),
         }
+    }
+
+    /// This plan with the reason each declared jump stands where `apply` leaves it
+    /// ([`crate::plan::reasons`] of `plan`, made from `snap` for `spec`).
+    #[must_use]
+    pub fn with_reasons(mut self, snap: &Snapshot, spec: &ChainSpec, plan: &Plan) -> Self {
+        self.reasons = crate::plan::reasons(snap, spec, plan);
+        self
+    }
+
+    /// The reasons as lines: `-j OVN-PREROUTING (kept at 2): after cali-PREROUTING
+    /// (position 1), ...`.
+    pub fn reason_lines(&self) -> Vec<String> {
+        reason_lines(&self.reasons)
     }
 
     /// The plan as iptables-style lines: deletes by rule spec with the handle as a
@@ -661,6 +680,22 @@ impl ChainApply {
             retries: o.retries,
         }
     }
+}
+
+/// Reasons as lines for a node operator: `-j T (kept at 2): after X (position 1), ...`.
+pub fn reason_lines(reasons: &[Reason]) -> Vec<String> {
+    reasons
+        .iter()
+        .map(|r| {
+            format!(
+                "-j {} ({} at {}): {}",
+                r.target,
+                r.placed.name(),
+                r.position,
+                r.reason
+            )
+        })
+        .collect()
 }
 
 /// Conflicts as sentences for a node operator.

@@ -34,11 +34,16 @@
 //!   backend.
 //! - **Tick**: the resync timer (every `resync_interval` every chain is re-read; legacy
 //!   has no notifications, so that is its poll; `auto` on an undecided host detects
-//!   again), `WATCHDOG=1`, fight episodes ending, due reconciles.
+//!   again), `WATCHDOG=1`, fight episodes ending, due reconciles; at start and every
+//!   `resync_interval`, a look at what `jumpset explain` finds on the managed chains'
+//!   hooks, started off the loop's thread ([`Host::look_for_findings`]) and answered as
+//!   [`Event::Findings`]: each finding is logged once when it appears and once when it is
+//!   gone, and counted in `jumpset_findings{kind}`.
 //! - **Reload** (SIGHUP, or the config files changed): an invalid config (or one this
 //!   process cannot honour) is logged and the old one kept; a valid one replaces the
-//!   chains and re-reads them all; drop-in fragments and claims that do not fit are left
-//!   out and reported (log, readiness, `jumpset_config_fragments_rejected`).
+//!   chains and re-reads them all, and looks for findings again (the answer of a look
+//!   started under the old config is dropped); drop-in fragments and claims that do not
+//!   fit are left out and reported (log, readiness, `jumpset_config_fragments_rejected`).
 //! - **Call**: a request from an HTTP handler, answered with [`Action::Answer`].
 //! - **Stop**: remove the owned jumps when `cleanup_on_exit` is set, `STOPPING=1`, exit 0.
 //!
@@ -59,12 +64,13 @@ use super::anchors::{self, Anchors};
 use super::fight::{Backoff, Cause, Done, Jitter, Sched, Tuning, Writer};
 use super::ident::Identity;
 use super::metrics::{
-    AgentLabels, AnchorLabels, BuildLabels, ChainLabels, ErrorLabels, Health, InfoLabels,
-    RemovalLabels, ResultLabel, Shared, SourceLabel,
+    AgentLabels, AnchorLabels, BuildLabels, ChainLabels, ErrorLabels, FindingLabel, Health,
+    InfoLabels, RemovalLabels, ResultLabel, Shared, SourceLabel,
 };
 use super::policy::{self, FightEvent, PolicyFactory};
 use super::{ms, DaemonError, Options};
 use crate::backend::{Backend, BackendError};
+use crate::explain::{Finding, FindingKind, Severity};
 use crate::notification::Commit;
 use crate::plan::{Op, Plan};
 use crate::reconcile::{self, Goal, Outcome, Progress, ReconcileError};
@@ -129,6 +135,14 @@ pub trait Host {
     fn identify(&mut self, _pid: u32, _comm: Option<&str>) -> Identity {
         Identity::Unknown
     }
+
+    /// Start a look at what `jumpset explain` finds on the hooks of `cfg`'s chains in
+    /// `families` (read-only), off the loop's thread: it reads the whole ruleset, which
+    /// can wait. The host delivers its answer as [`Event::Findings`]; the engine starts
+    /// no other look before that. `false`: this host does not look (nothing will come).
+    fn look_for_findings(&mut self, _cfg: &Config, _families: &[Family]) -> bool {
+        false
+    }
 }
 
 /// A backend the host opened.
@@ -165,6 +179,9 @@ pub enum Event {
     Reload(Reload),
     /// A request from an HTTP handler; answer it with [`Action::Answer`] and this id.
     Call(u64, Command),
+    /// What the look started by [`Host::look_for_findings`] found, or why it could not
+    /// look.
+    Findings(Result<Vec<Finding>, String>),
     /// SIGTERM / SIGINT.
     Stop,
 }
@@ -387,6 +404,22 @@ pub struct Engine<H: Host> {
     status: String,
     health: Health,
     out: Vec<Action>,
+    /// The findings logged and in force (by key), when to look again, and the look
+    /// under way.
+    findings: Vec<Finding>,
+    findings_due: Instant,
+    look: Look,
+}
+
+/// The look for findings ([`Host::look_for_findings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// None under way.
+    Idle,
+    /// Under way.
+    Running,
+    /// Under way, started under a config since replaced: its answer is dropped.
+    Outdated,
 }
 
 fn build_targets(cfg: &Config, sel: &Selection, t: &Tuning, policy: PolicyFactory) -> Vec<Target> {
@@ -490,10 +523,22 @@ impl<H: Host> Engine<H> {
             status: String::new(),
             health: Health::default(),
             out: Vec::new(),
+            findings: Vec::new(),
+            findings_due: now,
+            look: Look::Idle,
             cfg,
             opts,
         };
         e.init_series();
+        for k in FindingKind::ALL {
+            e.shared
+                .metrics
+                .findings
+                .get_or_create(&FindingLabel {
+                    kind: k.name().into(),
+                })
+                .set(0);
+        }
         e
     }
 
@@ -573,6 +618,7 @@ impl<H: Host> Engine<H> {
             Event::Tick => {}
             Event::Notifications(batch) => self.on_notices(now, batch),
             Event::Reload(r) => self.reload(now, r),
+            Event::Findings(found) => self.on_findings(found),
             Event::Call(id, command) => {
                 let answer = match command {
                     Command::Ping => Answer::Pong,
@@ -1503,7 +1549,77 @@ impl<H: Host> Engine<H> {
         }
         self.ensure_backend(now);
         self.run_due(now);
+        self.check_findings(now);
         self.publish_status(now);
+    }
+
+    /// Once the backend is open, at start and then every `resync_interval`: start a look
+    /// at what `jumpset explain` finds on the managed chains' hooks. It reads every table
+    /// of both backends (the whole ruleset: milliseconds on a typical node, more on a
+    /// large one, retried when a commit races it), so the host does it off the loop's
+    /// thread and the loop keeps its rhythm (`WATCHDOG=1`, signals, `/livez`).
+    fn check_findings(&mut self, now: Instant) {
+        if self.conn.is_none() || self.look != Look::Idle || now < self.findings_due {
+            return;
+        }
+        self.findings_due = now + self.cfg.daemon.resync_interval;
+        if self.host.look_for_findings(&self.cfg, &self.sel.families) {
+            self.look = Look::Running;
+        }
+    }
+
+    /// A look's answer. Each finding is logged once, when it appears (and once more when
+    /// it is gone); `jumpset_findings{kind}` counts those in force. A look that failed
+    /// changes nothing.
+    fn on_findings(&mut self, found: Result<Vec<Finding>, String>) {
+        let outdated = self.look == Look::Outdated;
+        self.look = Look::Idle;
+        if outdated {
+            // Started under the old config; the reload made the next look due now.
+            return;
+        }
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                self.debug(|| format!("explain: cannot look at the hooks now: {e}"));
+                return;
+            }
+        };
+        for f in &found {
+            if !self.findings.iter().any(|g| g.key == f.key) {
+                let level = match f.severity {
+                    Severity::Warning => Level::WARN,
+                    Severity::Info => Level::INFO,
+                };
+                self.log(
+                    level,
+                    format!(
+                        "explain: {}: {} — {}; {}",
+                        f.kind.name(),
+                        f.summary,
+                        f.evidence.join("; "),
+                        f.what_to_do
+                    ),
+                );
+            }
+        }
+        for g in &self.findings {
+            if !found.iter().any(|f| f.key == g.key) {
+                self.out.push(Action::Log(
+                    Level::INFO,
+                    format!("explain: {}: no longer found: {}", g.kind.name(), g.summary),
+                ));
+            }
+        }
+        let m = &self.shared.metrics;
+        for k in FindingKind::ALL {
+            m.findings
+                .get_or_create(&FindingLabel {
+                    kind: k.name().into(),
+                })
+                .set(found.iter().filter(|f| f.kind == k).count() as i64);
+        }
+        self.findings = found;
     }
 
     fn next_deadline(&self, now: Instant) -> Instant {
@@ -1513,6 +1629,9 @@ impl<H: Host> Engine<H> {
         }
         if let Some(r) = self.listening.retry {
             d = d.min(r);
+        }
+        if self.conn.is_some() && self.look == Look::Idle {
+            d = d.min(self.findings_due);
         }
         if self.conn.is_none() {
             d = d.min(self.timers.open.unwrap_or(now));
@@ -1650,6 +1769,10 @@ impl<H: Host> Engine<H> {
         self.reload_error = None;
         let before = std::mem::replace(&mut self.rejected, rejected);
         self.report_rejected(&before);
+        self.findings_due = now;
+        if self.look == Look::Running {
+            self.look = Look::Outdated;
+        }
         self.shared
             .metrics
             .reloads

@@ -11,6 +11,7 @@ use super::metrics::Shared;
 use super::policy::{FightEvent, FightPolicy, PolicyFactory};
 use super::{DaemonError, Options};
 use crate::backend::BackendError;
+use crate::explain::{Finding, FindingKind, Severity};
 use crate::snapshot::{Family, Match, Rule, Verdict, ADDRTYPE_LOCAL};
 use crate::spec::{BackendChoice, Config, Origin, Rejected, SpecError};
 use crate::testing::{jump, rule, FakeKernel, Fault, Step, Subscription};
@@ -139,6 +140,13 @@ struct FakeHost {
     listen_error: Option<std::io::ErrorKind>,
     /// What `/proc` shows of each writer pid (others: exited).
     processes: std::collections::HashMap<u32, Identity>,
+    /// What `explain` finds (`None`: the host does not look), how many looks were
+    /// started, and the answer of the one under way (what it found when it started).
+    findings: Option<Result<Vec<Finding>, String>>,
+    explained: usize,
+    look: Option<Result<Vec<Finding>, String>>,
+    /// Hold the answers of looks back (`Sim::deliver` hands them over otherwise).
+    hold_looks: bool,
 }
 
 impl FakeHost {
@@ -156,6 +164,10 @@ impl FakeHost {
             listening: None,
             listen_error: None,
             processes: std::collections::HashMap::new(),
+            findings: None,
+            explained: 0,
+            look: None,
+            hold_looks: false,
         }
     }
 }
@@ -221,6 +233,16 @@ impl Host for FakeHost {
             .get(&pid)
             .cloned()
             .unwrap_or(Identity::Exited)
+    }
+
+    fn look_for_findings(&mut self, _cfg: &Config, _families: &[Family]) -> bool {
+        assert!(self.look.is_none(), "a second look while one is under way");
+        let Some(found) = self.findings.clone() else {
+            return false;
+        };
+        self.explained += 1;
+        self.look = Some(found);
+        true
     }
 }
 
@@ -345,8 +367,14 @@ impl Sim {
         self.send(Event::Start);
     }
 
-    /// Hand the engine whatever the kernel announced since the last call, now.
+    /// Hand the engine whatever the kernel announced since the last call, now, and the
+    /// answer of a look under way (unless held back).
     fn deliver(&mut self) {
+        if !self.engine.host().hold_looks {
+            if let Some(found) = self.engine.host_mut().look.take() {
+                self.send(Event::Findings(found));
+            }
+        }
         let mut batch = Vec::new();
         if let Some(sub) = &self.engine.host().sub {
             while let Some(n) = sub.recv() {
@@ -2030,4 +2058,114 @@ fn a_status_call_is_answered_and_the_build_is_in_the_metrics() {
         )),
         1.0
     );
+}
+
+fn finding(kind: FindingKind, key: &str) -> Finding {
+    Finding {
+        kind,
+        severity: Severity::Warning,
+        family: Some(IP),
+        hook: None,
+        summary: format!("ip: {key}"),
+        evidence: vec!["what was seen".into()],
+        what_to_do: "what to do".into(),
+        key: key.into(),
+    }
+}
+
+#[test]
+fn a_finding_is_logged_once_when_it_appears_and_counted_while_it_lasts() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut host = FakeHost::new(&k);
+    host.findings = Some(Ok(Vec::new()));
+    let mut sim = Sim::with(host, &config_text(""), None, None);
+    let gauge = |sim: &Sim, kind: &str| sim.metric(&format!("jumpset_findings{{kind=\"{kind}\"}}"));
+    sim.start();
+    assert_eq!(sim.engine.host().explained, 1, "looked at start");
+    for k in FindingKind::ALL {
+        assert_eq!(gauge(&sim, k.name()), 0.0, "{k:?} exported at 0");
+    }
+    // The host turns mixed under the running daemon: the next look (one resync interval
+    // later) finds it; it is logged once, at warn, and counted.
+    sim.engine.host_mut().findings = Some(Ok(vec![finding(FindingKind::MixedBackends, "mixed")]));
+    sim.run_for(secs(29));
+    assert!(
+        sim.logged("explain: mixed_backends").is_empty(),
+        "not before the interval"
+    );
+    sim.run_for(secs(2));
+    let logged = sim.logged("explain: mixed_backends");
+    assert_eq!(logged.len(), 1, "{:?}", sim.logs);
+    assert_eq!(logged[0].1, Level::WARN);
+    assert!(logged[0].2.contains("what was seen") && logged[0].2.contains("what to do"));
+    assert_eq!(gauge(&sim, "mixed_backends"), 1.0);
+    // Still there at the next looks: not logged again. A second tie appears: logged.
+    sim.engine.host_mut().findings = Some(Ok(vec![
+        finding(FindingKind::MixedBackends, "mixed"),
+        finding(FindingKind::PriorityTie, "tie a"),
+        finding(FindingKind::PriorityTie, "tie b"),
+    ]));
+    sim.run_for(secs(60));
+    assert_eq!(sim.logged("explain: mixed_backends").len(), 1);
+    assert_eq!(sim.logged("explain: priority_tie").len(), 2);
+    assert_eq!(gauge(&sim, "priority_tie"), 2.0);
+    // Gone: said once, gauge back to 0.
+    sim.engine.host_mut().findings = Some(Ok(Vec::new()));
+    sim.run_for(secs(31));
+    assert_eq!(sim.logged("no longer found").len(), 3, "{:?}", sim.logs);
+    assert_eq!(gauge(&sim, "mixed_backends"), 0.0);
+    assert_eq!(gauge(&sim, "priority_tie"), 0.0);
+    // A failing look changes nothing and is not an error of the daemon.
+    sim.engine.host_mut().findings = Some(Err("EPERM".into()));
+    sim.run_for(secs(31));
+    assert!(sim.exit.is_none());
+    assert!(
+        sim.logs.iter().all(|(_, l, _)| *l != Level::ERROR),
+        "{:?}",
+        sim.logs
+    );
+}
+
+#[test]
+fn a_look_takes_the_time_it_takes_and_one_started_before_a_reload_is_not_believed() {
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut host = FakeHost::new(&k);
+    host.findings = Some(Ok(vec![finding(FindingKind::MixedBackends, "mixed")]));
+    host.hold_looks = true;
+    let mut sim = Sim::with(host, &config_text(""), None, None);
+    sim.start();
+    assert_eq!(sim.engine.host().explained, 1, "looked at start");
+    // The look does not answer for two intervals: the loop goes on (our chain is repaired
+    // if need be, the resyncs come) and starts no second look meanwhile (FakeHost
+    // asserts that).
+    sim.run_for(secs(65));
+    assert_eq!(sim.engine.host().explained, 1);
+    assert!(sim.logged("explain:").is_empty(), "{:?}", sim.logs);
+    assert_eq!(sim.metric("jumpset_resyncs_total"), 2.0);
+    // A reload while it is under way; the node has changed since that look started.
+    sim.engine.host_mut().findings = Some(Ok(vec![finding(FindingKind::PriorityTie, "tie")]));
+    sim.send(Event::Reload(Reload::signal(Config::from_toml(
+        &config_text(""),
+    ))));
+    assert_eq!(sim.engine.host().explained, 1);
+    // Its answer comes: dropped, and a look under the new config started at once.
+    sim.engine.host_mut().hold_looks = false;
+    sim.run_for(ms(1));
+    assert_eq!(sim.engine.host().explained, 2);
+    sim.deliver();
+    assert!(
+        sim.logged("explain: mixed_backends").is_empty(),
+        "{:?}",
+        sim.logs
+    );
+    assert_eq!(
+        sim.logged("explain: priority_tie").len(),
+        1,
+        "{:?}",
+        sim.logs
+    );
+    assert_eq!(sim.metric("jumpset_findings{kind=\"mixed_backends\"}"), 0.0);
+    assert_eq!(sim.metric("jumpset_findings{kind=\"priority_tie\"}"), 1.0);
 }

@@ -116,6 +116,14 @@ pub struct BuildLabels {
     pub revision: String,
 }
 
+/// A single `kind` label: a kind of `jumpset explain` finding (bounded:
+/// `explain::FindingKind::ALL`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabel {
+    /// `priority_tie`, `mixed_backends`, ...
+    pub kind: String,
+}
+
 /// The backend in use.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InfoLabels {
@@ -176,6 +184,8 @@ pub struct Metrics {
     pub rejected_fragments: Gauge,
     /// Connections the HTTP server closed to make room for newer ones.
     pub http_evictions: Counter,
+    /// Findings of `jumpset explain` about the managed chains' hooks now, by kind.
+    pub findings: Family<FindingLabel, Gauge>,
 }
 
 /// Log records that could not be written (the log sink failed) and were dropped: the
@@ -216,6 +226,7 @@ impl Metrics {
             ready: Gauge::default(),
             rejected_fragments: Gauge::default(),
             http_evictions: Counter::default(),
+            findings: Family::default(),
         };
         r.register(
             "reconciles",
@@ -337,6 +348,11 @@ impl Metrics {
             "log_writes_dropped",
             "Log records dropped because the log sink failed",
             dropped_log_writes().clone(),
+        );
+        r.register(
+            "findings",
+            "What `jumpset explain` finds on the managed chains' hooks now (priority ties, mixed backends, ...), by kind",
+            m.findings.clone(),
         );
         (m, root)
     }

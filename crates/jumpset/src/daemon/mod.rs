@@ -14,7 +14,8 @@
 //!   witnessed);
 //! - the loop ([`run`]): one task on a current-thread tokio runtime that only waits — for
 //!   shutdown, SIGHUP, a config read, a request from an HTTP handler, an nf_tables
-//!   notification datagram ([`monitor`]) or the engine's deadline — and hands what woke
+//!   notification datagram ([`monitor`]), the answer of a look for `jumpset explain`'s
+//!   findings or the engine's deadline — and hands what woke
 //!   it to the engine, then carries out the engine's answer (logs through `tracing`,
 //!   [`notify`] for systemd, replies to handlers). The production host is
 //!   [`host::SystemHost`].
@@ -22,7 +23,9 @@
 //! Nothing the loop does can wait long: the HTTP server ([`http`]) runs on a thread and
 //! runtime of its own (`/metrics` and the probes, [`metrics`]), the config is read by a
 //! thread of its own ([`watch`]: SIGHUP, and a `stat` poll that sees a ConfigMap
-//! update), and the kernel work is bounded: reconciles are synchronous kernel round
+//! update), the look for `jumpset explain`'s findings (a read of the whole ruleset, at
+//! start and every `resync_interval`) runs on a thread of its own, and the kernel work
+//! left on the loop is bounded: reconciles are synchronous kernel round
 //! trips of microseconds (milliseconds for a long chain, or when the kernel waits for
 //! its deferred xt destructors), and the xtables lock is only ever tried, never waited
 //! for (the engine tries again on its timer). So `WATCHDOG=1`, signals and `/livez` keep
@@ -250,7 +253,7 @@ enum Wake {
     Hup,
     Loaded(engine::Reload),
     Call(Option<Call>),
-    Notified(Vec<engine::Notice>),
+    Host(Event),
     Timer,
 }
 
@@ -304,7 +307,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             _ = hup.recv() => Wake::Hup,
             r = watcher.next() => Wake::Loaded(r),
             c = calls.recv(), if calls_open => Wake::Call(c),
-            n = engine.host_mut().notifications() => Wake::Notified(n),
+            e = engine.host_mut().next_event() => Wake::Host(e),
             _ = tokio::time::sleep_until(deadline.into()) => Wake::Timer,
         };
         let event = match wake {
@@ -330,7 +333,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 outside.waiting.insert(id, call.reply);
                 Event::Call(id, call.command)
             }
-            Wake::Notified(n) => Event::Notifications(n),
+            Wake::Host(e) => e,
             Wake::Timer => Event::Tick,
         };
         out = engine.on_event(Instant::now(), event);

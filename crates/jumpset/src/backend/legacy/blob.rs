@@ -605,6 +605,19 @@ impl Encoded {
     }
 }
 
+/// One chain of a table as `jumpset explain` shows it ([`Table::chain_summaries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// The chain's name (built-in chains by their iptables names).
+    pub name: String,
+    /// The hook (NF_INET_*) of a built-in chain.
+    pub hook: Option<u32>,
+    /// Its rules (without the policy entry, head or footer).
+    pub rules: usize,
+    /// A built-in chain's policy (`ACCEPT` or `DROP`).
+    pub policy: Option<Verdict>,
+}
+
 /// A decoded x_tables table: an index over the blob it borrows, plus the edits to make
 /// when it is encoded again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1011,6 +1024,27 @@ impl<'a> Table<'a> {
             .map(|c| self.chain_name(c).into_owned())
             .collect();
         (rules, users)
+    }
+
+    /// Every chain of the table in table order as decoded: built-in chains with their
+    /// hook and policy, user chains, each with its rule count (`jumpset explain`).
+    pub fn chain_summaries(&self) -> Vec<ChainSummary> {
+        self.chains
+            .iter()
+            .map(|c| ChainSummary {
+                name: self.chain_name(c).into_owned(),
+                hook: c.is_builtin().then_some(u32::from(c.hook)),
+                rules: c.len(),
+                policy: c
+                    .is_builtin()
+                    .then(|| match self.valid(c.footer).standard(self.layout) {
+                        Some(VERDICT_ACCEPT) => Verdict::Accept,
+                        Some(VERDICT_DROP) => Verdict::Drop,
+                        Some(v) => Verdict::Other(format!("<verdict {v}>")),
+                        None => Verdict::Other("<not a verdict>".into()),
+                    }),
+            })
+            .collect()
     }
 
     /// Whether the table has user chain `name` (decoded or created).

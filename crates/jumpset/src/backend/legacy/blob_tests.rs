@@ -670,6 +670,49 @@ proptest! {
 }
 
 #[test]
+fn chain_summaries_give_hooks_policies_and_rule_counts_as_the_rules_file_has_them() {
+    // ip-filter-policies.rules: INPUT DROP, FORWARD DROP, OUTPUT ACCEPT; user chains.
+    let t = table("ip-filter-policies");
+    let s = t.chain_summaries();
+    let builtin: Vec<(&str, Option<u32>, Option<Verdict>)> = s
+        .iter()
+        .filter(|c| c.hook.is_some())
+        .map(|c| (c.name.as_str(), c.hook, c.policy.clone()))
+        .collect();
+    assert_eq!(
+        builtin,
+        [
+            ("INPUT", Some(1), Some(Verdict::Drop)),
+            ("FORWARD", Some(2), Some(Verdict::Drop)),
+            ("OUTPUT", Some(3), Some(Verdict::Accept)),
+        ]
+    );
+    let (rules, users) = t.census();
+    assert_eq!(s.iter().map(|c| c.rules).sum::<usize>(), rules);
+    let user_names: Vec<&str> = s
+        .iter()
+        .filter(|c| c.hook.is_none())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(user_names, users);
+    assert!(s
+        .iter()
+        .filter(|c| c.hook.is_none())
+        .all(|c| c.policy.is_none()));
+    // nat of the Harvester case: PREROUTING holds its six rules, the user chains none.
+    let t = table("ip-nat-harvester-broken");
+    let pre = t
+        .chain_summaries()
+        .into_iter()
+        .find(|c| c.name == "PREROUTING")
+        .unwrap();
+    assert_eq!(
+        (pre.hook, pre.rules, pre.policy),
+        (Some(0), 6, Some(Verdict::Accept))
+    );
+}
+
+#[test]
 fn the_fingerprint_ignores_counters_and_offsets_and_sees_rules_and_names() {
     let (f, info, blob) = capture("ip-nat-harvester-broken");
     let fp = |t: &Table| {

@@ -292,6 +292,18 @@ impl LegacyBackend {
         Ok(t.census())
     }
 
+    /// Every chain of `table` with its hook, policy and rule count (`jumpset explain`).
+    /// Instantiates the table if it does not exist: look at [`existing_tables`] first.
+    pub fn chain_summaries(
+        family: Family,
+        table: &str,
+    ) -> Result<Vec<blob::ChainSummary>, BackendError> {
+        let (info, blob) = Self::read_raw(family, table)?;
+        let t = Table::decode(family, &info, &blob)
+            .map_err(|e| decode_err(&format!("reading {}", cmd(family, table)), e))?;
+        Ok(t.chain_summaries())
+    }
+
     /// Open the xtables lock file.
     fn open_lock(&self) -> Result<LockFile, BackendError> {
         let path = self.lock_file.display();

@@ -65,6 +65,18 @@ pub struct NftCensus {
     pub iptables: Vec<(Family, crate::snapshot::TableCensus)>,
 }
 
+/// Every nf_tables table, chain and rule count at one generation (see
+/// [`NftBackend::overview`]).
+#[derive(Debug, Clone, Default)]
+pub struct NftOverview {
+    /// The generation the dumps were taken at.
+    pub generation: u32,
+    /// Every table: (nfgen family, table).
+    pub tables: Vec<(u8, codec::TableInfo)>,
+    /// Every chain: (nfgen family, chain, the number of rules in it).
+    pub chains: Vec<(u8, codec::ChainInfo, usize)>,
+}
+
 /// The name `nft` uses for an nfgen family.
 pub fn family_name(f: u8) -> String {
     match f {
@@ -1003,6 +1015,114 @@ impl NftBackend {
         Ok(census)
     }
 
+    /// The hook dump of hook `hook` (NF_INET_*) of nfgen family `fam`: each function the
+    /// kernel runs there, in the order it runs them (`nft list hooks`). `Ok(None)` when
+    /// this kernel has no hook dump (built without `CONFIG_NETFILTER_NETLINK_HOOK`, or
+    /// older than 5.14: nfnetlink answers `EINVAL`, or `EOPNOTSUPP`). Read-only. A dump
+    /// the kernel marks interrupted (the hook array changed under it) is read again.
+    pub fn hooks(
+        &mut self,
+        fam: u8,
+        hook: u32,
+    ) -> Result<Option<Vec<codec::HookInfo>>, BackendError> {
+        const EINVAL: i32 = 22;
+        const EOPNOTSUPP: i32 = 95;
+        let step = format!("dumping the hooks of {} hook {hook}", family_name(fam));
+        for _ in 0..READ_RETRIES {
+            let seq = self.take_seq(1);
+            let mut entries = Vec::new();
+            let mut unsupported = false;
+            let mut raced = false;
+            self.exchange(&codec::get_hooks(fam, hook, seq), seq..=seq, &step, |m| {
+                raced |= m.flags & NLM_F_DUMP_INTR != 0;
+                match m.body {
+                    Body::Hook(h) => {
+                        entries.push(h);
+                        Ok(false)
+                    }
+                    Body::Done => Ok(true),
+                    Body::Error { code, .. } if -code == EINVAL || -code == EOPNOTSUPP => {
+                        unsupported = true;
+                        Ok(true)
+                    }
+                    Body::Error { code, msg, .. } if code != 0 => {
+                        Err(kernel_err(step.clone(), -code, msg))
+                    }
+                    _ => Ok(false),
+                }
+            })?;
+            if unsupported {
+                return Ok(None);
+            }
+            if !raced {
+                return Ok(Some(entries));
+            }
+        }
+        Err(BackendError::Kernel {
+            step,
+            errno: 0,
+            message: format!("the hooks changed during each of {READ_RETRIES} dumps"),
+        })
+    }
+
+    /// Every nf_tables table (with its flags), every chain (with its hook, priority,
+    /// type and policy) and the number of rules in each, all at one generation: what
+    /// `jumpset explain` reads. Read-only: dumps, nothing created; re-read when a commit
+    /// got in between.
+    pub fn overview(&mut self) -> Result<NftOverview, BackendError> {
+        let step = "listing nf_tables tables, chains and rules";
+        for _ in 0..READ_RETRIES {
+            let generation = self.generation()?;
+            let mut o = NftOverview {
+                generation,
+                ..NftOverview::default()
+            };
+            let mut raced = false;
+            let seq = self.take_seq(1);
+            self.dump(&codec::get_tables(seq), seq, step, |m| {
+                raced |= m.flags & NLM_F_DUMP_INTR != 0;
+                if let Body::NewTable(t) = m.body {
+                    o.tables.push((m.family, t));
+                }
+            })?;
+            let seq = self.take_seq(1);
+            self.dump(&codec::get_all_chains(seq), seq, step, |m| {
+                raced |= m.flags & NLM_F_DUMP_INTR != 0;
+                if let Body::NewChain(c) = m.body {
+                    o.chains.push((m.family, c, 0));
+                }
+            })?;
+            let seq = self.take_seq(1);
+            let index: std::collections::HashMap<(u8, &[u8], &[u8]), usize> = o
+                .chains
+                .iter()
+                .enumerate()
+                .map(|(i, (f, c, _))| ((*f, c.table.as_bytes(), c.name.as_bytes()), i))
+                .collect();
+            let mut counts = vec![0usize; o.chains.len()];
+            self.dump(&codec::get_all_rules(seq), seq, step, |m| {
+                raced |= m.flags & NLM_F_DUMP_INTR != 0;
+                if let Body::NewRule(r) = m.body {
+                    if let Some(&i) = index.get(&(m.family, r.table(), r.chain())) {
+                        counts[i] += 1;
+                    }
+                }
+            })?;
+            drop(index);
+            for (c, n) in o.chains.iter_mut().zip(counts) {
+                c.2 = n;
+            }
+            if !raced && self.generation()? == generation {
+                return Ok(o);
+            }
+        }
+        Err(BackendError::Kernel {
+            step: step.into(),
+            errno: 0,
+            message: format!("the ruleset changed during each of {READ_RETRIES} reads"),
+        })
+    }
+
     /// Write `rules` at the end of `table`/`chain` in one batch, creating the table, the
     /// base chain and the user chains `chains` first when missing. Used by `demo` to set
     /// up a scenario; the rules' counters become their initial values.
@@ -1129,7 +1249,7 @@ fn base_chain(table: &str, chain: &str) -> Result<iptables::BaseChain, BackendEr
 }
 
 /// The iptables name of a netfilter inet hook number.
-fn hook_name(hook: u32) -> String {
+pub fn hook_name(hook: u32) -> String {
     match hook {
         0 => "prerouting".into(),
         1 => "input".into(),

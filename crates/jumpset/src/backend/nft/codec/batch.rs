@@ -141,6 +141,30 @@ pub(crate) fn get_chains(family: u8, table: &str, seq: u32) -> Vec<u8> {
     )
 }
 
+/// GETCHAIN dump of every chain of every table of every family (REQUEST|DUMP,
+/// AF_UNSPEC, no attribute): `nft list chains`.
+pub(crate) fn get_all_chains(seq: u32) -> Vec<u8> {
+    request(
+        NFT_MSG_GETCHAIN,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        AF_UNSPEC,
+        seq,
+        |_| {},
+    )
+}
+
+/// GETRULE dump of every rule of every table of every family (REQUEST|DUMP, AF_UNSPEC,
+/// no attribute): what `nft list ruleset` reads.
+pub(crate) fn get_all_rules(seq: u32) -> Vec<u8> {
+    request(
+        NFT_MSG_GETRULE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        AF_UNSPEC,
+        seq,
+        |_| {},
+    )
+}
+
 /// GETRULE dump of every rule of one table (REQUEST|DUMP, TABLE attribute only).
 pub(crate) fn get_table_rules(family: u8, table: &str, seq: u32) -> Vec<u8> {
     request(

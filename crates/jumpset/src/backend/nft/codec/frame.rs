@@ -330,6 +330,7 @@ mod tests {
             fixture!("tx_delete_batch"),
             fixture!("tx_getchain"),
             fixture!("tx_getgen"),
+            fixture!("tx_gethooks_prerouting"),
             fixture!("tx_insert_before_batch"),
             fixture!("tx_insert_head_batch"),
             fixture!("tx_newtable_userchain"),
@@ -360,7 +361,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert_eq!(n, 25);
+        assert_eq!(n, 26);
 
         // The typed writers: DELRULE's TABLE, CHAIN, HANDLE (iptables-nft -t nat -D
         // PREROUTING -j RETURN, handle 8) and NEWCHAIN's nested HOOK {0, -100} (the -A of

@@ -15,6 +15,7 @@ use super::frame::{
     align, attrs, be32, be64, framed, missing, string, until_nul, CodecError, NFGENMSG_LEN,
     NLMSG_HDRLEN,
 };
+use super::hook::{self, HookInfo, NFNL_MSG_HOOK_GET};
 use crate::snapshot::Rule;
 
 /// The first message type of a netlink family (below it: NOOP, ERROR, DONE, OVERRUN).
@@ -174,6 +175,8 @@ pub enum Body<'a> {
     NewTable(TableInfo),
     /// NFT_MSG_DELTABLE.
     DelTable(TableInfo),
+    /// NFNL_MSG_HOOK_GET: one entry of the hook dump.
+    Hook(HookInfo),
     /// NLMSG_DONE.
     Done,
     /// NLMSG_ERROR: `code` 0 is an ack; `seq` is the embedded (original) header's seq;
@@ -243,6 +246,7 @@ fn parse_message(nl: NetlinkBuffer<&[u8]>) -> Result<Message<'_>, CodecError> {
                 NFT_MSG_DELCHAIN => Body::DelChain(parse_chain(attrs)?),
                 NFT_MSG_NEWTABLE => Body::NewTable(parse_table(attrs)?),
                 NFT_MSG_DELTABLE => Body::DelTable(parse_table(attrs)?),
+                NFNL_MSG_HOOK_GET => Body::Hook(hook::parse_hook(attrs)?),
                 _ => Body::Other,
             }
         }
@@ -954,7 +958,7 @@ mod tests {
 
         #[test]
         fn parse_survives_random_payloads(
-            ty in prop::sample::select(vec![2u16, 3, 0x10, 0x0a00, 0x0a02, 0x0a03, 0x0a05, 0x0a06, 0x0a08, 0x0a0f]),
+            ty in prop::sample::select(vec![2u16, 3, 0x10, 0x0a00, 0x0a02, 0x0a03, 0x0a05, 0x0a06, 0x0a08, 0x0a0f, 0x0c00]),
             flags in any::<u16>(),
             payload in prop::collection::vec(any::<u8>(), 0..600),
         ) {

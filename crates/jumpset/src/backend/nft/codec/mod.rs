@@ -21,8 +21,10 @@
 //! |             | raw — read as [`ExprView`], written from [`Expr`]                     |
 //! | `compat`    | the iptables-compat translation: xt comment/addrtype, userdata        |
 //! |             | comments, verdicts ↔ `snapshot::Rule`/`Match`/`Verdict`               |
-//! | `message`   | the messages the kernel sends: gen, table, chain, rule, error/ack,    |
-//! |             | done ([`parse`], [`Message`], [`Body`])                               |
+//! | `message`   | the messages the kernel sends: gen, table, chain, rule, hook,         |
+//! |             | error/ack, done ([`parse`], [`Message`], [`Body`])                    |
+//! | `hook`      | the hook dump behind `nft list hooks` (`NFNL_SUBSYS_HOOK`): request   |
+//! |             | and entries ([`get_hooks`], [`HookInfo`], [`HookDesc`])               |
 //! | `batch`     | requests (GETGEN, GETRULE, ...) and guarded batches: BEGIN with the   |
 //! |             | generation, changes, END with an ack ([`Batch`])                      |
 //! | `scene`     | (feature `testing`) other agents' rules — native matches, DNAT — for  |
@@ -36,6 +38,7 @@ mod batch;
 mod compat;
 mod expr;
 mod frame;
+mod hook;
 mod message;
 #[cfg(feature = "testing")]
 pub mod scene;
@@ -43,12 +46,16 @@ pub mod scene;
 mod testutil;
 
 pub(super) use batch::{
-    get_chain, get_chain_unacked, get_chains, get_table, get_table_rules, get_tables,
+    get_all_chains, get_all_rules, get_chain, get_chain_unacked, get_chains, get_table,
+    get_table_rules, get_tables,
 };
 pub use batch::{get_gen, get_rules, Batch, NewRule, Position};
 pub use compat::encode_rule;
 pub use expr::{Expr, ExprView, NftVerdict};
 pub use frame::CodecError;
+#[cfg(feature = "testing")]
+pub use hook::hook_entry;
+pub use hook::{get_hooks, HookDesc, HookInfo};
 pub use message::{parse, Body, ChainInfo, GenInfo, Message, RuleMsg, TableInfo};
 
 /// `nfgen_family` for the `ip` family.
