@@ -706,18 +706,23 @@ fn readiness_and_chain_in_order_follow_failures_fights_and_renames_liveness_neve
         ok("nft rename chain ip nat OVN-RENAMED OVN-PREROUTING");
         assert!(ready(200, Duration::from_secs(1)), "{}", d.log());
 
-        // 4. A fight: a 20 Hz writer for 5 s. Not ready during it, never restarted.
+        // 4. A fight: a writer that re-places the jump at the top on every pass, 5 times a
+        // second for 6 s (as a buggy Kube-OVN does on each of its passes). Each pass
+        // undoes the repair made while it was quiet, so after three undos jumpset yields.
+        // Not ready during it, never restarted. (A writer that never pauses at all is
+        // waited for up to 2 s each time and would make too few undos in 6 s to be told
+        // apart from one-off changes.)
         let mut during = Vec::new();
         let start = Instant::now();
-        for i in 0..100u32 {
-            let at = start + Duration::from_millis(50) * i;
+        for i in 0..30u32 {
+            let at = start + Duration::from_millis(200) * i;
             if let Some(w) = at.checked_duration_since(Instant::now()) {
                 std::thread::sleep(w);
             }
             ok(&format!(
                 "iptables-nft -t nat -I PREROUTING 1 -m comment --comment \"{OVN_COMMENT}\" -j OVN-PREROUTING"
             ));
-            if i >= 20 && i % 10 == 0 {
+            if i >= 10 && i % 3 == 0 {
                 let (live, _) = probe("/livez");
                 let rd = http_get_at(METRICS, "/readyz");
                 during.push((live, rd, metric(IN_ORDER)));
