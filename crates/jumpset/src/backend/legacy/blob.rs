@@ -27,6 +27,9 @@
 //!
 //! Malformed input is an error, never a panic nor a read out of bounds: every length and
 //! offset is checked before it is used.
+//!
+//! Public with the `testing` or `fuzzing` feature, for tests, benches and the fuzz
+//! targets; not a stable API. Without them the codec is private to the crate.
 
 use crate::snapshot::{Comment, CommentEncoding, Counters, Family, Match, Rule, Verdict};
 use std::borrow::Cow;
@@ -254,6 +257,7 @@ impl Info {
     }
 
     /// The 84 bytes of `struct ipt_getinfo` (for stored captures).
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn to_bytes(&self) -> [u8; INFO_SIZE] {
         let mut b = [0u8; INFO_SIZE];
         let n = self.name.as_bytes();
@@ -592,6 +596,7 @@ impl Encoded {
 
     /// For each entry of the new table: its index in the table as decoded, or `None` for
     /// a new entry.
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn origin(&self) -> impl Iterator<Item = Option<usize>> + '_ {
         let mut runs = self.runs.iter().peekable();
         (0..self.num_entries).map(move |i| {
@@ -1009,6 +1014,7 @@ impl<'a> Table<'a> {
 
     /// The chains' names, in table order as decoded (built-in chains by their iptables
     /// names).
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn chain_names(&self) -> Vec<Cow<'a, str>> {
         self.chains.iter().map(|c| self.chain_name(c)).collect()
     }
@@ -1083,6 +1089,7 @@ impl<'a> Table<'a> {
     }
 
     /// The bytes of each rule of built-in chain `chain`, as decoded.
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn rule_bytes(&self, chain: &str) -> Option<Vec<&'a [u8]>> {
         let c = self.chains[self.builtin(chain)?];
         let l = self.layout;
@@ -1330,6 +1337,7 @@ impl<'a> Table<'a> {
     }
 
     /// [`Table::encode_into`] a new buffer: the blob and its shape.
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn encode(&self) -> Result<(Vec<u8>, Encoded), BlobError> {
         let mut blob = Vec::with_capacity(self.blob.len());
         let enc = self.encode_into(&mut blob)?;

@@ -62,7 +62,10 @@
 //!
 //! ip and ip6 are separate tables, so separate transactions.
 
+#[cfg(any(feature = "testing", feature = "fuzzing"))]
 pub mod blob;
+#[cfg(not(any(feature = "testing", feature = "fuzzing")))]
+pub(crate) mod blob;
 mod sys;
 
 use super::{Applied, Backend, BackendError, Fingerprint, Transaction, Verified};
@@ -97,6 +100,7 @@ pub struct LegacyBackend {
     lock_timeout: Duration,
     allow_mixed: bool,
     last_generation: u32,
+    #[cfg(feature = "testing")]
     before_replace: Option<Box<dyn FnMut() + Send>>,
     bufs: Buffers,
 }
@@ -249,14 +253,16 @@ impl LegacyBackend {
             lock_timeout,
             allow_mixed: false,
             last_generation: 0,
+            #[cfg(feature = "testing")]
             before_replace: None,
             bufs: Buffers::default(),
         }
     }
 
-    /// For tests: run `f` once, under the lock, after the new table is built and right
-    /// before SET_REPLACE — where only a writer that ignores the xtables lock can get in.
-    #[doc(hidden)]
+    /// For tests (feature `testing`; not a stable API): run `f` once, under the lock,
+    /// after the new table is built and right before SET_REPLACE — where only a writer
+    /// that ignores the xtables lock can get in.
+    #[cfg(feature = "testing")]
     pub fn before_next_replace(&mut self, f: impl FnMut() + Send + 'static) {
         self.before_replace = Some(Box::new(f));
     }
@@ -271,9 +277,18 @@ impl LegacyBackend {
     }
 
     /// GET_INFO + GET_ENTRIES (+ GET_INFO again) of `table`, retried when the table
+    /// changed in between: its info and its entries blob, copied out. For tests (feature
+    /// `testing`; not a stable API), which decode it themselves.
+    /// Instantiates the table if it does not exist: look at [`existing_tables`] first.
+    #[cfg(feature = "testing")]
+    pub fn read_raw(family: Family, table: &str) -> Result<(Info, Vec<u8>), BackendError> {
+        Self::read_blob(family, table)
+    }
+
+    /// GET_INFO + GET_ENTRIES (+ GET_INFO again) of `table`, retried when the table
     /// changed in between: its info and its entries blob, copied out.
     /// Instantiates the table if it does not exist: look at [`existing_tables`] first.
-    pub fn read_raw(family: Family, table: &str) -> Result<(Info, Vec<u8>), BackendError> {
+    fn read_blob(family: Family, table: &str) -> Result<(Info, Vec<u8>), BackendError> {
         let step = format!("reading {}", cmd(family, table));
         let sock = Self::socket(family, &step)?;
         let mut buf = Vec::new();
@@ -286,7 +301,7 @@ impl LegacyBackend {
     /// `iptables-legacy-save` would show them (host detection). Instantiates the table
     /// if it does not exist: look at [`existing_tables`] first.
     pub fn census(family: Family, table: &str) -> Result<(usize, Vec<String>), BackendError> {
-        let (info, blob) = Self::read_raw(family, table)?;
+        let (info, blob) = Self::read_blob(family, table)?;
         let t = Table::decode(family, &info, &blob)
             .map_err(|e| decode_err(&format!("reading {}", cmd(family, table)), e))?;
         Ok(t.census())
@@ -294,11 +309,11 @@ impl LegacyBackend {
 
     /// Every chain of `table` with its hook, policy and rule count (`jumpset explain`).
     /// Instantiates the table if it does not exist: look at [`existing_tables`] first.
-    pub fn chain_summaries(
+    pub(crate) fn chain_summaries(
         family: Family,
         table: &str,
     ) -> Result<Vec<blob::ChainSummary>, BackendError> {
-        let (info, blob) = Self::read_raw(family, table)?;
+        let (info, blob) = Self::read_blob(family, table)?;
         let t = Table::decode(family, &info, &blob)
             .map_err(|e| decode_err(&format!("reading {}", cmd(family, table)), e))?;
         Ok(t.chain_summaries())
@@ -608,6 +623,7 @@ impl LegacyBackend {
         })?;
 
         // One SET_REPLACE; the kernel fills `old` with the replaced table's counters.
+        #[cfg(feature = "testing")]
         if let Some(mut f) = self.before_replace.take() {
             f();
         }

@@ -23,7 +23,10 @@
 //! the kernel refuses it whole when a handle it deletes or inserts before is gone, and the
 //! reconcile reads the chain back.
 
+#[cfg(any(feature = "testing", feature = "fuzzing"))]
 pub mod codec;
+#[cfg(not(any(feature = "testing", feature = "fuzzing")))]
+pub(crate) mod codec;
 pub(crate) mod sys;
 
 use super::{Applied, Backend, BackendError, Transaction, Verified};
@@ -58,7 +61,7 @@ const IPTABLES_EXPRS: &[&[u8]] = &[
 
 /// What nf_tables holds (see [`NftBackend::census`]).
 #[derive(Debug, Clone, Default)]
-pub struct NftCensus {
+pub(crate) struct NftCensus {
     /// Every table: (nfgen family, name).
     pub tables: Vec<(u8, String)>,
     /// The iptables tables of ip and ip6, counted.
@@ -68,7 +71,7 @@ pub struct NftCensus {
 /// Every nf_tables table, chain and rule count at one generation (see
 /// [`NftBackend::overview`]).
 #[derive(Debug, Clone, Default)]
-pub struct NftOverview {
+pub(crate) struct NftOverview {
     /// The generation the dumps were taken at.
     pub generation: u32,
     /// Every table: (nfgen family, table).
@@ -78,7 +81,7 @@ pub struct NftOverview {
 }
 
 /// The name `nft` uses for an nfgen family.
-pub fn family_name(f: u8) -> String {
+pub(crate) fn family_name(f: u8) -> String {
     match f {
         1 => "inet".into(),
         2 => "ip".into(),
@@ -91,7 +94,7 @@ pub fn family_name(f: u8) -> String {
 }
 
 /// The `nfgen_family` of an address family.
-pub fn nfproto(family: Family) -> u8 {
+pub(crate) fn nfproto(family: Family) -> u8 {
     match family {
         Family::Ip => codec::NFPROTO_IPV4,
         Family::Ip6 => codec::NFPROTO_IPV6,
@@ -493,7 +496,7 @@ impl NftBackend {
     }
 
     /// Whether chain `chain` exists in `table` (GETCHAIN).
-    pub fn chain_exists(
+    pub(crate) fn chain_exists(
         &mut self,
         fam: u8,
         table: &str,
@@ -503,7 +506,7 @@ impl NftBackend {
     }
 
     /// Chain `chain` of `table` as the kernel has it (GETCHAIN), if it exists.
-    pub fn chain_info(
+    pub(crate) fn chain_info(
         &mut self,
         fam: u8,
         table: &str,
@@ -590,24 +593,6 @@ impl NftBackend {
         self.known
             .iter_mut()
             .find(|k| (k.family, k.table.as_str(), k.chain.as_str()) == (family, table, chain))
-    }
-
-    /// Commit a batch and wait for its verdict: `Ok` only on the END ack.
-    fn commit(
-        &mut self,
-        bytes: &[u8],
-        begin: u32,
-        end: u32,
-        planned: u32,
-        steps: &[(u32, String)],
-    ) -> Result<(), BackendError> {
-        match self.send_batch(bytes, begin, end)? {
-            Answer::Committed { .. } => Ok(()),
-            Answer::Stale => Err(BackendError::Stale { planned }),
-            Answer::Refused(errors) => Err(refused(errors, begin, |seq| {
-                steps.iter().find(|s| s.0 == seq).map(|s| s.1.clone())
-            })),
-        }
     }
 
     /// Send a batch and collect the kernel's answer: the END ack (and the rules it echoed
@@ -897,34 +882,6 @@ impl NftBackend {
         }
     }
 
-    /// The GETRULE dump of one chain as the kernel sent it: every datagram, undecoded
-    /// except to find the end. For tests (an independent decoder reads the same bytes)
-    /// and for the benchmark's floor.
-    pub fn dump_raw(
-        &mut self,
-        family: Family,
-        table: &str,
-        chain: &str,
-    ) -> Result<Vec<Vec<u8>>, BackendError> {
-        let seq = self.take_seq(1);
-        let step = format!("dumping {family} {table} {chain}");
-        self.send(&codec::get_rules(nfproto(family), table, chain, seq), &step)?;
-        let mut out = Vec::new();
-        loop {
-            self.recv_bytes(&step, false)?;
-            out.push(self.buf.clone());
-            for m in decode(&self.buf, &step)? {
-                match m.body {
-                    Body::Done if m.seq == seq => return Ok(out),
-                    Body::Error { code, msg, .. } if code != 0 => {
-                        return Err(kernel_err(step, -code, msg))
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
     /// Run a dump request to its NLMSG_DONE, handing each message to `each`.
     fn dump(
         &mut self,
@@ -948,7 +905,7 @@ impl NftBackend {
     /// What nf_tables holds, for host detection: every table as (nfgen family, name), and
     /// for the iptables tables of `ip` and `ip6` their rules, user chains and whether
     /// iptables-nft could list them. Read-only: dumps, nothing created.
-    pub fn census(&mut self) -> Result<NftCensus, BackendError> {
+    pub(crate) fn census(&mut self) -> Result<NftCensus, BackendError> {
         let mut census = NftCensus::default();
         let seq = self.take_seq(1);
         self.dump(
@@ -1020,7 +977,7 @@ impl NftBackend {
     /// this kernel has no hook dump (built without `CONFIG_NETFILTER_NETLINK_HOOK`, or
     /// older than 5.14: nfnetlink answers `EINVAL`, or `EOPNOTSUPP`). Read-only. A dump
     /// the kernel marks interrupted (the hook array changed under it) is read again.
-    pub fn hooks(
+    pub(crate) fn hooks(
         &mut self,
         fam: u8,
         hook: u32,
@@ -1069,7 +1026,7 @@ impl NftBackend {
     /// type and policy) and the number of rules in each, all at one generation: what
     /// `jumpset explain` reads. Read-only: dumps, nothing created; re-read when a commit
     /// got in between.
-    pub fn overview(&mut self) -> Result<NftOverview, BackendError> {
+    pub(crate) fn overview(&mut self) -> Result<NftOverview, BackendError> {
         let step = "listing nf_tables tables, chains and rules";
         for _ in 0..READ_RETRIES {
             let generation = self.generation()?;
@@ -1122,10 +1079,56 @@ impl NftBackend {
             message: format!("the ruleset changed during each of {READ_RETRIES} reads"),
         })
     }
+}
+
+/// One change another agent would make (see [`NftBackend::write_scene`]; feature `testing`).
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SceneOp {
+    /// A new rule in `chain`, at `at`.
+    Add {
+        /// The chain.
+        chain: String,
+        /// The rule, as the codec encodes it.
+        rule: codec::NewRule,
+        /// Where it goes.
+        at: Position,
+    },
+    /// Delete the rule with `handle` from `chain`.
+    Delete {
+        /// The chain.
+        chain: String,
+        /// The rule's handle.
+        handle: u64,
+    },
+}
+
+/// Scaffolding for tests, benches and the demo (feature `testing`; not a stable API):
+/// write what other agents would, read the raw dump.
+#[cfg(feature = "testing")]
+impl NftBackend {
+    /// Commit a batch and wait for its verdict: `Ok` only on the END ack.
+    fn commit(
+        &mut self,
+        bytes: &[u8],
+        begin: u32,
+        end: u32,
+        planned: u32,
+        steps: &[(u32, String)],
+    ) -> Result<(), BackendError> {
+        match self.send_batch(bytes, begin, end)? {
+            Answer::Committed { .. } => Ok(()),
+            Answer::Stale => Err(BackendError::Stale { planned }),
+            Answer::Refused(errors) => Err(refused(errors, begin, |seq| {
+                steps.iter().find(|s| s.0 == seq).map(|s| s.1.clone())
+            })),
+        }
+    }
 
     /// Write `rules` at the end of `table`/`chain` in one batch, creating the table, the
-    /// base chain and the user chains `chains` first when missing. Used by `demo` to set
-    /// up a scenario; the rules' counters become their initial values.
+    /// base chain and the user chains `chains` first when missing. Used by `demo`, the
+    /// bench and tests to set up a scenario (feature `testing`); the rules' counters
+    /// become their initial values.
     pub fn load(
         &mut self,
         family: Family,
@@ -1170,32 +1173,35 @@ impl NftBackend {
         self.seq = end.wrapping_add(1);
         self.commit(&bytes, begin, end, gen, &steps)
     }
-}
 
-/// One change another agent would make (see [`NftBackend::write_scene`]; feature `testing`).
-#[cfg(feature = "testing")]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SceneOp {
-    /// A new rule in `chain`, at `at`.
-    Add {
-        /// The chain.
-        chain: String,
-        /// The rule, as the codec encodes it.
-        rule: codec::NewRule,
-        /// Where it goes.
-        at: Position,
-    },
-    /// Delete the rule with `handle` from `chain`.
-    Delete {
-        /// The chain.
-        chain: String,
-        /// The rule's handle.
-        handle: u64,
-    },
-}
+    /// The GETRULE dump of one chain as the kernel sent it: every datagram, undecoded
+    /// except to find the end. For tests (an independent decoder reads the same bytes)
+    /// and for the benchmark's floor (feature `testing`).
+    pub fn dump_raw(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+    ) -> Result<Vec<Vec<u8>>, BackendError> {
+        let seq = self.take_seq(1);
+        let step = format!("dumping {family} {table} {chain}");
+        self.send(&codec::get_rules(nfproto(family), table, chain, seq), &step)?;
+        let mut out = Vec::new();
+        loop {
+            self.recv_bytes(&step, false)?;
+            out.push(self.buf.clone());
+            for m in decode(&self.buf, &step)? {
+                match m.body {
+                    Body::Done if m.seq == seq => return Ok(out),
+                    Body::Error { code, msg, .. } if code != 0 => {
+                        return Err(kernel_err(step, -code, msg))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
 
-#[cfg(feature = "testing")]
-impl NftBackend {
     /// Play other agents: in the existing `table`, create the user `chains` that are
     /// missing, then make `ops` in order, all in one batch. For `demo` and tests that set
     /// a scene (kube-proxy's and portmap's rules, a foreign jump deleted); jumpset's own
@@ -1249,7 +1255,7 @@ fn base_chain(table: &str, chain: &str) -> Result<iptables::BaseChain, BackendEr
 }
 
 /// The iptables name of a netfilter inet hook number.
-pub fn hook_name(hook: u32) -> String {
+pub(crate) fn hook_name(hook: u32) -> String {
     match hook {
         0 => "prerouting".into(),
         1 => "input".into(),

@@ -30,9 +30,13 @@ const NFNL_BATCH_GENID: u16 = 1;
 pub enum Position {
     /// At the tail (`iptables -A`): CREATE|APPEND, no POSITION.
     Append,
-    /// At the head (`iptables -I CHAIN`): CREATE, no POSITION.
+    /// At the head (`iptables -I CHAIN`): CREATE, no POSITION. Tests and scenes only:
+    /// jumpset's own inserts go before a kept handle or at the tail.
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     Head,
-    /// Right after the rule with this handle: CREATE|APPEND, POSITION=h.
+    /// Right after the rule with this handle: CREATE|APPEND, POSITION=h. Tests and
+    /// scenes only.
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     After(u64),
     /// Right before the rule with this handle: CREATE, POSITION=h.
     Before(u64),
@@ -304,7 +308,9 @@ impl Batch {
         })
     }
 
-    /// NEWRULE at a position.
+    /// NEWRULE at a position (tests and scenes; jumpset's own rules are echoed, see
+    /// [`Batch::new_rule_echoed`]).
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn new_rule(
         &mut self,
         family: u8,
@@ -340,7 +346,9 @@ impl Batch {
     ) -> u32 {
         let (append, position) = match at {
             Position::Append => (true, None),
+            #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
             Position::Head => (false, None),
+            #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
             Position::After(h) => (true, Some(h)),
             Position::Before(h) => (false, Some(h)),
         };

@@ -133,6 +133,7 @@ pub enum ExprView<'a> {
 
 impl<'a> ExprView<'a> {
     /// The expression's NFTA_EXPR_NAME (`match`, `target`, `counter`, `immediate`, ...).
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn name(&self) -> &'a [u8] {
         match self {
             ExprView::Match { .. } => b"match",

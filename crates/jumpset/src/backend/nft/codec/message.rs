@@ -147,6 +147,7 @@ impl<'a> RuleMsg<'a> {
 
     /// NFTA_RULE_USERDATA as the kernel sent it (libnftnl TLVs; `nft` keeps comments
     /// there).
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn userdata(&self) -> Option<&'a [u8]> {
         self.attr(NFTA_RULE_USERDATA)
     }

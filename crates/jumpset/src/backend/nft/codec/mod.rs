@@ -33,6 +33,9 @@
 //! Each module tests itself on the bytes captured from iptables-nft, nft and the kernel
 //! in `testdata/nft/` (produced by `capture.sh` there); the tests of `message` also hold
 //! the decoder to an independent one, `netlink-packet-netfilter`.
+//!
+//! Public with the `testing` or `fuzzing` feature, for tests, benches and the fuzz
+//! targets; not a stable API. Without them the codec is private to the crate.
 
 mod batch;
 mod compat;
@@ -49,14 +52,20 @@ pub(super) use batch::{
     get_all_chains, get_all_rules, get_chain, get_chain_unacked, get_chains, get_table,
     get_table_rules, get_tables,
 };
-pub use batch::{get_gen, get_rules, Batch, NewRule, Position};
+pub use batch::{get_gen, get_rules, Batch, Position};
+#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
+pub use batch::NewRule;
 pub use compat::encode_rule;
-pub use expr::{Expr, ExprView, NftVerdict};
+pub use expr::ExprView;
+#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
+pub use expr::{Expr, NftVerdict};
 pub use frame::CodecError;
 #[cfg(feature = "testing")]
 pub use hook::hook_entry;
 pub use hook::{get_hooks, HookDesc, HookInfo};
-pub use message::{parse, Body, ChainInfo, GenInfo, Message, RuleMsg, TableInfo};
+pub use message::{parse, Body, ChainInfo, Message, TableInfo};
+#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
+pub use message::{GenInfo, RuleMsg};
 
 /// `nfgen_family` for the `ip` family.
 pub const NFPROTO_IPV4: u8 = 2;
