@@ -33,7 +33,7 @@ pub struct Sink;
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if io::stderr().lock().write_all(buf).is_err() {
-            jumpset::daemon::metrics::dropped_log_writes().inc();
+            jumpset::daemon::dropped_log_writes().inc();
         }
         Ok(buf.len())
     }

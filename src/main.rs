@@ -357,7 +357,7 @@ fn daemon(cli: Cli, log_format: logging::LogFormat) -> ExitCode {
         Ok((c, _)) => c,
         Err(e) => return fail(EXIT_USAGE, format!("config: {e}")),
     };
-    match daemon::privilege::restrict(backend.unwrap_or(cfg.backend())) {
+    match daemon::restrict_privileges(backend.unwrap_or(cfg.backend())) {
         Ok(None) => {}
         Ok(Some(warning)) => tracing::warn!("{warning}"),
         Err(e) => return fail(e.exit_code(), e.to_string()),
@@ -374,12 +374,10 @@ fn daemon(cli: Cli, log_format: logging::LogFormat) -> ExitCode {
             )
         }
     };
-    let opts = daemon::Options {
-        backend,
-        families,
-        build_revision: env!("JUMPSET_GIT_REVISION").to_string(),
-        ..daemon::Options::new(path)
-    };
+    let mut opts = daemon::Options::new(path);
+    opts.backend = backend;
+    opts.families = families;
+    opts.build_revision = env!("JUMPSET_GIT_REVISION").to_string();
     match rt.block_on(async { daemon::run(opts, daemon::termination()?).await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_code(), e.to_string()),

@@ -9,8 +9,7 @@ mod support;
 use jumpset::backend::nft::codec::{self, Body};
 use jumpset::backend::nft::NftBackend;
 use jumpset::backend::Backend;
-use jumpset::daemon::fight::Tuning;
-use jumpset::daemon::{DaemonError, Options};
+use jumpset::daemon::{DaemonError, Options, Tuning};
 use jumpset::reconcile::{self, Goal};
 use jumpset::snapshot::Family;
 use jumpset::spec::Config;
@@ -274,10 +273,8 @@ impl InProcess {
                     .enable_all()
                     .build()
                     .unwrap();
-                let opts = Options {
-                    tuning,
-                    ..Options::new(path)
-                };
+                let mut opts = Options::new(path);
+                opts.tuning = tuning;
                 rt.block_on(jumpset::daemon::run(opts, async {
                     let _ = rx.await;
                 }))
@@ -707,10 +704,8 @@ fn a_notification_overflow_ends_in_a_correct_chain() {
         let cfg = config(&text);
         let parsed = Config::from_toml(&text).unwrap();
         // The smallest receive buffer the kernel allows, so a flood overflows it.
-        let tuning = Tuning {
-            monitor_rcvbuf: 0,
-            ..Tuning::default()
-        };
+        let mut tuning = Tuning::default();
+        tuning.monitor_rcvbuf = 0;
         let d = InProcess::start(cfg.path(), tuning);
         let mut reader = NftBackend::open().unwrap();
         assert!(converged(&mut reader, &parsed));

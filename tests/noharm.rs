@@ -434,7 +434,7 @@ struct InProcess {
 impl InProcess {
     const NAME: &'static str = "jumpsetd";
 
-    fn start(cfg: &Path, tuning: jumpset::daemon::fight::Tuning) -> InProcess {
+    fn start(cfg: &Path, tuning: jumpset::daemon::Tuning) -> InProcess {
         let path = cfg.to_path_buf();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -444,10 +444,8 @@ impl InProcess {
                     .enable_all()
                     .build()
                     .unwrap();
-                let opts = jumpset::daemon::Options {
-                    tuning,
-                    ..jumpset::daemon::Options::new(path)
-                };
+                let mut opts = jumpset::daemon::Options::new(path);
+                opts.tuning = tuning;
                 rt.block_on(jumpset::daemon::run(opts, async {
                     let _ = rx.await;
                 }))
@@ -497,7 +495,7 @@ fn one_run(
         let in_process = (jumpset == Jumpset::NoWait).then(|| {
             InProcess::start(
                 cfg.path(),
-                jumpset::daemon::fight::Tuning::default().without_fight_detection(),
+                jumpset::daemon::Tuning::default().without_fight_detection(),
             )
         });
         let pod = FakePod::create(&tag);

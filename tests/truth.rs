@@ -8,9 +8,7 @@ mod support;
 
 use jumpset::backend::nft::NftBackend;
 use jumpset::backend::Backend;
-use jumpset::daemon::fight::Tuning;
-use jumpset::daemon::policy::FightParams;
-use jumpset::daemon::{DaemonError, Options};
+use jumpset::daemon::{DaemonError, Options, Tuning};
 use jumpset::reconcile::{self, Goal};
 use jumpset::snapshot::{Family, Rule, Verdict};
 use jumpset::spec::Config;
@@ -457,10 +455,8 @@ impl InProcess {
                     .enable_all()
                     .build()
                     .unwrap();
-                let opts = Options {
-                    tuning,
-                    ..Options::new(path)
-                };
+                let mut opts = Options::new(path);
+                opts.tuning = tuning;
                 rt.block_on(jumpset::daemon::run(opts, async {
                     let _ = rx.await;
                 }))
@@ -519,14 +515,9 @@ fn a_long_chain_is_repaired_within_2_s_while_another_table_churns_at_200_commits
         // (it would rightly yield the chain); here the point is progress under the churn,
         // so fight detection is off. Everything else is the default: the resync, the wait
         // for the disrupting writer's quiet.
-        let tuning = Tuning {
-            fight: FightParams {
-                threshold: u32::MAX,
-                crowd: u32::MAX,
-                ..FightParams::default()
-            },
-            ..Tuning::default()
-        };
+        let mut tuning = Tuning::default();
+        tuning.fight.threshold = u32::MAX;
+        tuning.fight.crowd = u32::MAX;
         let d = InProcess::start(cfg.path(), tuning);
         let mut reader = NftBackend::open().unwrap();
         let converged = |b: &mut NftBackend| {

@@ -204,6 +204,7 @@ pub struct Reload {
 
 impl Reload {
     /// A reload on SIGHUP of a config without rejected fragments (or its error).
+    #[cfg(all(test, feature = "testing"))]
     pub fn signal(loaded: Result<Config, SpecError>) -> Reload {
         Reload {
             trigger: Trigger::Signal,
@@ -240,8 +241,6 @@ impl Trigger {
 pub enum Command {
     /// Is the loop alive? Answered by the loop itself with [`Answer::Pong`].
     Ping,
-    /// The state, as `STATUS=` and `/readyz` show it.
-    Status,
     /// `GET /v1/chains`: `status` of every managed chain and family ([`Answer::Report`]).
     Chains,
     /// `GET /v1/check`: `check` of every managed chain and family ([`Answer::Report`]).
@@ -263,8 +262,6 @@ pub enum Command {
 pub enum Answer {
     /// The loop is alive.
     Pong,
-    /// The state.
-    Status(Health),
     /// A report (`status`, `check`), as the command's JSON.
     Report(serde_json::Value),
     /// The claim is in force and the chains it touches were reconciled: the `apply`
@@ -597,6 +594,7 @@ impl<H: Host> Engine<H> {
     }
 
     /// Use `policy` for fights instead of the standard one (before [`Event::Start`]).
+    #[cfg(all(test, feature = "testing"))]
     pub fn with_policy(mut self, policy: PolicyFactory) -> Self {
         self.policy = policy;
         self.targets = build_targets(&self.cfg, &self.sel, &self.opts.tuning, policy);
@@ -604,6 +602,7 @@ impl<H: Host> Engine<H> {
     }
 
     /// The host.
+    #[cfg(all(test, feature = "testing"))]
     pub fn host(&self) -> &H {
         &self.host
     }
@@ -619,13 +618,9 @@ impl<H: Host> Engine<H> {
     }
 
     /// The state as `STATUS=` and `/readyz` last showed it.
+    #[cfg(all(test, feature = "testing"))]
     pub fn status(&self) -> &str {
         &self.status
-    }
-
-    /// What `/readyz` last said.
-    pub fn health(&self) -> &Health {
-        &self.health
     }
 
     /// Stop every write (`Some(why)`: chains are still read and reported, the daemon is
@@ -645,11 +640,6 @@ impl<H: Host> Engine<H> {
             self.wake_all(now, Cause::Resync);
         }
         self.tick(now);
-    }
-
-    /// Whether writes are paused.
-    pub fn paused(&self) -> Option<&str> {
-        self.paused.as_deref()
     }
 
     /// Handle `event`, which happened at `now`.

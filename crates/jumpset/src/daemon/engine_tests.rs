@@ -2038,19 +2038,14 @@ fn a_rejected_fragment_is_reported_and_the_rest_runs() {
 }
 
 #[test]
-fn a_status_call_is_answered_and_the_build_is_in_the_metrics() {
+fn the_state_is_in_readiness_and_the_build_is_in_the_metrics() {
     let k = FakeKernel::new();
     scene(&k, Some(2));
     let mut sim = Sim::new(&k, &config_text(""));
     sim.start();
-    sim.send(Event::Call(7, Command::Status));
-    match &sim.answers[..] {
-        [(7, Answer::Status(h))] => {
-            assert!(h.ready());
-            assert_eq!(h.status, "fake: ip nat PREROUTING: in order");
-        }
-        other => panic!("{other:?}"),
-    }
+    let h = sim.shared.health();
+    assert!(h.ready());
+    assert_eq!(h.status, "fake: ip nat PREROUTING: in order");
     assert_eq!(
         sim.metric(&format!(
             "jumpset_build_info{{version=\"{}\",revision=\"0123456789ab\"}}",

@@ -17,8 +17,10 @@ use super::policy::{FightEvent, FightParams, FightPolicy};
 use std::time::{Duration, Instant};
 
 /// The daemon's timing parameters. [`Tuning::default`] is what `jumpset daemon` uses;
-/// tests may loosen them (e.g. disable fight detection to measure repair latency).
+/// tests may loosen them (e.g. disable fight detection to measure repair latency) by
+/// changing fields of the default.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Tuning {
     /// Quiet time after a foreign change before the reconcile runs.
     pub debounce: Duration,
@@ -138,11 +140,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.level = 0;
     }
-
-    /// Steps taken since the last reset.
-    pub fn level(&self) -> u32 {
-        self.level
-    }
 }
 
 /// Debounce: due `debounce` after the last poke, but never later than `max` after the
@@ -223,7 +220,7 @@ impl Writer {
             .unwrap_or_else(|| "unknown".to_string())
     }
 
-    /// The agent for a metric label: one of [`ident::KNOWN_AGENTS`], `other` or
+    /// The agent for a metric label: one of `ident::KNOWN_AGENTS`, `other` or
     /// `unknown`.
     pub fn agent(&self) -> &'static str {
         ident::agent_name(self.name.as_deref(), &self.process)

@@ -66,11 +66,6 @@ impl SystemHost {
         }
     }
 
-    /// The HTTP server (the local API adds its listener to it).
-    pub fn server(&self) -> &Server {
-        &self.server
-    }
-
     /// Wait for what the host delivers of itself: the next notification datagrams, with
     /// every one queued behind them up to a bound, decoded ([`Event::Notifications`];
     /// pending without a subscription), or the answer of the look for findings under way

@@ -231,8 +231,10 @@ impl Listener for tokio::net::UnixListener {
     }
 }
 
-/// The server's bounds (module docs).
+/// The HTTP server's bounds (`/metrics`, the probes and the local API share them).
+/// Start from [`Limits::default`] and change fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Connections open at once, over every listener; one more evicts the oldest.
     pub max_connections: usize,
@@ -348,11 +350,6 @@ impl Server {
             limits: self.limits.clone(),
             slots: self.slots.clone(),
         }
-    }
-
-    /// Enter the server's runtime (to make a tokio listener from a std one).
-    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
-        self.handle.enter()
     }
 }
 

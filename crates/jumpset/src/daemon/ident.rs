@@ -28,8 +28,9 @@ use std::io::Read;
 use std::path::Path;
 
 /// The agents a metric label may name; anything else is `other` (a process seen but not
-/// recognised) or `unknown` (nothing seen).
-pub const KNOWN_AGENTS: &[&str] = &[
+/// recognised) or `unknown` (nothing seen). The tests hold `known_agent` to this list.
+#[cfg(test)]
+const KNOWN_AGENTS: &[&str] = &[
     "kube-ovn",
     "calico",
     "kube-proxy",
@@ -383,7 +384,7 @@ fn is_tool(name: &str) -> bool {
         || name == "nft"
 }
 
-/// The agent name for a metric label: one of [`KNOWN_AGENTS`], `other` (a process was
+/// The agent name for a metric label: one of `KNOWN_AGENTS`, `other` (a process was
 /// seen but not recognised) or `unknown`. From the committing process (when it is not an
 /// iptables front end) or its parent, by name or first word of the command line.
 pub fn agent_name(comm: Option<&str>, identity: &Identity) -> &'static str {

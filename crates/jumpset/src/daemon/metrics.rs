@@ -561,6 +561,7 @@ impl Shared {
     }
 
     /// The exposition in OpenMetrics.
+    #[cfg(all(test, feature = "testing"))]
     pub fn encode(&self) -> String {
         self.encode_as(Format::OpenMetrics)
     }

@@ -1,28 +1,35 @@
 //! `jumpset daemon`: keep every managed chain reconciled.
 //!
-//! Three pieces:
+//! The public surface is what the `jumpset` binary and an embedder that runs the daemon
+//! in-process need: [`run`] with its [`Options`] (timing in [`Tuning`] and
+//! [`FightParams`], the HTTP server's bounds in [`HttpLimits`]), [`termination`],
+//! [`restrict_privileges`] (before the runtime starts) and [`DaemonError`];
+//! [`dropped_log_writes`] for a logger that counts what it could not write. Everything
+//! else is private to the crate (`docs/architecture.md`, "daemon", maps it).
 //!
-//! - the [`engine`]: every decision, as a state machine ([`engine::Engine::on_event`])
+//! Inside:
+//!
+//! - the engine (`engine`): every decision, as a state machine (`Engine::on_event`)
 //!   fed with events and the time, answering with log records, systemd notifications,
 //!   answers to HTTP handlers and its next deadline; the clock, host detection,
-//!   capabilities, backends and the HTTP listener reach it through a [`engine::Host`];
-//! - the timing it relies on: [`fight`] (debounce, backoff, when each chain may be
-//!   reconciled) and the fight [`policy`] (a repair waits until the writer that triggered
+//!   capabilities, backends and the HTTP listener reach it through a `Host`;
+//! - the timing it relies on: `fight` (debounce, backoff, when each chain may be
+//!   reconciled) and the fight `policy` (a repair waits until the writer that triggered
 //!   it is quiet; in a fight jumpset yields);
-//! - what it tells about other writers: [`ident`] (who committed, from `/proc` at
-//!   notification time) and [`anchors`] (the other agents' jumps `after`/`before` name,
+//! - what it tells about other writers: `ident` (who committed, from `/proc` at
+//!   notification time) and `anchors` (the other agents' jumps `after`/`before` name,
 //!   witnessed);
 //! - the loop ([`run`]): one task on a current-thread tokio runtime that only waits — for
 //!   shutdown, SIGHUP, a config read, a request from an HTTP handler, an nf_tables
-//!   notification datagram ([`monitor`]), the answer of a look for `jumpset explain`'s
+//!   notification datagram (`monitor`), the answer of a look for `jumpset explain`'s
 //!   findings or the engine's deadline — and hands what woke
 //!   it to the engine, then carries out the engine's answer (logs through `tracing`,
-//!   [`notify`] for systemd, replies to handlers). The production host is
-//!   [`host::SystemHost`].
+//!   `notify` for systemd, replies to handlers). The production host is
+//!   `host::SystemHost`.
 //!
-//! Nothing the loop does can wait long: the HTTP server ([`http`]) runs on a thread and
-//! runtime of its own (`/metrics` and the probes, [`metrics`]), the config is read by a
-//! thread of its own ([`watch`]: SIGHUP, and a `stat` poll that sees a ConfigMap
+//! Nothing the loop does can wait long: the HTTP server (`http`) runs on a thread and
+//! runtime of its own (`/metrics` and the probes, `metrics`), the config is read by a
+//! thread of its own (`watch`: SIGHUP, and a `stat` poll that sees a ConfigMap
 //! update), the look for `jumpset explain`'s findings (a read of the whole ruleset, at
 //! start and every `resync_interval`) runs on a thread of its own, and the kernel work
 //! left on the loop is bounded: reconciles are synchronous kernel round
@@ -35,23 +42,29 @@
 //! The shutdown future (SIGTERM/SIGINT in `main`) stops the loop with `Ok`, after the
 //! engine removed the owned jumps when `cleanup_on_exit` is set.
 
-pub mod access;
-pub mod anchors;
-pub mod api;
-pub mod claims;
-pub mod engine;
-pub mod fight;
-pub mod host;
-pub mod http;
-pub mod ident;
-pub mod metrics;
-pub mod monitor;
-pub mod notify;
-pub mod policy;
-pub mod privilege;
-pub mod socket;
-pub mod sys;
-pub mod watch;
+mod access;
+mod anchors;
+mod api;
+mod claims;
+mod engine;
+mod fight;
+mod host;
+mod http;
+mod ident;
+mod metrics;
+mod monitor;
+mod notify;
+mod policy;
+mod privilege;
+mod socket;
+mod sys;
+mod watch;
+
+pub use fight::Tuning;
+pub use http::Limits as HttpLimits;
+pub use metrics::dropped_log_writes;
+pub use policy::FightParams;
+pub use privilege::restrict as restrict_privileges;
 
 #[cfg(all(test, feature = "testing"))]
 mod engine_tests;
@@ -60,7 +73,7 @@ use crate::exit::{KERNEL as EXIT_KERNEL, PRIVILEGE as EXIT_PRIVILEGE, USAGE as E
 use crate::snapshot::Family;
 use crate::spec::{BackendChoice, Config, SpecError};
 use engine::{Action, Answer, Command, Engine, Event, Notify};
-use fight::{Jitter, Tuning};
+use fight::Jitter;
 use host::SystemHost;
 use metrics::Shared;
 use notify::Notifier;
@@ -72,8 +85,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, trace, warn, Level};
 
-/// What to run: the config file, the command-line overrides, the timing.
+/// What to run: the config file, the command-line overrides, the timing. Made by
+/// [`Options::new`], then changed field by field.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Options {
     /// The config file (re-read on SIGHUP and when it changes).
     pub config_path: PathBuf,
@@ -87,7 +102,7 @@ pub struct Options {
     pub jitter_seed: u64,
     /// The git revision of the build (`jumpset_build_info`), `unknown` when not known.
     pub build_revision: String,
-    /// How often the config files are checked for a change ([`watch::POLL`]).
+    /// How often the config files are checked for a change (default 250 ms).
     pub config_poll: Duration,
     /// The HTTP server's bounds.
     pub http: http::Limits,
@@ -111,6 +126,7 @@ impl Options {
 
 /// Why the daemon could not start (once running, nothing but shutdown ends it).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DaemonError {
     /// The config file is invalid (exit 2).
     #[error("config: {0}")]
@@ -162,14 +178,14 @@ pub(crate) fn ms(d: Duration) -> String {
 
 /// A request on its way to the loop, with where to answer.
 #[derive(Debug)]
-pub struct Call {
+pub(crate) struct Call {
     command: Command,
     reply: oneshot::Sender<Answer>,
 }
 
 /// Why a call got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
+pub(crate) enum CallError {
     /// The loop did not answer in time.
     #[error("the daemon's loop did not answer within {}", ms(*.0))]
     Timeout(Duration),
@@ -181,7 +197,7 @@ pub enum CallError {
 /// How an HTTP handler reaches the daemon's loop (and through it the engine): send a
 /// [`Command`], await its [`Answer`]. Cheap to clone; usable from any runtime.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     tx: mpsc::Sender<Call>,
 }
 

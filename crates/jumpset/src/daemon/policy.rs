@@ -124,9 +124,11 @@ pub fn standard(t: &Tuning) -> Box<dyn FightPolicy> {
     Box::new(Yield::new(&t.fight, t.jitter))
 }
 
-/// The standard policy's parameters ([`Tuning::fight`]); the module docs say how they
-/// combine.
+/// The standard fight policy's parameters ([`Tuning::fight`]); how they combine:
+/// `docs/contracts.md`, "Daemon" (do no harm, fights end). Start from
+/// [`FightParams::default`] and change fields.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct FightParams {
     /// Commits by one writer closer than this form one burst.
     pub burst_gap: Duration,

@@ -77,8 +77,10 @@ pub fn drop_all_but(keep: &[Capability]) -> Result<(), String> {
     }
 }
 
-/// `check`, then `no_new_privs` ([`super::sys::set_no_new_privs`]), then
-/// `drop_all_but(needed)`. A bounding set that cannot be lowered is
+/// Least privilege for the daemon, before its runtime starts a thread: check that the
+/// capabilities the backend `choice` needs are held (exit 3 naming each missing one),
+/// set `no_new_privs`, then drop every other capability from every set. `Ok(Some(..))`
+/// is a warning to log. A bounding set that cannot be lowered is
 /// reported as a warning (the process never executes a program, which is the only
 /// thing the bounding set limits); failing to lower the other sets is an error.
 pub fn restrict(choice: BackendChoice) -> Result<Option<String>, Error> {

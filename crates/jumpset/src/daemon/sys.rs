@@ -18,16 +18,6 @@ pub fn set_no_new_privs() -> io::Result<()> {
     }
 }
 
-/// Whether `no_new_privs` is set on the calling thread (`/proc/thread-self/status`).
-pub fn no_new_privs() -> bool {
-    std::fs::read_to_string("/proc/thread-self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1'))
-        })
-        .unwrap_or(false)
-}
-
 /// Clock ticks per second (`_SC_CLK_TCK`), the unit of CPU times in `/proc/*/stat`.
 pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf(3) takes an integer and returns one; no memory is involved.

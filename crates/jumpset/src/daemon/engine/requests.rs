@@ -83,7 +83,6 @@ impl<H: Host> Engine<H> {
         let answer =
             match command {
                 Command::Ping => Some(Answer::Pong),
-                Command::Status => Some(Answer::Status(self.health.clone())),
                 Command::Chains => Some(self.read_report(|js, b| {
                     serde_json::to_value(js.status_with(b)).unwrap_or_default()
                 })),

@@ -48,13 +48,13 @@ pub mod scene;
 #[cfg(test)]
 mod testutil;
 
+#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
+pub use batch::NewRule;
 pub(super) use batch::{
     get_all_chains, get_all_rules, get_chain, get_chain_unacked, get_chains, get_table,
     get_table_rules, get_tables,
 };
 pub use batch::{get_gen, get_rules, Batch, Position};
-#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
-pub use batch::NewRule;
 pub use compat::encode_rule;
 pub use expr::ExprView;
 #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
