@@ -2,7 +2,7 @@
 
 use jumpset::detect::HostVerdict;
 use jumpset::explain::facts::priority_name;
-use jumpset::explain::{Explanation, OrderSource, Severity};
+use jumpset::explain::{Explanation, OrderSource};
 use jumpset::report::{
     conflict_lines, reason_lines, ChainApply, ChainCheck, ChainPlan, ChainStatus,
 };
@@ -296,10 +296,7 @@ pub fn explain(x: &Explanation) -> String {
         for f in &x.findings {
             out.push_str(&format!(
                 "  {} {}: {}\n",
-                match f.severity {
-                    Severity::Warning => "warning",
-                    Severity::Info => "info",
-                },
+                f.severity.name(),
                 f.kind.name(),
                 f.summary
             ));

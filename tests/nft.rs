@@ -733,6 +733,7 @@ fn an_anchored_write_is_refused_whole_when_an_anchor_is_gone_and_generation_0_gu
             .filter_map(|op| match *op {
                 jumpset::plan::Op::Delete { handle, .. } => Some(handle),
                 jumpset::plan::Op::Insert { before_handle, .. } => before_handle,
+                _ => None,
             })
             .collect();
         assert!(!anchors.is_empty());

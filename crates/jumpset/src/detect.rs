@@ -23,6 +23,7 @@ use serde::Serialize;
 
 /// Everything detection looked at for one family.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
 pub struct FamilyEvidence {
     /// The iptables tables nf_tables holds for this family.
     pub nft: Vec<TableCensus>,
@@ -33,6 +34,7 @@ pub struct FamilyEvidence {
 /// How a host (or a family) uses the iptables backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Mode {
     /// Only iptables-nft is in use.
     Nft,
@@ -78,6 +80,7 @@ impl Choice {
 
 /// The verdict for one family.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct FamilyVerdict {
     /// The mode.
     pub mode: Mode,
@@ -195,6 +198,7 @@ pub fn decide(family: Family, ev: &FamilyEvidence) -> FamilyVerdict {
 
 /// The verdict for the host: per family, and combined.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct HostVerdict {
     /// `mixed` when either family is mixed or the families disagree.
     pub mode: Mode,

@@ -112,6 +112,7 @@ impl Role {
 /// Why a rule is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum DeleteReason {
     /// Another copy of the same jump is kept.
     Duplicate,
@@ -137,6 +138,7 @@ impl DeleteReason {
 
 /// One change to the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Op {
     /// Delete the rule with this kernel handle.
     Delete {
@@ -164,6 +166,7 @@ pub enum Op {
 
 /// A constraint the foreign rules make impossible to meet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Conflict {
     /// Index of the jump in the chain spec.
     pub jump: usize,
@@ -179,6 +182,7 @@ pub struct Conflict {
 
 /// A rule that blocks a constraint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Blocking {
     /// Kernel handle.
     pub handle: u64,
@@ -199,6 +203,7 @@ pub enum Slot {
 
 /// The outcome of planning one chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Plan {
     /// Deletes (in chain order) then inserts (in final order).
     pub ops: Vec<Op>,

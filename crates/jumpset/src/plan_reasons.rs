@@ -14,6 +14,7 @@ use serde::Serialize;
 /// How a declared jump came to stand where it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Placed {
     /// An existing copy, left where it is.
     Kept,
@@ -36,6 +37,7 @@ impl Placed {
 
 /// One `after` / `before` name of a jump and where the rules jumping there stand.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Bound {
     /// `after` or `before`.
     pub relation: &'static str,
@@ -50,6 +52,7 @@ pub struct Bound {
 
 /// A rule in the way of a constraint, at its position in the resulting chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Blocker {
     /// Kernel handle.
     pub handle: u64,
@@ -61,6 +64,7 @@ pub struct Blocker {
 
 /// A constraint the foreign rules make impossible, and the rules in the way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Unmet {
     /// The constraint, e.g. `after cali-PREROUTING`.
     pub constraint: String,
@@ -70,6 +74,7 @@ pub struct Unmet {
 
 /// Why one declared jump stands where it does once the plan is applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Reason {
     /// The jump's comment.
     pub comment: String,

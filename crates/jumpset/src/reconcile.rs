@@ -48,6 +48,7 @@ pub fn plan_for(goal: Goal, snap: &Snapshot, spec: &ChainSpec) -> Plan {
 
 /// The outcome of a reconcile of one chain in one family.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Outcome {
     /// The chain as read for the plan that was applied.
     pub before: Snapshot,
@@ -74,6 +75,7 @@ pub struct Outcome {
 
 /// What a reconcile got to, also when it failed: for the daemon's health and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// The step it was in last.
     pub step: Step,
@@ -87,6 +89,7 @@ pub struct Progress {
 
 /// A step of a reconcile.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Step {
     /// Reading the chain.
     #[default]
@@ -110,6 +113,7 @@ impl Step {
 
 /// A reconcile that failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReconcileError {
     /// The kernel or the socket failed.
     #[error(transparent)]

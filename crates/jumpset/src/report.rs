@@ -83,6 +83,7 @@ impl Failure for Error {
 /// A failure kept as its message and exit code (where the error itself is not kept, as
 /// in the daemon's answers).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Failed {
     /// The message.
     pub message: String,

@@ -134,6 +134,7 @@ impl Comment {
 
 /// A match of a rule other than its comment, kept for display and for the identity rules.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Match {
     /// `-m addrtype` (rev 1): source/destination type bits and flags, as the kernel has them.
     AddrType {
@@ -309,6 +310,7 @@ pub struct Snapshot {
 
 /// What one backend holds in one iptables table of one family.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
 pub struct TableCensus {
     /// Table name.
     pub table: String,

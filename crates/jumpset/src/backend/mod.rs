@@ -88,6 +88,7 @@ pub struct Applied {
 
 /// What a backend knows about the chain after its commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verified {
     /// Nothing beyond the commit's success: the reconcile reads the chain back and holds
     /// it to the plan.
@@ -264,6 +265,7 @@ impl Applied {
 
 /// A failure talking to the kernel.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackendError {
     /// The kernel refused for lack of privilege.
     #[error("{step}: permission denied: jumpset needs {capability} (run as root, or grant it: setcap cap_net_admin,cap_net_raw+ep, or AmbientCapabilities= in the unit)")]

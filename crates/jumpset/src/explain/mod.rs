@@ -48,6 +48,7 @@ use serde::Serialize;
 
 /// An nf_tables table.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NftTable {
     /// nfgen family (`inet` 1, `ip` 2, `ip6` 10, ...).
     pub family: u8,
@@ -61,6 +62,7 @@ pub struct NftTable {
 
 /// The hook of an nf_tables base chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BaseHook {
     /// NF_INET_*.
     pub hook: u32,
@@ -74,6 +76,7 @@ pub struct BaseHook {
 
 /// An nf_tables chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NftChain {
     /// nfgen family of its table.
     pub family: u8,
@@ -91,6 +94,7 @@ pub struct NftChain {
 
 /// An x_tables table the namespace has (listed in `/proc/.../ip{,6}_tables_names`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct XtTable {
     /// Family.
     pub family: Family,
@@ -105,6 +109,7 @@ pub type HookDump = Option<Vec<HookInfo>>;
 
 /// Everything `explain` read from the kernel.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Evidence {
     /// The ruleset generation the nf_tables dumps were taken at.
     pub generation: u32,
@@ -210,6 +215,7 @@ pub enum OrderSource {
 
 /// One base chain (or kernel function) on a packet's path through a hook.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Step {
     /// 1-based, in the order the kernel runs them.
     pub position: usize,
@@ -263,6 +269,7 @@ impl Step {
 
 /// The NAT core's hook on a path: where the `nat` chains run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct NatHook {
     /// Its priority (NF_IP_PRI_NAT_DST −100 on prerouting and output, NF_IP_PRI_NAT_SRC
     /// 100 on input and postrouting).
@@ -280,6 +287,7 @@ pub struct NatHook {
 
 /// Every base chain a packet of one family meets on one hook, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct HookPath {
     /// The packet's family.
     pub family: Family,
@@ -300,6 +308,7 @@ pub struct HookPath {
 /// The kinds of finding (the daemon's `jumpset_findings{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FindingKind {
     /// Base chains of different tables on one hook at equal priority: they run in
     /// registration order — defined, but it depends on which agent loaded first.
@@ -352,6 +361,7 @@ impl FindingKind {
 /// How much a finding matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Severity {
     /// Likely to break traffic, or to break it after a restart.
     Warning,
@@ -359,8 +369,19 @@ pub enum Severity {
     Info,
 }
 
+impl Severity {
+    /// The JSON spelling (`warning`, `info`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
 /// Something on the path that is wrong or fragile, with its evidence and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Finding {
     /// What kind.
     pub kind: FindingKind,
@@ -384,6 +405,7 @@ pub struct Finding {
 /// One managed chain as read: every rule with its owner, and why each owned jump is
 /// where it is (or, when the chain is not in order, where `apply` would put it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ManagedChain {
     /// The backend it was read from: `nft` or `legacy`.
     pub backend: &'static str,
@@ -396,6 +418,7 @@ pub struct ManagedChain {
 
 /// What `jumpset explain` says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Explanation {
     /// Each (family, hook) examined.
     pub hooks: Vec<HookPath>,
@@ -411,6 +434,7 @@ pub struct Explanation {
 
 /// What to explain.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Request<'a> {
     /// The config whose chains are managed (`None`: no managed chain).
     pub config: Option<&'a Config>,

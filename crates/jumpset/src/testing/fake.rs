@@ -36,6 +36,7 @@ const EINVAL: i32 = 22;
 
 /// Which backend operation an injected [`Fault`] hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Step {
     /// [`Backend::read`].
     Read,
@@ -47,6 +48,7 @@ pub enum Step {
 
 /// A failure to inject ([`FakeKernel::fail_next`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
     /// The socket failed ([`BackendError::Io`]): a daemon reopens its backend.
     Io,

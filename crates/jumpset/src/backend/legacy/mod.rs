@@ -3,7 +3,7 @@
 //! The kernel only knows whole tables. A read is `IPT_SO_GET_INFO` + `IPT_SO_GET_ENTRIES`
 //! of the table, then `IPT_SO_GET_INFO` again (all retried when the table changed in
 //! between: the pair is not atomic), decoded by the pure
-//! [`blob`] codec; a write replaces the whole table with one `IPT_SO_SET_REPLACE` and then
+//! `blob` codec; a write replaces the whole table with one `IPT_SO_SET_REPLACE` and then
 //! puts the counters of every entry it kept back with `IPT_SO_SET_ADD_COUNTERS`, the same
 //! two calls iptables-legacy makes (`docs/architecture.md#x_tables-replace-and-counters`).
 //!
@@ -33,7 +33,7 @@
 //!   else (a writer that ignores the lock got in right after us) does the reconcile read
 //!   the chain back, which is the one thing such a read can tell.
 //! - **No copies of the table.** The table is decoded in place in the buffer the kernel
-//!   filled ([`blob::Table`] borrows it), rebuilt by copying runs of untouched entries as
+//!   filled (`blob::Table` borrows it), rebuilt by copying runs of untouched entries as
 //!   byte ranges into the buffer the replace is sent from, and both buffers are kept
 //!   between reconciles (a daemon on a 50k-rule node reuses them instead of faulting in
 //!   twice the table each poll). Peak memory is about twice the table's size.
