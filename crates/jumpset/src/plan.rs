@@ -612,12 +612,42 @@ pub fn owned_jump(rule: &Rule, jumps: &[JumpSpec]) -> Option<usize> {
 
 /// Plan the reconcile of one chain.
 pub fn plan(snap: &Snapshot, spec: &ChainSpec) -> Plan {
-    if is_converged(&snap.rules, &spec.jumps) {
+    let (rules, jumps) = (&snap.rules, &spec.jumps);
+    match standing(rules, jumps) {
         // The no-op every reconcile of a healthy chain takes: no search, no layout; with
         // a few jumps not even a map (only the returned plan's `roles` and `result`).
-        return converged_plan(&snap.rules, &spec.jumps);
+        Standing::Converged => converged_plan(rules, jumps),
+        // The repair most reconciles make (another agent deleted or flushed our jump):
+        // one insert, placed by scans, without the search and its maps.
+        Standing::Missing(j) => {
+            insert_one(rules, jumps, j).unwrap_or_else(|| plan_full(snap, spec))
+        }
+        Standing::Other => plan_full(snap, spec),
     }
-    plan_full(snap, spec)
+}
+
+/// How a chain stands against the declared jumps ([`standing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Each declared jump exactly once, every constraint met ([`is_converged`]).
+    Converged,
+    /// Converged but for this jump, which has no copy at all: every other jump is there
+    /// exactly once as a bare jump to its target, no stale copy, every constraint met by
+    /// the rules there are.
+    Missing(usize),
+    /// Anything else: the full planner decides.
+    Other,
+}
+
+/// The [`Standing`] of `rules`; `Missing` is only told with up to [`SCAN_JUMPS`] jumps.
+fn standing(rules: &[Rule], jumps: &[JumpSpec]) -> Standing {
+    if jumps.len() <= SCAN_JUMPS {
+        standing_few(rules, jumps)
+    } else if is_converged_many(rules, jumps) {
+        Standing::Converged
+    } else {
+        Standing::Other
+    }
 }
 
 /// Whether the chain needs nothing and meets every constraint: each declared jump exactly
@@ -626,40 +656,115 @@ pub fn plan(snap: &Snapshot, spec: &ChainSpec) -> Plan {
 /// planner keeps every copy, inserts nothing and reports no conflict (the property tests
 /// check that the two agree). O(rules + constraints); with up to [`SCAN_JUMPS`] jumps it
 /// allocates nothing.
+#[cfg(test)]
 fn is_converged(rules: &[Rule], jumps: &[JumpSpec]) -> bool {
-    if jumps.len() <= SCAN_JUMPS {
-        is_converged_few(rules, jumps)
-    } else {
-        is_converged_many(rules, jumps)
-    }
+    standing(rules, jumps) == Standing::Converged
 }
 
 /// [`is_converged`] without allocating: O(jumps² × rules), for a few jumps.
+#[cfg(test)]
 fn is_converged_few(rules: &[Rule], jumps: &[JumpSpec]) -> bool {
+    standing_few(rules, jumps) == Standing::Converged
+}
+
+/// Where the rules jumping to `name` stand: (first, last) index, by scanning.
+fn first_last(rules: &[Rule], name: &str) -> Option<(usize, usize)> {
+    let first = rules.iter().position(|r| r.target() == Some(name))?;
+    let last = rules.iter().rposition(|r| r.target() == Some(name))?;
+    Some((first, last))
+}
+
+/// The [`Standing`] of `rules`, without allocating: O(jumps² × rules), for a few jumps.
+fn standing_few(rules: &[Rule], jumps: &[JumpSpec]) -> Standing {
+    let mut missing = None;
     for (j, js) in jumps.iter().enumerate() {
         let mut copies = 0;
         for r in rules {
             if owned_jump(r, jumps) == Some(j) {
                 if !matches!(&r.verdict, Verdict::Jump(t) if *t == js.target) {
-                    return false; // a stale copy
+                    return Standing::Other; // a stale copy
                 }
                 copies += 1;
             }
         }
-        if copies != 1 {
-            return false;
+        match copies {
+            1 => {}
+            0 if missing.is_none() => missing = Some(j),
+            _ => return Standing::Other,
         }
     }
-    let last = |name: &str| rules.iter().rposition(|r| r.target() == Some(name));
-    let first = |name: &str| rules.iter().position(|r| r.target() == Some(name));
-    let before = |from: &str, to: &str| match (last(from), first(to)) {
-        (Some(a), Some(b)) => a < b,
+    let before = |from: &str, to: &str| match (first_last(rules, from), first_last(rules, to)) {
+        (Some(a), Some(b)) => a.1 < b.0,
         _ => true,
     };
-    jumps.iter().all(|js| {
+    let met = jumps.iter().all(|js| {
         js.after.iter().all(|a| before(a, &js.target))
             && js.before.iter().all(|b| before(&js.target, b))
-    })
+    });
+    match missing {
+        _ if !met => Standing::Other,
+        None => Standing::Converged,
+        Some(j) => Standing::Missing(j),
+    }
+}
+
+/// The plan of a chain whose [`Standing`] is `Missing(j)`: what the full planner returns
+/// for it — every copy kept, no conflict, `j` inserted where [`Model::layout`] puts it
+/// (right below the last rule it must follow, else right above the first rule it must
+/// precede, else at the end) — or `None` when it needs the full planner: `j` has no valid
+/// place (a conflict to relax), or its target is another jump's too or one of its own
+/// constraints (the full planner's edges then tie it to itself or to the other jump).
+///
+/// Why the full planner keeps every copy and reports no conflict then: the chain with
+/// `j` inserted here meets every constraint, so relaxing finds no constraint broken among
+/// the foreign rules and a place for every jump between them, and keeping every copy
+/// (one per jump) is compatible and leaves `j` this place — no plan has fewer changes
+/// than this one insert. (The property tests hold the two to the same plans.)
+fn insert_one(rules: &[Rule], jumps: &[JumpSpec], j: usize) -> Option<Plan> {
+    let js = &jumps[j];
+    let t = js.target.as_str();
+    let shared = jumps
+        .iter()
+        .enumerate()
+        .any(|(k, o)| k != j && o.target == t);
+    if shared || js.after.iter().chain(&js.before).any(|n| n == t) {
+        return None;
+    }
+    // Names whose rules `j` must follow / precede: its own `after` / `before`, and the
+    // targets of the jumps declaring `before = [t]` / `after = [t]`.
+    let others = jumps.iter().enumerate().filter(|&(k, _)| k != j);
+    let follows = js.after.iter().map(String::as_str).chain(
+        others
+            .clone()
+            .filter(|(_, o)| o.before.iter().any(|b| b == t))
+            .map(|(_, o)| o.target.as_str()),
+    );
+    let precedes = js.before.iter().map(String::as_str).chain(
+        others
+            .filter(|(_, o)| o.after.iter().any(|a| a == t))
+            .map(|(_, o)| o.target.as_str()),
+    );
+    let lo = follows
+        .filter_map(|n| first_last(rules, n).map(|s| s.1 + 1))
+        .max();
+    let hi = precedes
+        .filter_map(|n| first_last(rules, n).map(|s| s.0))
+        .min()
+        .unwrap_or(rules.len());
+    let at = match lo {
+        Some(lo) if lo > hi => return None,
+        Some(lo) => lo,
+        None => hi,
+    };
+    let mut p = converged_plan(rules, jumps);
+    p.result.insert(at, Slot::New(j));
+    p.ops.push(Op::Insert {
+        jump: j,
+        position: at + 1,
+        after_handle: at.checked_sub(1).map(|i| rules[i].handle),
+        before_handle: rules.get(at).map(|r| r.handle),
+    });
+    Some(p)
 }
 
 /// [`is_converged`] with one pass over the rules and one over the constraints.

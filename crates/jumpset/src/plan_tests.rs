@@ -598,6 +598,62 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The one-insert fast path agrees with the full planner: on the chains the plans
+    /// converge to, with each owned jump deleted in turn (the repair a reconcile makes
+    /// most), and with the deleted jump's rule left in place as a foreign one (another
+    /// agent's rule to the same target, which bounds where the jump can go).
+    #[test]
+    fn the_insert_fast_path_agrees_with_the_full_planner(chain in chain_strategy(), cons in spec_strategy()) {
+        let Some(spec) = spec_from(&cons) else { return Ok(()); };
+        let rules: Vec<Rule> = chain.iter().enumerate()
+            .map(|(i, &(k, x))| rule_from(k, x, i as u64 + 1)).collect();
+        let s = snap(rules);
+        let after = apply(&s, &spec, &plan(&s, &spec));
+        for (i, r) in after.rules.iter().enumerate() {
+            let Some(j) = owned_jump(r, &spec.jumps) else { continue };
+            let mut gone = after.clone();
+            gone.rules.remove(i);
+            let p = plan(&gone, &spec);
+            prop_assert_eq!(&p, &plan_full(&gone, &spec));
+            if standing(&gone.rules, &spec.jumps) == Standing::Missing(j) && p.conflicts.is_empty() {
+                prop_assert_eq!(p.ops.len(), 1);
+            }
+            let mut foreign = after.clone();
+            foreign.rules[i].comment = None;
+            prop_assert_eq!(&plan(&foreign, &spec), &plan_full(&foreign, &spec));
+        }
+    }
+}
+
+#[test]
+fn a_deleted_harvester_jump_is_put_back_by_the_insert_fast_path() {
+    let spec = harvester();
+    let gone = snap(vec![
+        jump(1, CALI, "cali-PREROUTING"),
+        jump(3, KUBE, "KUBE-SERVICES"),
+        foreign(4, "CNI-HOSTPORT-DNAT"),
+    ]);
+    assert_eq!(
+        standing(&gone.rules, &spec.jumps),
+        Standing::Missing(0),
+        "the fast path's case"
+    );
+    let p = plan(&gone, &spec);
+    assert_eq!(p, plan_full(&gone, &spec));
+    assert_eq!(
+        p.ops,
+        vec![Op::Insert {
+            jump: 0,
+            position: 2,
+            after_handle: Some(1),
+            before_handle: Some(3),
+        }]
+    );
+}
+
 #[test]
 fn the_harvester_chain_takes_the_fast_path() {
     let healthy = snap(vec![

@@ -36,6 +36,7 @@ use crate::snapshot::{Family, Rule, Snapshot, Verdict};
 use crate::spec::ChainSpec;
 use codec::{Batch, Body, Message, Position};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+use std::fmt::{self, Display};
 use std::time::Duration;
 
 const ENOENT: i32 = 2;
@@ -107,6 +108,9 @@ pub struct NftBackend {
     portid: u32,
     seq: u32,
     buf: Vec<u8>,
+    /// The last read's request and the last batch, their buffers kept for the next ones.
+    req: Vec<u8>,
+    batch: Vec<u8>,
     allow_mixed: bool,
     /// The managed chain as the last read found it.
     base: Option<BaseSeen>,
@@ -114,7 +118,7 @@ pub struct NftBackend {
     known: Vec<KnownChain>,
 }
 
-fn io_err(step: &str) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
+fn io_err<S: Display + ?Sized>(step: &S) -> impl FnOnce(std::io::Error) -> BackendError + '_ {
     move |source| {
         if matches!(source.raw_os_error(), Some(EPERM) | Some(EACCES)) {
             BackendError::Permission {
@@ -152,12 +156,29 @@ fn kernel_err(step: String, errno: i32, ext: Option<String>) -> BackendError {
 /// the chain (`seq + 1`, no ack: its reply is the chain or ENOENT), and the GETRULE dump of
 /// its rules (`seq + 2`), sent in one `sendmsg`; the dump ends with NLMSG_DONE at `seq + 2`.
 pub(crate) fn read_request(fam: u8, table: &str, chain: &str, seq: u32, ask: bool) -> Vec<u8> {
-    let mut req = codec::get_gen(seq);
-    if ask {
-        req.extend_from_slice(&codec::get_chain_unacked(fam, table, chain, seq + 1));
-    }
-    req.extend_from_slice(&codec::get_rules(fam, table, chain, seq + 2));
+    let mut req = Vec::new();
+    read_request_into(&mut req, fam, table, chain, seq, ask);
     req
+}
+
+/// [`read_request`], into `req` (cleared first).
+fn read_request_into(req: &mut Vec<u8>, fam: u8, table: &str, chain: &str, seq: u32, ask: bool) {
+    req.clear();
+    codec::get_gen_into(req, seq);
+    if ask {
+        codec::get_chain_unacked_into(req, fam, table, chain, seq + 1);
+    }
+    codec::get_rules_into(req, fam, table, chain, seq + 2);
+}
+
+/// The step of a read, as errors name it (`reading ip nat PREROUTING`): formatted only
+/// when one is reported.
+struct Reading<'a>(Family, &'a str, &'a str);
+
+impl Display for Reading<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reading {} {} {}", self.0, self.1, self.2)
+    }
 }
 
 /// A managed chain as a GETCHAIN described it, and the rules it held then. nf_tables gives
@@ -195,9 +216,10 @@ struct BaseSeen {
     table: String,
     chain: String,
     generation: u32,
-    /// The chain as described (fresh from the read's GETCHAIN, or vouched for by a rule
-    /// of the chain known from an earlier one); `None`: not known, ask before writing.
-    info: Option<codec::ChainInfo>,
+    /// Whether the chain is described by its entry in `known`: fresh from the read's
+    /// GETCHAIN, or vouched for by a rule of the chain known from an earlier one. If
+    /// not, it is asked about before writing.
+    described: bool,
 }
 
 /// Why `info`, the managed chain of `snap` as the kernel has it, is not the base chain
@@ -354,7 +376,10 @@ fn refused(
 }
 
 /// Decode one received datagram.
-fn decode<'b>(buf: &'b [u8], step: &str) -> Result<Vec<Message<'b>>, BackendError> {
+fn decode<'b, S: Display + ?Sized>(
+    buf: &'b [u8],
+    step: &S,
+) -> Result<Vec<Message<'b>>, BackendError> {
     codec::parse(buf).map_err(|source| BackendError::Decode {
         step: step.to_string(),
         source,
@@ -376,6 +401,8 @@ impl NftBackend {
             portid: addr.port_number(),
             seq: 1,
             buf: Vec::with_capacity(RECV_BUF),
+            req: Vec::new(),
+            batch: Vec::new(),
             allow_mixed: false,
             base: None,
             known: Vec::new(),
@@ -401,15 +428,15 @@ impl NftBackend {
         s
     }
 
-    fn send(&self, bytes: &[u8], step: &str) -> Result<(), BackendError> {
+    fn send<S: Display + ?Sized>(&self, bytes: &[u8], step: &S) -> Result<(), BackendError> {
         self.sock.send(bytes, 0).map_err(io_err(step))?;
         Ok(())
     }
 
     /// Receive one datagram; `Ok(None)` when `nonblocking` and nothing is queued.
-    fn recv(
+    fn recv<S: Display + ?Sized>(
         &mut self,
-        step: &str,
+        step: &S,
         nonblocking: bool,
     ) -> Result<Option<Vec<Message<'_>>>, BackendError> {
         if !self.recv_bytes(step, nonblocking)? {
@@ -420,7 +447,11 @@ impl NftBackend {
 
     /// Receive one datagram into `self.buf`, undecoded; `Ok(false)` when `nonblocking`
     /// and nothing is queued.
-    fn recv_bytes(&mut self, step: &str, nonblocking: bool) -> Result<bool, BackendError> {
+    fn recv_bytes<S: Display + ?Sized>(
+        &mut self,
+        step: &S,
+        nonblocking: bool,
+    ) -> Result<bool, BackendError> {
         self.buf.clear();
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         match self.sock.recv(&mut self.buf, flags) {
@@ -442,11 +473,11 @@ impl NftBackend {
 
     /// Send one request and hand every reply with seq `first..=last` to `each`, until
     /// it says the exchange is complete.
-    fn exchange(
+    fn exchange<S: Display + ?Sized>(
         &mut self,
         req: &[u8],
         seqs: std::ops::RangeInclusive<u32>,
-        step: &str,
+        step: &S,
         mut each: impl FnMut(Message<'_>) -> Result<bool, BackendError>,
     ) -> Result<(), BackendError> {
         self.send(req, step)?;
@@ -542,30 +573,32 @@ impl NftBackend {
     /// did not read last, or one read without a generation (`Snapshot::generation` 0:
     /// commits kept racing the dump, and its write is anchored on handles, not guarded).
     fn check_base_chain(&mut self, snap: &Snapshot) -> Result<(), BackendError> {
-        let seen = self
-            .base
-            .as_ref()
-            .filter(|b| {
-                b.generation != 0
-                    && (b.family, b.table.as_str(), b.chain.as_str(), b.generation)
-                        == (
-                            snap.family,
-                            snap.table.as_str(),
-                            snap.chain.as_str(),
-                            snap.generation,
-                        )
+        let seen = self.base.as_ref().is_some_and(|b| {
+            b.described
+                && b.generation != 0
+                && (b.family, b.table.as_str(), b.chain.as_str(), b.generation)
+                    == (
+                        snap.family,
+                        snap.table.as_str(),
+                        snap.chain.as_str(),
+                        snap.generation,
+                    )
+        });
+        let known = seen
+            .then(|| {
+                self.known.iter().find(|k| {
+                    (k.family, k.table.as_str(), k.chain.as_str())
+                        == (snap.family, snap.table.as_str(), snap.chain.as_str())
+                })
             })
-            .and_then(|b| b.info.clone());
-        let info = match seen {
-            Some(info) => Some(info),
-            None => {
-                let info = self.chain_info(nfproto(snap.family), &snap.table, &snap.chain)?;
-                if let Some(i) = info.as_ref().filter(|_| snap.generation != 0) {
-                    self.learn(snap, i.clone());
-                }
-                info
-            }
-        };
+            .flatten();
+        if let Some(k) = known {
+            return base_chain_problem(snap, &k.info).map_or(Ok(()), Err);
+        }
+        let info = self.chain_info(nfproto(snap.family), &snap.table, &snap.chain)?;
+        if let Some(i) = info.as_ref().filter(|_| snap.generation != 0) {
+            self.learn(snap, i.clone());
+        }
         match info {
             // Gone since the read: the batch is refused as stale.
             None => Ok(()),
@@ -657,9 +690,10 @@ impl NftBackend {
         let (table, chain) = (snap.table.as_str(), snap.chain.as_str());
         let def = base_chain(table, chain)?;
         let begin = self.take_seq(0);
+        let buf = std::mem::take(&mut self.batch);
         let mut b = match guard {
-            Guard::Generation => Batch::begin(snap.generation, begin),
-            Guard::Anchors => Batch::unguarded(begin),
+            Guard::Generation => Batch::begin_in(buf, snap.generation, begin),
+            Guard::Anchors => Batch::unguarded_in(buf, begin),
         };
         let mut steps: Vec<(u32, Step)> = Vec::with_capacity(plan.ops.len() + 2);
         if !snap.table_exists {
@@ -800,8 +834,10 @@ impl NftBackend {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let built = self.build_batch(snap, spec, plan, &create, guard)?;
-            let errors = match self.send_batch(&built.bytes, built.begin, built.end)? {
+            let mut built = self.build_batch(snap, spec, plan, &create, guard)?;
+            let answer = self.send_batch(&built.bytes, built.begin, built.end);
+            self.batch = std::mem::take(&mut built.bytes);
+            let errors = match answer? {
                 Answer::Committed { echoed } => {
                     let inserted = built
                         .inserts
@@ -1298,12 +1334,13 @@ impl Backend for NftBackend {
 
     fn read(&mut self, family: Family, table: &str, chain: &str) -> Result<Snapshot, BackendError> {
         let fam = nfproto(family);
-        let step = format!("reading {family} {table} {chain}");
+        let step = Reading(family, table, chain);
         for attempt in 0..READ_RETRIES {
             let s = self.take_seq(3);
             // The chain is asked for unless a rule seen in it earlier vouches for it.
             let ask = self.known(family, table, chain).is_none();
-            let req = read_request(fam, table, chain, s, ask);
+            let mut req = std::mem::take(&mut self.req);
+            read_request_into(&mut req, fam, table, chain, s, ask);
             let mut gen: Option<u32> = None;
             let mut rules = Vec::new();
             // A commit (anywhere) got in during the dump.
@@ -1316,7 +1353,7 @@ impl Backend for NftBackend {
             let mut missing = false;
             // The handle of the rule dumped last: each dumped rule names the one before it.
             let mut last: Option<u64> = None;
-            self.exchange(&req, s..=s + 2, &step, |m| match m.body {
+            let replies = self.exchange(&req, s..=s + 2, &step, |m| match m.body {
                 Body::NewRule(r) => {
                     // Each dumped rule carries the low 16 bits of the generation it was
                     // dumped at; a mismatch or DUMP_INTR means a commit got in between. And
@@ -1347,13 +1384,15 @@ impl Backend for NftBackend {
                 }
                 Body::Done => Ok(true),
                 Body::Error { code, msg, .. } if code != 0 => {
-                    Err(kernel_err(step.clone(), -code, msg))
+                    Err(kernel_err(step.to_string(), -code, msg))
                 }
                 _ => Ok(false),
-            })?;
+            });
+            self.req = req;
+            replies?;
             let Some(generation) = gen else {
                 return Err(BackendError::Kernel {
-                    step,
+                    step: step.to_string(),
                     errno: 0,
                     message: "no generation in the reply".into(),
                 });
@@ -1382,35 +1421,44 @@ impl Backend for NftBackend {
                 chain_exists,
                 rules,
             };
-            let info = match found {
+            let described = match found {
                 // Not when the read raced a commit: the chain described may not be the one
                 // whose rules were dumped.
                 Some(info) if !raced => {
-                    self.learn(&snap, info.clone());
-                    Some(info)
+                    self.learn(&snap, info);
+                    true
                 }
                 _ => match self.known(family, table, chain) {
                     // The same chain object: a rule known to be in it is still there.
-                    Some(k) if k.vouched_by(&snap.rules) => Some(k.info.clone()),
+                    Some(k) if k.vouched_by(&snap.rules) => true,
                     _ => {
                         self.known.retain(|k| {
                             (k.family, k.table.as_str(), k.chain.as_str()) != (family, table, chain)
                         });
-                        None
+                        false
                     }
                 },
             };
-            self.base = Some(BaseSeen {
-                family,
-                table: table.to_string(),
-                chain: chain.to_string(),
-                generation,
-                info,
-            });
+            match &mut self.base {
+                Some(b)
+                    if (b.family, b.table.as_str(), b.chain.as_str()) == (family, table, chain) =>
+                {
+                    (b.generation, b.described) = (generation, described);
+                }
+                base => {
+                    *base = Some(BaseSeen {
+                        family,
+                        table: table.to_string(),
+                        chain: chain.to_string(),
+                        generation,
+                        described,
+                    })
+                }
+            }
             return Ok(snap);
         }
         Err(BackendError::Kernel {
-            step,
+            step: step.to_string(),
             errno: 0,
             message: format!("the ruleset changed during each of {READ_RETRIES} reads"),
         })

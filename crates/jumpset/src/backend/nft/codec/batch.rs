@@ -59,10 +59,22 @@ pub struct NewRule {
 
 fn request(ty: u16, flags: u16, family: u8, seq: u32, attrs: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
-    let m = begin_msg(&mut buf, ty, flags, seq, family, 0);
-    attrs(&mut buf);
-    end_msg(&mut buf, m);
+    request_into(&mut buf, ty, flags, family, seq, attrs);
     buf
+}
+
+/// [`request`], appended to `buf`.
+fn request_into(
+    buf: &mut Vec<u8>,
+    ty: u16,
+    flags: u16,
+    family: u8,
+    seq: u32,
+    attrs: impl FnOnce(&mut Vec<u8>),
+) {
+    let m = begin_msg(buf, ty, flags, seq, family, 0);
+    attrs(buf);
+    end_msg(buf, m);
 }
 
 /// GETGEN request (20 bytes, REQUEST).
@@ -70,9 +82,22 @@ pub fn get_gen(seq: u32) -> Vec<u8> {
     request(NFT_MSG_GETGEN, NLM_F_REQUEST, AF_UNSPEC, seq, |_| {})
 }
 
+/// [`get_gen`], appended to `buf`.
+pub(crate) fn get_gen_into(buf: &mut Vec<u8>, seq: u32) {
+    request_into(buf, NFT_MSG_GETGEN, NLM_F_REQUEST, AF_UNSPEC, seq, |_| {})
+}
+
 /// GETRULE dump of one chain (REQUEST|DUMP), TABLE + CHAIN attributes.
 pub fn get_rules(family: u8, table: &str, chain: &str, seq: u32) -> Vec<u8> {
-    request(
+    let mut buf = Vec::with_capacity(64);
+    get_rules_into(&mut buf, family, table, chain, seq);
+    buf
+}
+
+/// [`get_rules`], appended to `buf`.
+pub(crate) fn get_rules_into(buf: &mut Vec<u8>, family: u8, table: &str, chain: &str, seq: u32) {
+    request_into(
+        buf,
         NFT_MSG_GETRULE,
         NLM_F_REQUEST | NLM_F_DUMP,
         family,
@@ -100,8 +125,14 @@ pub(crate) fn get_chain(family: u8, table: &str, chain: &str, seq: u32) -> Vec<u
 
 /// GETCHAIN of one chain without an ack (REQUEST only): the reply is the NEWCHAIN, or an
 /// error — one datagram, for a request that rides with others in one `sendmsg`.
-pub(crate) fn get_chain_unacked(family: u8, table: &str, chain: &str, seq: u32) -> Vec<u8> {
-    request(NFT_MSG_GETCHAIN, NLM_F_REQUEST, family, seq, |b| {
+pub(crate) fn get_chain_unacked_into(
+    buf: &mut Vec<u8>,
+    family: u8,
+    table: &str,
+    chain: &str,
+    seq: u32,
+) {
+    request_into(buf, NFT_MSG_GETCHAIN, NLM_F_REQUEST, family, seq, |b| {
         put_str(b, NFTA_CHAIN_TABLE, table);
         put_str(b, NFTA_CHAIN_NAME, chain);
     })
@@ -197,7 +228,12 @@ impl Batch {
     /// BATCH_BEGIN carrying NFNL_BATCH_GENID = genid; `seq` is BEGIN's seq, later
     /// messages get seq + 1, + 2, ...
     pub fn begin(genid: u32, seq: u32) -> Batch {
-        let mut buf = Vec::with_capacity(4096);
+        Batch::begin_in(Vec::with_capacity(4096), genid, seq)
+    }
+
+    /// [`Batch::begin`] in `buf` (cleared first): a buffer kept between batches.
+    pub fn begin_in(mut buf: Vec<u8>, genid: u32, seq: u32) -> Batch {
+        buf.clear();
         let res_id = NFNL_SUBSYS_NFTABLES;
         let m = begin_msg(
             &mut buf,
@@ -219,7 +255,12 @@ impl Batch {
     /// each message refers to (a DELRULE of a missing handle, a NEWRULE positioned on one,
     /// fail with ENOENT and the whole batch is refused). `seq` as in [`Batch::begin`].
     pub fn unguarded(seq: u32) -> Batch {
-        let mut buf = Vec::with_capacity(4096);
+        Batch::unguarded_in(Vec::with_capacity(4096), seq)
+    }
+
+    /// [`Batch::unguarded`] in `buf` (cleared first).
+    pub fn unguarded_in(mut buf: Vec<u8>, seq: u32) -> Batch {
+        buf.clear();
         let m = begin_msg(
             &mut buf,
             NFNL_MSG_BATCH_BEGIN,

@@ -51,8 +51,8 @@ mod testutil;
 #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
 pub use batch::NewRule;
 pub(super) use batch::{
-    get_all_chains, get_all_rules, get_chain, get_chain_unacked, get_chains, get_table,
-    get_table_rules, get_tables,
+    get_all_chains, get_all_rules, get_chain, get_chain_unacked_into, get_chains, get_gen_into,
+    get_rules_into, get_table, get_table_rules, get_tables,
 };
 pub use batch::{get_gen, get_rules, Batch, Position};
 pub use compat::encode_rule;
