@@ -325,14 +325,21 @@ pub struct Attempt {
     pub took: Duration,
     /// How it ended.
     pub outcome: Outcome,
+    /// How many times the client's kernel sent the SYN again before the connection was
+    /// up (`tcpi_total_retrans` right after the connect; 0 when it failed). A SYN sent
+    /// again after the first was dropped before conntrack confirmed its entry is a new
+    /// connection to the NAT table, and runs the nat chains once more.
+    pub syn_retransmits: u32,
 }
 
 /// Open one new TCP connection to `target` from the calling thread's namespace and read
 /// the pod's banner, within `timeout` for the connect and again for the read.
 pub fn attempt(target: SocketAddr, timeout: Duration) -> Attempt {
     let at = Instant::now();
+    let mut syn_retransmits = 0;
     let outcome = match TcpStream::connect_timeout(&target, timeout) {
         Ok(mut s) => {
+            syn_retransmits = total_retrans(&s);
             let _ = s.set_read_timeout(Some(timeout));
             let mut got = Vec::new();
             let mut buf = [0u8; 64];
@@ -369,6 +376,31 @@ pub fn attempt(target: SocketAddr, timeout: Duration) -> Attempt {
         at,
         took: at.elapsed(),
         outcome,
+        syn_retransmits,
+    }
+}
+
+/// `tcpi_total_retrans` of a connected socket (0 if `TCP_INFO` cannot be read).
+fn total_retrans(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero `tcp_info` is a valid value of the plain-integer struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is the open socket `s` borrows; `info` and `len` are valid for
+    // writes of `len` bytes, and the kernel writes at most `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        info.tcpi_total_retrans
+    } else {
+        0
     }
 }
 
@@ -726,6 +758,7 @@ mod tests {
             target: vip(Family::Ip),
             at,
             took: Duration::ZERO,
+            syn_retransmits: 0,
             outcome,
         };
         let t = Tally::of(&[
