@@ -59,6 +59,8 @@ pub mod daemon;
 pub mod detect;
 mod error;
 pub mod explain;
+#[cfg(test)]
+mod fixtures;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

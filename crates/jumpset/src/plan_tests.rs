@@ -3,52 +3,10 @@
 //! minimal by brute force).
 
 use super::*;
-use crate::snapshot::{Comment, CommentEncoding, Counters, Family, Match};
+use crate::fixtures::{bare, foreign, jump, snap};
+use crate::snapshot::{CommentEncoding, Match};
 use crate::spec::Config;
 use proptest::prelude::*;
-
-fn bare(handle: u64, comment: &str, verdict: Verdict) -> Rule {
-    Rule {
-        handle,
-        comment: Some(Comment {
-            bytes: comment.as_bytes().to_vec(),
-            encoding: CommentEncoding::Xt,
-        }),
-        matches: vec![],
-        counters: Some(Counters::default()),
-        verdict,
-    }
-}
-
-fn jump(handle: u64, comment: &str, target: &str) -> Rule {
-    bare(handle, comment, Verdict::Jump(target.into()))
-}
-
-fn foreign(handle: u64, target: &str) -> Rule {
-    Rule {
-        handle,
-        comment: None,
-        matches: vec![Match::AddrType {
-            source: 0,
-            dest: crate::snapshot::ADDRTYPE_LOCAL,
-            flags: 0,
-        }],
-        counters: Some(Counters::default()),
-        verdict: Verdict::Jump(target.into()),
-    }
-}
-
-fn snap(rules: Vec<Rule>) -> Snapshot {
-    Snapshot {
-        family: Family::Ip,
-        table: "nat".into(),
-        chain: "PREROUTING".into(),
-        generation: 1,
-        table_exists: true,
-        chain_exists: true,
-        rules,
-    }
-}
 
 fn harvester() -> ChainSpec {
     Config::from_toml(include_str!("../testdata/harvester.toml"))

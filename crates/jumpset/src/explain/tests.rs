@@ -6,7 +6,8 @@ use super::facts::TABLE_DORMANT;
 use super::*;
 use crate::backend::legacy::blob::ChainSummary;
 use crate::backend::nft::codec::{HookDesc, HookInfo};
-use crate::snapshot::{Comment, CommentEncoding, Counters, Rule, Verdict};
+use crate::fixtures::{jump, snap};
+use crate::snapshot::Verdict;
 
 const IP: u8 = 2;
 const INET: u8 = 1;
@@ -493,31 +494,6 @@ fn dormant_tables_are_not_on_the_path_and_are_found() {
     assert!(f[0].summary.starts_with("ip calico: the table is dormant"));
     assert_eq!(f[0].evidence.len(), 4, "its four base chains");
     assert!(f[0].what_to_do.contains("nft add table ip calico"));
-}
-
-fn jump(handle: u64, comment: &str, target: &str) -> Rule {
-    Rule {
-        handle,
-        comment: Some(Comment {
-            bytes: comment.as_bytes().to_vec(),
-            encoding: CommentEncoding::Xt,
-        }),
-        matches: vec![],
-        counters: Some(Counters::default()),
-        verdict: Verdict::Jump(target.into()),
-    }
-}
-
-fn snap(rules: Vec<Rule>) -> Snapshot {
-    Snapshot {
-        family: Family::Ip,
-        table: "nat".into(),
-        chain: "PREROUTING".into(),
-        generation: 7,
-        table_exists: true,
-        chain_exists: true,
-        rules,
-    }
 }
 
 #[test]
