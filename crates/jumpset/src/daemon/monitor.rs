@@ -271,7 +271,7 @@ mod tests {
             Body::Gen(GenInfo {
                 id,
                 proc_pid: Some(77),
-                proc_name: Some(name.into()),
+                proc_name: Some(name.to_owned().into()),
             }),
         )
     }
