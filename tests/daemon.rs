@@ -326,7 +326,7 @@ fn watch_generations() -> mpsc::Receiver<(Instant, String)> {
             let now = Instant::now();
             for m in codec::parse(&buf).unwrap_or_default() {
                 if let Body::Gen(g) = m.body {
-                    let name = g.proc_name.unwrap_or_default();
+                    let name = g.proc_name.unwrap_or_default().into_owned();
                     let last = name == "nft";
                     let _ = tx.send((now, name));
                     if last {

@@ -259,7 +259,7 @@ impl GenWatch {
                 let now = Instant::now();
                 for m in codec::parse(&buf).unwrap_or_default() {
                     if let codec::Body::Gen(g) = m.body {
-                        let name = g.proc_name.unwrap_or_default();
+                        let name = g.proc_name.unwrap_or_default().into_owned();
                         let done = name == "nft";
                         if tx.send((now, g.id, g.proc_pid.unwrap_or(0), name)).is_err() || done {
                             return;

@@ -616,7 +616,7 @@ pub fn plan(snap: &Snapshot, spec: &ChainSpec) -> Plan {
     match standing(rules, jumps) {
         // The no-op every reconcile of a healthy chain takes: no search, no layout; with
         // a few jumps not even a map (only the returned plan's `roles` and `result`).
-        Standing::Converged => converged_plan(rules, jumps),
+        Standing::Converged => converged_plan(rules, jumps, 0),
         // The repair most reconciles make (another agent deleted or flushed our jump):
         // one insert, placed by scans, without the search and its maps.
         Standing::Missing(j) => {
@@ -756,7 +756,7 @@ fn insert_one(rules: &[Rule], jumps: &[JumpSpec], j: usize) -> Option<Plan> {
         Some(lo) => lo,
         None => hi,
     };
-    let mut p = converged_plan(rules, jumps);
+    let mut p = converged_plan(rules, jumps, 1);
     p.result.insert(at, Slot::New(j));
     p.ops.push(Op::Insert {
         jump: j,
@@ -809,17 +809,20 @@ fn is_converged_many(rules: &[Rule], jumps: &[JumpSpec]) -> bool {
     })
 }
 
-/// The plan of a chain [`is_converged`] accepted: what the full planner returns for it.
-fn converged_plan(rules: &[Rule], jumps: &[JumpSpec]) -> Plan {
+/// The plan of a chain [`is_converged`] accepted: what the full planner returns for it,
+/// with room in `result` for `inserts` more slots (no reallocation when one is added).
+fn converged_plan(rules: &[Rule], jumps: &[JumpSpec], inserts: usize) -> Plan {
     let comments = Comments::new(jumps);
+    let mut result = Vec::with_capacity(rules.len() + inserts);
+    result.extend((0..rules.len()).map(Slot::Existing));
     Plan {
-        ops: Vec::new(),
+        ops: Vec::with_capacity(inserts),
         conflicts: Vec::new(),
         roles: rules
             .iter()
             .map(|r| comments.owned(r).map_or(Role::Foreign, Role::Owned))
             .collect(),
-        result: (0..rules.len()).map(Slot::Existing).collect(),
+        result,
     }
 }
 

@@ -138,7 +138,7 @@ impl Classifier {
                 let mut c = self.pending.remove(&m.portid)?.commit;
                 c.generation = g.id;
                 c.pid = g.proc_pid;
-                c.comm = g.proc_name.clone();
+                c.comm = g.proc_name.as_deref().map(str::to_owned);
                 Some(c)
             }
             _ => None,
@@ -271,7 +271,7 @@ mod tests {
             Body::Gen(GenInfo {
                 id,
                 proc_pid: Some(77),
-                proc_name: Some(name.into()),
+                proc_name: Some(name.to_owned().into()),
             }),
         )
     }

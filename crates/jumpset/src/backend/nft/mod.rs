@@ -34,7 +34,7 @@ use crate::iptables;
 use crate::plan::{Op, Plan};
 use crate::snapshot::{Family, Rule, Snapshot, Verdict};
 use crate::spec::ChainSpec;
-use codec::{Batch, Body, Message, Position};
+use codec::{Batch, Body, CodecError, Message, Position};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use std::fmt::{self, Display};
 use std::time::Duration;
@@ -111,6 +111,10 @@ pub struct NftBackend {
     /// The last read's request and the last batch, their buffers kept for the next ones.
     req: Vec<u8>,
     batch: Vec<u8>,
+    /// The last committed batch's steps, inserts and echoes: their buffers kept likewise.
+    steps: Vec<(u32, Step)>,
+    inserts: Vec<(u32, usize)>,
+    echoed: Vec<(u32, u64)>,
     allow_mixed: bool,
     /// The managed chain as the last read found it.
     base: Option<BaseSeen>,
@@ -375,15 +379,12 @@ fn refused(
     kernel_err(step, errno, msg)
 }
 
-/// Decode one received datagram.
-fn decode<'b, S: Display + ?Sized>(
-    buf: &'b [u8],
-    step: &S,
-) -> Result<Vec<Message<'b>>, BackendError> {
-    codec::parse(buf).map_err(|source| BackendError::Decode {
+/// A message of a received datagram ([`codec::messages`]) that did not decode, in `step`.
+fn undecodable<S: Display + ?Sized>(step: &S) -> impl Fn(CodecError) -> BackendError + '_ {
+    move |source| BackendError::Decode {
         step: step.to_string(),
         source,
-    })
+    }
 }
 
 impl NftBackend {
@@ -403,6 +404,9 @@ impl NftBackend {
             buf: Vec::with_capacity(RECV_BUF),
             req: Vec::new(),
             batch: Vec::new(),
+            steps: Vec::new(),
+            inserts: Vec::new(),
+            echoed: Vec::new(),
             allow_mixed: false,
             base: None,
             known: Vec::new(),
@@ -431,18 +435,6 @@ impl NftBackend {
     fn send<S: Display + ?Sized>(&self, bytes: &[u8], step: &S) -> Result<(), BackendError> {
         self.sock.send(bytes, 0).map_err(io_err(step))?;
         Ok(())
-    }
-
-    /// Receive one datagram; `Ok(None)` when `nonblocking` and nothing is queued.
-    fn recv<S: Display + ?Sized>(
-        &mut self,
-        step: &S,
-        nonblocking: bool,
-    ) -> Result<Option<Vec<Message<'_>>>, BackendError> {
-        if !self.recv_bytes(step, nonblocking)? {
-            return Ok(None);
-        }
-        decode(&self.buf, step).map(Some)
     }
 
     /// Receive one datagram into `self.buf`, undecoded; `Ok(false)` when `nonblocking`
@@ -483,12 +475,18 @@ impl NftBackend {
         self.send(req, step)?;
         let me = self.portid;
         loop {
-            let msgs = self.recv(step, false)?.unwrap_or_default();
-            for m in msgs {
+            self.recv_bytes(step, false)?;
+            let mut msgs = codec::messages(&self.buf);
+            while let Some(m) = msgs.next() {
+                let m = m.map_err(undecodable(step))?;
                 if (m.portid != me && m.portid != 0) || !seqs.contains(&m.seq) {
                     continue; // not a reply to this request
                 }
                 if each(m)? {
+                    // A malformed message anywhere in the datagram still fails the exchange.
+                    for m in msgs {
+                        m.map_err(undecodable(step))?;
+                    }
                     return Ok(());
                 }
             }
@@ -639,14 +637,17 @@ impl NftBackend {
         // The kernel handles a batch inside sendmsg: every ack, error and echo is queued now.
         let mut acked = false;
         let mut errors: Vec<(u32, i32, Option<String>)> = Vec::new();
-        let mut echoed: Vec<(u32, u64)> = Vec::new();
+        let mut echoed = std::mem::take(&mut self.echoed);
+        echoed.clear();
         let me = self.portid;
         // END's ack comes last: after the echoes of a commit (a refused batch has none).
+        let step = "reading the batch's acks";
         while !acked {
-            let Some(msgs) = self.recv("reading the batch's acks", true)? else {
+            if !self.recv_bytes(step, true)? {
                 break;
-            };
-            for m in msgs {
+            }
+            for m in codec::messages(&self.buf) {
+                let m = m.map_err(undecodable(step))?;
                 match m.body {
                     Body::Error { code, seq, msg } => {
                         if code == 0 && seq == end {
@@ -695,7 +696,9 @@ impl NftBackend {
             Guard::Generation => Batch::begin_in(buf, snap.generation, begin),
             Guard::Anchors => Batch::unguarded_in(buf, begin),
         };
-        let mut steps: Vec<(u32, Step)> = Vec::with_capacity(plan.ops.len() + 2);
+        let mut steps = std::mem::take(&mut self.steps);
+        steps.clear();
+        steps.reserve(plan.ops.len() + 2);
         if !snap.table_exists {
             steps.push((b.new_table(fam, table), Step::CreateTable));
         }
@@ -706,7 +709,8 @@ impl NftBackend {
         for (i, c) in create.iter().enumerate() {
             steps.push((b.new_user_chain(fam, table, c), Step::CreateUserChain(i)));
         }
-        let mut inserts = Vec::new();
+        let mut inserts = std::mem::take(&mut self.inserts);
+        inserts.clear();
         for op in &plan.ops {
             match *op {
                 Op::Delete { handle, index, .. } => {
@@ -846,10 +850,12 @@ impl NftBackend {
                             echoed.iter().find(|e| e.0 == seq).map(|e| (jump, e.1))
                         })
                         .collect();
+                    let changes = built.steps.len();
+                    (self.steps, self.inserts, self.echoed) = (built.steps, built.inserts, echoed);
                     return Ok((
                         Applied {
                             committed: true,
-                            changes: built.steps.len(),
+                            changes,
                             // The kernel increments the genid once per commit, skipping 0;
                             // an anchored batch does not know the generation it committed
                             // on.
@@ -1226,7 +1232,8 @@ impl NftBackend {
         loop {
             self.recv_bytes(&step, false)?;
             out.push(self.buf.clone());
-            for m in decode(&self.buf, &step)? {
+            for m in codec::messages(&self.buf) {
+                let m = m.map_err(undecodable(&step))?;
                 match m.body {
                     Body::Done if m.seq == seq => return Ok(out),
                     Body::Error { code, msg, .. } if code != 0 => {

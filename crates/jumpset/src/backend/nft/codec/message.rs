@@ -17,6 +17,7 @@ use super::frame::{
 };
 use super::hook::{self, HookInfo, NFNL_MSG_HOOK_GET};
 use crate::snapshot::Rule;
+use std::borrow::Cow;
 
 /// The first message type of a netlink family (below it: NOOP, ERROR, DONE, OVERRUN).
 pub(super) const NLMSG_MIN_TYPE: u16 = 0x10;
@@ -70,13 +71,13 @@ const fn nft_msg(msg: u16) -> u16 {
 
 /// NEWGEN contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GenInfo {
+pub struct GenInfo<'a> {
     /// The ruleset generation id.
     pub id: u32,
     /// PID of the task that handled the request or committed the batch.
     pub proc_pid: Option<u32>,
-    /// That task's comm (`iptables-nft`, `nft`, ...).
-    pub proc_name: Option<String>,
+    /// That task's comm (`iptables-nft`, `nft`, ...), borrowed unless it is not UTF-8.
+    pub proc_name: Option<Cow<'a, str>>,
 }
 
 /// NEWCHAIN contents (reply or notification).
@@ -163,7 +164,7 @@ impl<'a> RuleMsg<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body<'a> {
     /// NFT_MSG_NEWGEN.
-    Gen(GenInfo),
+    Gen(GenInfo<'a>),
     /// NFT_MSG_NEWRULE (dump entry or notification).
     NewRule(RuleMsg<'a>),
     /// NFT_MSG_DELRULE notification (carries the whole deleted rule).
@@ -216,7 +217,15 @@ pub struct Message<'a> {
 /// Split one received datagram into messages and decode them; the first malformed
 /// message makes the whole datagram an error.
 pub fn parse(datagram: &[u8]) -> Result<Vec<Message<'_>>, CodecError> {
-    framed(datagram).map(|nl| parse_message(nl?)).collect()
+    messages(datagram).collect()
+}
+
+/// [`parse`] one message at a time, allocating no list: each message of the datagram in
+/// order, decoded as it is reached. A malformed message is an error item; a caller that
+/// stops at it has acted on the messages before it (those a read acts on are replies, so
+/// a malformed reply still fails the whole exchange).
+pub fn messages(datagram: &[u8]) -> impl Iterator<Item = Result<Message<'_>, CodecError>> {
+    framed(datagram).map(|nl| parse_message(nl?))
 }
 
 /// Decode one message whose nlmsg_len has been checked against the buffer.
@@ -311,7 +320,7 @@ fn parse_error(payload: &[u8], flags: u16) -> Result<Body<'static>, CodecError> 
     })
 }
 
-fn parse_gen(buf: &[u8]) -> Result<GenInfo, CodecError> {
+fn parse_gen(buf: &[u8]) -> Result<GenInfo<'_>, CodecError> {
     const WHAT: &str = "NEWGEN";
     let (mut id, mut proc_pid, mut proc_name) = (None, None, None);
     for a in attrs(buf, WHAT) {
@@ -319,7 +328,7 @@ fn parse_gen(buf: &[u8]) -> Result<GenInfo, CodecError> {
         match t {
             NFTA_GEN_ID => id = Some(be32(p, "NFTA_GEN_ID")?),
             NFTA_GEN_PROC_PID => proc_pid = Some(be32(p, "NFTA_GEN_PROC_PID")?),
-            NFTA_GEN_PROC_NAME => proc_name = Some(string(p)),
+            NFTA_GEN_PROC_NAME => proc_name = Some(String::from_utf8_lossy(until_nul(p))),
             _ => {}
         }
     }
@@ -624,6 +633,24 @@ mod tests {
     use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE};
 
     #[test]
+    fn messages_are_parse_one_at_a_time() {
+        let dump = fixture!("rx_dump_prerouting");
+        let one_by_one: Result<Vec<_>, _> = messages(dump).collect();
+        assert_eq!(one_by_one, parse(dump));
+        assert_eq!(one_by_one.unwrap().len(), 6);
+        // A datagram whose last message is cut short: the whole ones come first, then the
+        // error `parse` fails the datagram with, then nothing.
+        let cut = &dump[..dump.len() - 8];
+        let mut it = messages(cut);
+        for m in parse(dump).unwrap().into_iter().take(5) {
+            assert_eq!(it.next(), Some(Ok(m)));
+        }
+        let err = parse(cut).unwrap_err();
+        assert_eq!(it.next(), Some(Err(err)));
+        assert_eq!(it.next(), None);
+    }
+
+    #[test]
     fn malformed_input_is_an_error() {
         let gen = fixture!("rx_newgen");
         let edit = |f: &dyn Fn(&mut Vec<u8>)| {
@@ -858,7 +885,9 @@ mod tests {
             match a {
                 o::GenAttribute::Id(id) => assert_eq!(id, ours.id),
                 o::GenAttribute::ProcPid(p) => assert_eq!(Some(p), ours.proc_pid),
-                o::GenAttribute::ProcName(n) => assert_eq!(Some(n), ours.proc_name),
+                o::GenAttribute::ProcName(n) => {
+                    assert_eq!(Some(n.as_str()), ours.proc_name.as_deref())
+                }
                 _ => {}
             }
         }

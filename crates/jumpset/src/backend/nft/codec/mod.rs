@@ -6,7 +6,8 @@
 //! every expression that is not interpreted is kept as the raw payload of its
 //! `NFTA_EXPR_DATA`, so it can be sent back unchanged.
 //!
-//! There is one rule decoder, [`parse`]: a NEWRULE or DELRULE is decoded straight from the
+//! There is one rule decoder, [`parse`] (or [`messages`], the same one message at a time,
+//! with no list allocated): a NEWRULE or DELRULE is decoded straight from the
 //! kernel's buffer into the backend-independent [`crate::snapshot::Rule`], with its table,
 //! chain and raw expressions borrowed ([`RuleMsg`]). The backend's reads and census, and
 //! the daemon's notifications all go through it.
@@ -63,7 +64,7 @@ pub use frame::CodecError;
 #[cfg(feature = "testing")]
 pub use hook::hook_entry;
 pub use hook::{get_hooks, HookDesc, HookInfo};
-pub use message::{parse, Body, ChainInfo, Message, TableInfo};
+pub use message::{messages, parse, Body, ChainInfo, Message, TableInfo};
 #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
 pub use message::{GenInfo, RuleMsg};
 
