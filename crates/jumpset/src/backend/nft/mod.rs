@@ -159,6 +159,7 @@ fn kernel_err(step: String, errno: i32, ext: Option<String>) -> BackendError {
 /// The request of a read (see [`Backend::read`]): GETGEN (`seq`), with `ask` a GETCHAIN of
 /// the chain (`seq + 1`, no ack: its reply is the chain or ENOENT), and the GETRULE dump of
 /// its rules (`seq + 2`), sent in one `sendmsg`; the dump ends with NLMSG_DONE at `seq + 2`.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn read_request(fam: u8, table: &str, chain: &str, seq: u32, ask: bool) -> Vec<u8> {
     let mut req = Vec::new();
     read_request_into(&mut req, fam, table, chain, seq, ask);

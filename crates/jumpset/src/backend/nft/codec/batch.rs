@@ -88,6 +88,7 @@ pub(crate) fn get_gen_into(buf: &mut Vec<u8>, seq: u32) {
 }
 
 /// GETRULE dump of one chain (REQUEST|DUMP), TABLE + CHAIN attributes.
+#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
 pub fn get_rules(family: u8, table: &str, chain: &str, seq: u32) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
     get_rules_into(&mut buf, family, table, chain, seq);
@@ -227,6 +228,7 @@ pub struct Batch {
 impl Batch {
     /// BATCH_BEGIN carrying NFNL_BATCH_GENID = genid; `seq` is BEGIN's seq, later
     /// messages get seq + 1, + 2, ...
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn begin(genid: u32, seq: u32) -> Batch {
         Batch::begin_in(Vec::with_capacity(4096), genid, seq)
     }
@@ -254,6 +256,7 @@ impl Batch {
     /// BATCH_BEGIN without NFNL_BATCH_GENID: the kernel checks no generation, only what
     /// each message refers to (a DELRULE of a missing handle, a NEWRULE positioned on one,
     /// fail with ENOENT and the whole batch is refused). `seq` as in [`Batch::begin`].
+    #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
     pub fn unguarded(seq: u32) -> Batch {
         Batch::unguarded_in(Vec::with_capacity(4096), seq)
     }

@@ -216,6 +216,7 @@ pub struct Message<'a> {
 
 /// Split one received datagram into messages and decode them; the first malformed
 /// message makes the whole datagram an error.
+#[cfg(any(test, feature = "testing", feature = "fuzzing", feature = "daemon"))]
 pub fn parse(datagram: &[u8]) -> Result<Vec<Message<'_>>, CodecError> {
     messages(datagram).collect()
 }

@@ -55,7 +55,9 @@ pub(super) use batch::{
     get_all_chains, get_all_rules, get_chain, get_chain_unacked_into, get_chains, get_gen_into,
     get_rules_into, get_table, get_table_rules, get_tables,
 };
-pub use batch::{get_gen, get_rules, Batch, Position};
+#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
+pub use batch::get_rules;
+pub use batch::{get_gen, Batch, Position};
 pub use compat::encode_rule;
 pub use expr::ExprView;
 #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
@@ -64,7 +66,9 @@ pub use frame::CodecError;
 #[cfg(feature = "testing")]
 pub use hook::hook_entry;
 pub use hook::{get_hooks, HookDesc, HookInfo};
-pub use message::{messages, parse, Body, ChainInfo, Message, TableInfo};
+#[cfg(any(test, feature = "testing", feature = "fuzzing", feature = "daemon"))]
+pub use message::parse;
+pub use message::{messages, Body, ChainInfo, Message, TableInfo};
 #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
 pub use message::{GenInfo, RuleMsg};
 
