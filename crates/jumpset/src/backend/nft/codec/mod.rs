@@ -50,13 +50,13 @@ pub mod scene;
 mod testutil;
 
 #[cfg(any(test, feature = "testing", feature = "fuzzing"))]
+pub use batch::get_rules;
+#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
 pub use batch::NewRule;
 pub(super) use batch::{
     get_all_chains, get_all_rules, get_chain, get_chain_unacked_into, get_chains, get_gen_into,
     get_rules_into, get_table, get_table_rules, get_tables,
 };
-#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
-pub use batch::get_rules;
 pub use batch::{get_gen, Batch, Position};
 pub use compat::encode_rule;
 pub use expr::ExprView;
