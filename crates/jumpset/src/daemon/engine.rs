@@ -394,6 +394,17 @@ struct Target {
     /// What the last reconcile read (the legacy poll skips the plan when the chain reads
     /// the same, counters aside).
     memo: reconcile::Memo,
+    /// In a fight on a backend without change notifications (x_tables): what the last
+    /// poll saw ([`Engine::poll_fights`]).
+    polled: Option<Polled>,
+}
+
+/// What a poll in a fight last saw of a chain on a backend without notifications.
+enum Polled {
+    /// Its rules, counters left out.
+    Rules(Vec<Rule>),
+    /// jumpset committed since: the chain was left in order.
+    Committed,
 }
 
 /// `metrics_listen`: where, and whether it is served.
@@ -486,6 +497,7 @@ fn build_targets(cfg: &Config, sel: &Selection, t: &Tuning, policy: PolicyFactor
                 conflicts_logged: Vec::new(),
                 anchors: Anchors::new(spec),
                 memo: reconcile::Memo::default(),
+                polled: None,
             });
         }
     }
@@ -1062,6 +1074,59 @@ impl<H: Host> Engine<H> {
         }
     }
 
+    /// On a backend without change notifications (x_tables), before the poll's
+    /// reconciles: read each chain in a fight and, when it reads differently from the
+    /// last poll (counters aside) — or out of order after jumpset left it in order — tell
+    /// the fight policy of a change by an unknown writer. Its quiet time then follows the
+    /// writer's pace as the polls see it, so a retry waits for the writer to stop instead
+    /// of spending the episode's budget on every poll, and comes soon after it stops.
+    fn poll_fights(&mut self, now: Instant) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if conn.portid.is_some() {
+            return; // notifications tell every change
+        }
+        let mut changed = Vec::new();
+        for (i, t) in self.targets.iter_mut().enumerate() {
+            if !t.sched.fighting() {
+                t.polled = None;
+                continue;
+            }
+            let spec = &self.cfg.chains[t.chain];
+            let Ok(mut snap) = conn.backend.read(t.family, &spec.table, &spec.chain) else {
+                continue; // the reconcile that follows reports the error
+            };
+            for r in &mut snap.rules {
+                r.counters = None;
+            }
+            let differs = match &t.polled {
+                Some(Polled::Rules(r)) => *r != snap.rules,
+                Some(Polled::Committed) => {
+                    let plan = reconcile::plan_for(Goal::Converge, &snap, spec);
+                    !plan.ops.is_empty()
+                }
+                None => false,
+            };
+            t.polled = Some(Polled::Rules(snap.rules));
+            if differs {
+                changed.push(i);
+            }
+        }
+        for i in changed {
+            let name = self.target_name(i);
+            self.debug(|| format!("{name}: changed since the last poll, in a fight"));
+            if let Some(ev) = self.targets[i].sched.changed(
+                now,
+                Writer::default(),
+                &self.opts.tuning,
+                &mut self.rng,
+            ) {
+                self.on_fight(i, ev);
+            }
+        }
+    }
+
     fn set_in_order(&mut self, i: usize, in_order: Option<bool>) {
         let expect_anchors = self.cfg.expect_anchors;
         let t = &mut self.targets[i];
@@ -1164,6 +1229,9 @@ impl<H: Host> Engine<H> {
                     m.conflicts.get_or_create(&labels).inc();
                 }
                 let done = if o.committed {
+                    if self.targets[i].polled.is_some() {
+                        self.targets[i].polled = Some(Polled::Committed);
+                    }
                     m.reconciles.get_or_create(&result("repaired")).inc();
                     m.repairs.get_or_create(&labels).inc();
                     let agents = moved_agents(&o, spec);
@@ -1566,6 +1634,7 @@ impl<H: Host> Engine<H> {
             self.timers.resync = now + self.cfg.daemon.resync_interval;
             if self.conn.is_some() {
                 self.shared.metrics.resyncs.inc();
+                self.poll_fights(now);
                 self.wake_all(now, Cause::Resync);
             } else if self.waiting.is_some() && self.sel.backend == BackendChoice::Auto {
                 self.timers.open = None; // detect again

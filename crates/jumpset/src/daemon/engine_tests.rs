@@ -734,6 +734,46 @@ fn buggy_kube_ovn(sim: &mut Sim, d: Duration) -> usize {
 }
 
 #[test]
+fn without_notifications_a_fight_is_paced_by_what_the_polls_see_and_ends_soon_after_the_writer() {
+    // x_tables: no notifications, a poll every 200 ms. The buggy Kube-OVN undoes every
+    // repair within 50 ms for 10 s. The polls see the chain change each time: jumpset
+    // yields within its budget, and once the writer stops the retry comes after two of
+    // the periods the polls saw, not when the budget allows a commit again.
+    let k = FakeKernel::new();
+    scene(&k, Some(2));
+    let mut host = FakeHost::new(&k);
+    host.notifications = false;
+    let cfg = config_text("").replace("resync_interval = \"30s\"", "resync_interval = \"200ms\"");
+    let mut sim = Sim::with(host, &cfg, None, None);
+    sim.start();
+    buggy_kube_ovn(&mut sim, secs(10));
+    let commits = sim.our_commits();
+    assert!(commits <= 8, "{commits} repairs in 10 s: not paced");
+    assert_eq!(sim.metric(&series("jumpset_fights_total")), 1.0);
+    let stopped = sim.at();
+    while sim.listing() != healthy() && sim.at() < stopped + secs(30) {
+        sim.run_for(ms(10));
+    }
+    let took = sim.at() - stopped;
+    assert_eq!(sim.listing(), healthy());
+    // The writer's period as jumpset saw it: it undid each retry at once, so the time
+    // between the last two retries. Back in order within three of those (and a poll),
+    // where pacing by the budget alone waited for the end of the first 20 s (10.2 s).
+    let retries: Vec<Duration> = sim
+        .logged("repaired in one transaction")
+        .iter()
+        .map(|l| l.0)
+        .filter(|t| *t < stopped)
+        .collect();
+    let period = retries[retries.len() - 1] - retries[retries.len() - 2];
+    eprintln!("retries at {retries:?}; back in order {took:?} after the writer stopped");
+    assert!(
+        took <= period * 3 + ms(200),
+        "back in order {took:?} after the writer stopped, its period {period:?} ({commits} repairs during the fight)"
+    );
+}
+
+#[test]
 fn a_fight_ends_jumpset_yields_and_the_chain_recovers_when_the_writer_stops() {
     // Without fight detection every undo is repaired: about one commit per 50 ms.
     let k = FakeKernel::new();

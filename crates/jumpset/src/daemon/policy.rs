@@ -58,9 +58,10 @@
 //!   period, 30 s at most: the retry comes after at most 2.4 periods (the quiet time and
 //!   its jitter) and at most 20 s, unless the budget was spent on retries that were undone.
 //!
-//! Legacy x_tables sends no notifications: [`FightPolicy::changed`] is never called, there
-//! is no writer to wait for and no quiet to measure; undos found by polls make an episode
-//! with an unknown writer, paced by the budget alone.
+//! Legacy x_tables sends no notifications: undos found by polls make an episode with an
+//! unknown writer, and during it the engine tells [`FightPolicy::changed`] of each poll
+//! that reads the chain differently from the last one, so the quiet time is measured at
+//! the poll's granularity.
 
 use super::fight::{Jitter, Tuning, Writer};
 use super::ms;
