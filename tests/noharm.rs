@@ -31,6 +31,7 @@ use std::process::Command;
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 use support::agents::{ipt, AgentProc};
+use support::daemon::InProcess;
 use support::*;
 
 /// These tests are timed; one at a time.
@@ -425,52 +426,6 @@ enum Jumpset {
     NoWait,
 }
 
-/// The daemon in this process (thread `jumpsetd`), stopped on drop.
-struct InProcess {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl InProcess {
-    const NAME: &'static str = "jumpsetd";
-
-    fn start(cfg: &Path, tuning: jumpset::daemon::Tuning) -> InProcess {
-        let path = cfg.to_path_buf();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(Self::NAME.into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let mut opts = jumpset::daemon::Options::new(path);
-                opts.tuning = tuning;
-                rt.block_on(jumpset::daemon::run(opts, async {
-                    let _ = rx.await;
-                }))
-                .expect("the in-process daemon runs");
-            })
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        InProcess {
-            stop: Some(tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// One run: the scene, `jumpset` beside Kube-OVN every `period` with felix, portmap and
 /// (unless absent) kube-proxy, for `run`.
 fn one_run(
@@ -493,10 +448,13 @@ fn one_run(
             d
         });
         let in_process = (jumpset == Jumpset::NoWait).then(|| {
-            InProcess::start(
+            let d = InProcess::start(
                 cfg.path(),
                 jumpset::daemon::Tuning::default().without_fight_detection(),
-            )
+            );
+            // Its first read and repair before the agents start.
+            std::thread::sleep(Duration::from_millis(500));
+            d
         });
         let pod = FakePod::create(&tag);
         let mut agents = vec![

@@ -8,7 +8,7 @@ mod support;
 
 use jumpset::backend::nft::NftBackend;
 use jumpset::backend::Backend;
-use jumpset::daemon::{DaemonError, Options, Tuning};
+use jumpset::daemon::Tuning;
 use jumpset::reconcile::{self, Goal};
 use jumpset::snapshot::{Family, Rule, Verdict};
 use jumpset::spec::Config;
@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::daemon::InProcess;
 use support::*;
 
 const METRICS: &str = "127.0.0.1:10296";
@@ -437,60 +438,6 @@ fn a_legacy_lock_held_for_50_s_stalls_neither_the_watchdog_nor_sigterm() {
 // Progress under unrelated churn.
 // ---------------------------------------------------------------------------------------
 
-/// `jumpset::daemon::run` in-process on a thread of the calling thread's namespace, with
-/// tuned timing; ready once `/readyz` answers 200.
-struct InProcess {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), DaemonError>>>,
-}
-
-impl InProcess {
-    fn start(cfg: &std::path::Path, tuning: Tuning) -> InProcess {
-        let path = cfg.to_path_buf();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("jumpsetd".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let mut opts = Options::new(path);
-                opts.tuning = tuning;
-                rt.block_on(jumpset::daemon::run(opts, async {
-                    let _ = rx.await;
-                }))
-            })
-            .unwrap();
-        let d = InProcess {
-            stop: Some(tx),
-            thread: Some(thread),
-        };
-        assert!(
-            wait_until(Duration::from_secs(20), || http_get_at(METRICS, "/readyz")
-                .is_some_and(|r| r.0 == 200)),
-            "the in-process daemon never became ready"
-        );
-        d
-    }
-
-    fn stop(mut self) -> Result<(), DaemonError> {
-        let _ = self.stop.take().unwrap().send(());
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 #[test]
 fn a_long_chain_is_repaired_within_2_s_while_another_table_churns_at_200_commits_per_second() {
     netns(|| {
@@ -518,7 +465,9 @@ fn a_long_chain_is_repaired_within_2_s_while_another_table_churns_at_200_commits
         let mut tuning = Tuning::default();
         tuning.fight.threshold = u32::MAX;
         tuning.fight.crowd = u32::MAX;
-        let d = InProcess::start(cfg.path(), tuning);
+        let d = InProcess::start_ready(cfg.path(), tuning, Duration::from_secs(20), || {
+            http_get_at(METRICS, "/readyz").is_some_and(|r| r.0 == 200)
+        });
         let mut reader = NftBackend::open().unwrap();
         let converged = |b: &mut NftBackend| {
             b.read(Family::Ip, "nat", "PREROUTING")

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod agents;
+pub mod daemon;
 pub mod native;
 
 use std::io::Write;
